@@ -1,0 +1,6 @@
+"""`hermes-sim profile` verbs."""
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,6 @@
+"""`hermes-sim simulate` verbs."""
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,172 @@
+"""Hardware catalog: spec sheets and prices of accelerators, CPUs and memory nodes.
+
+The built-in catalog lives in ``profiling/data/hardware.yaml``. Users add or override
+devices with their own YAML (same schema) via ``load_catalog(extra)`` or the
+``HERMES_CATALOG`` environment variable (``os.pathsep``-separated paths).
+"""
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .dtypes import normalize_dtype
+from .errors import HermesError, InputError
+
+CATALOG_ENV = "HERMES_CATALOG"
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case, punctuation-free key so 'H100-SXM', 'h100_sxm' and 'H100 SXM' agree."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+class HardwareSpec(BaseModel):
+    """One device. Units are in the field names; derived SI values are properties."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["gpu", "asic", "cpu", "memory"] = "gpu"
+    vendor: str = ""
+    aliases: tuple[str, ...] = ()
+    peak_tflops: dict[str, float] = Field(
+        default_factory=dict, description="dense peak TFLOP/s per dtype (bf16, fp8, int8, fp4...)")
+    mem_capacity_gb: float = Field(gt=0, description="device memory, GB (1e9 bytes)")
+    mem_bw_gb_s: float = Field(gt=0, description="peak memory bandwidth, GB/s")
+    l2_cache_mb: float = Field(default=0.0, ge=0)
+    intra_node_bw_gb_s: float = Field(default=0.0, ge=0, description="per device, one direction")
+    intra_node_latency_us: float = Field(default=0.0, ge=0)
+    inter_node_bw_gb_s: float = Field(default=0.0, ge=0, description="per device, one direction")
+    inter_node_latency_us: float = Field(default=0.0, ge=0)
+    pcie_bw_gb_s: float = Field(default=0.0, ge=0)
+    tdp_w: float = Field(gt=0)
+    price_per_hour: float = Field(ge=0, description="USD per device-hour")
+    price_source: str = ""
+    price_date: str = ""
+    devices_per_node: int = Field(default=8, ge=1)
+    cores: int = Field(default=0, ge=0, description="CPU cores (CPUs only)")
+    notes: str = ""
+
+    @field_validator("peak_tflops")
+    @classmethod
+    def _dtypes(cls, v: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for k, x in v.items():
+            if x <= 0:
+                raise ValueError(f"peak_tflops[{k}] must be > 0")
+            out[normalize_dtype(k)] = float(x)
+        return out
+
+    # ---- SI accessors -------------------------------------------------
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; falls back to the nearest wider format."""
+        d = normalize_dtype(dtype)
+        for cand in (d, *_FALLBACK.get(d, ())):
+            if cand in self.peak_tflops:
+                return self.peak_tflops[cand] * 1e12
+        raise HermesError(f"hardware '{self.name}' has no peak FLOP/s for dtype '{dtype}'")
+
+    @property
+    def mem_bytes(self) -> float:
+        return self.mem_capacity_gb * 1e9
+
+    @property
+    def mem_bw(self) -> float:
+        return self.mem_bw_gb_s * 1e9
+
+    def link(self, nodes: int = 1) -> tuple[float, float]:
+        """(bandwidth B/s, latency s) of the link a collective over ``nodes`` nodes crosses."""
+        if nodes <= 1:
+            return self.intra_node_bw_gb_s * 1e9, self.intra_node_latency_us * 1e-6
+        return self.inter_node_bw_gb_s * 1e9, self.inter_node_latency_us * 1e-6
+
+
+# A missing format runs no faster than the next wider one the device has.
+_FALLBACK = {
+    "fp4": ("fp8", "int8", "bf16"), "int4": ("int8", "fp8", "bf16"),
+    "fp8": ("int8", "bf16"), "int8": ("fp8", "bf16"),
+    "fp16": ("bf16",), "bf16": ("fp16",), "fp32": ("tf32", "bf16"), "tf32": ("fp32", "bf16"),
+}
+
+
+class HardwareCatalog:
+    """Devices by canonical name and alias."""
+
+    def __init__(self, specs: list[HardwareSpec]) -> None:
+        self._by_key: dict[str, HardwareSpec] = {}
+        self._specs: dict[str, HardwareSpec] = {}
+        for s in specs:
+            self.add(s)
+
+    def add(self, spec: HardwareSpec) -> None:
+        old = self._by_key.get(canonical_name(spec.name))
+        if old is not None:  # an override replaces the old entry and its aliases
+            self._specs.pop(old.name, None)
+            for a in (old.name, *old.aliases):
+                self._by_key.pop(canonical_name(a), None)
+        self._specs[spec.name] = spec
+        for a in (spec.name, *spec.aliases):
+            self._by_key[canonical_name(a)] = spec
+
+    def get(self, name: str) -> HardwareSpec:
+        try:
+            return self._by_key[canonical_name(name)]
+        except KeyError:
+            raise HermesError(
+                f"unknown hardware '{name}' (known: {', '.join(sorted(self._specs))}; "
+                f"add it with --catalog FILE or ${CATALOG_ENV})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return canonical_name(str(name)) in self._by_key
+
+    def __iter__(self) -> Iterator[HardwareSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+
+def _read_specs(text: str, source: str) -> list[HardwareSpec]:
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=source) from None
+    devices = doc.get("devices") if isinstance(doc, dict) else None
+    if not isinstance(devices, list):
+        raise InputError("expected a top-level 'devices:' list", file=source)
+    specs = []
+    for i, d in enumerate(devices):
+        try:
+            specs.append(HardwareSpec.model_validate(d))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "?"
+            name = d.get("name", f"#{i}") if isinstance(d, dict) else f"#{i}"
+            raise InputError(f"device '{name}' field '{field}': {err['msg']}", file=source) from None
+    return specs
+
+
+def builtin_catalog_text() -> str:
+    return resources.files("profiling").joinpath("data/hardware.yaml").read_text()
+
+
+def load_catalog(*extra: str | Path) -> HardwareCatalog:
+    """Built-in devices, then ``$HERMES_CATALOG`` files, then ``extra`` files (later wins)."""
+    cat = HardwareCatalog(_read_specs(builtin_catalog_text(), "builtin hardware.yaml"))
+    paths = [p for p in os.environ.get(CATALOG_ENV, "").split(os.pathsep) if p] + list(extra)
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise InputError("hardware catalog file not found", file=path)
+        for s in _read_specs(path.read_text(), str(path)):
+            cat.add(s)
+    return cat

@@ -1,0 +1,239 @@
+"""Model catalog: the architecture numbers a cost model needs, read from HF ``config.json``.
+
+Built-in entries live in ``profiling/data/models.yaml`` (each written as the subset of
+the model's Hugging Face config that matters, so they can be checked against the hub).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .dtypes import dtype_bytes, normalize_dtype
+from .errors import HermesError, InputError
+from .hardware import canonical_name
+
+
+class ModelSpec(BaseModel):
+    """Architecture of a transformer (decoder LLM, encoder or cross-encoder)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    arch: Literal["decoder", "encoder", "cross-encoder"] = "decoder"
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    gated_mlp: bool = True
+    num_experts: int = Field(default=1, ge=1)
+    experts_per_token: int = Field(default=1, ge=1)
+    moe_intermediate_size: int | None = None
+    tie_embeddings: bool = False
+    bias: bool = False            # linear-layer biases (BERT, phi-2, bloom, Qwen-1 QKV)
+    qkv_bias: bool = False        # biases on Q/K/V only (Qwen-2)
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    position_embeddings: int = 0  # learned absolute positions (BERT, phi? no: rotary = 0)
+    type_vocab_size: int = 0
+    dtype: str = "bf16"
+    max_context: int = 4096
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError("experts_per_token exceeds num_experts")
+        object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        return self
+
+    # ---- derived sizes ------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def expert_intermediate(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    def _expert_params(self) -> int:
+        mats = 3 if self.gated_mlp else 2
+        p = mats * self.hidden_size * self.expert_intermediate
+        if self.bias:
+            p += self.expert_intermediate * (mats - 1) + self.hidden_size
+        return p
+
+    def layer_params(self, active_only: bool = False) -> int:
+        h = self.hidden_size
+        attn = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
+        if self.bias:
+            attn += self.q_dim + 2 * self.kv_dim + h
+        elif self.qkv_bias:
+            attn += self.q_dim + 2 * self.kv_dim
+        experts = self.experts_per_token if active_only else self.num_experts
+        mlp = experts * self._expert_params()
+        if self.is_moe:
+            mlp += h * self.num_experts  # router
+        norms = 2 * h * (2 if self.norm == "layernorm" else 1)
+        return attn + mlp + norms
+
+    def param_count(self, active_only: bool = False) -> int:
+        h = self.hidden_size
+        emb = self.vocab_size * h + (self.position_embeddings + self.type_vocab_size) * h
+        head = 0 if (self.tie_embeddings or self.arch != "decoder") else self.vocab_size * h
+        final_norm = h * (2 if self.norm == "layernorm" else 1)
+        if self.arch != "decoder":
+            final_norm = h * 2  # embedding layernorm
+        return emb + head + final_norm + self.num_layers * self.layer_params(active_only)
+
+    def weight_bytes(self, dtype: str | None = None) -> float:
+        return self.param_count() * dtype_bytes(dtype or self.dtype)
+
+    def kv_bytes_per_token(self, kv_dtype: str | None = None) -> float:
+        """K and V of every layer for one token (no KV for encoders)."""
+        if self.arch != "decoder":
+            return 0.0
+        return 2 * self.num_layers * self.kv_dim * dtype_bytes(kv_dtype or self.dtype)
+
+    # ---- Hugging Face config ------------------------------------------
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any] | str | Path, name: str | None = None) -> "ModelSpec":
+        """Build from a Hugging Face ``config.json`` (a dict or a path)."""
+        src = None
+        if not isinstance(config, dict):
+            src = Path(config)
+            try:
+                config = json.loads(src.read_text())
+            except FileNotFoundError:
+                raise InputError("config.json not found", file=src) from None
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON ({e.msg} at line {e.lineno})", file=src) from None
+        try:
+            return cls.model_validate(_from_hf(config, name))
+        except KeyError as e:
+            raise InputError(f"config has no '{e.args[0]}' field", file=src) from None
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise InputError(f"field '{'.'.join(map(str, err['loc']))}': {err['msg']}", file=src) from None
+
+
+def _pick(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
+    for k in keys:
+        if k in cfg and cfg[k] is not None:
+            return cfg[k]
+    if default is KeyError:
+        raise KeyError(keys[0])
+    return default
+
+
+def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
+    mtype = str(cfg.get("model_type", "")).lower()
+    archs = " ".join(cfg.get("architectures") or []).lower()
+    hidden = int(_pick(cfg, "hidden_size", "n_embd", "d_model"))
+    heads = int(_pick(cfg, "num_attention_heads", "n_head", "num_heads"))
+    kv = int(_pick(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", default=heads))
+    if cfg.get("multi_query") and mtype in ("falcon",):
+        kv = 1
+    encoder = mtype in ("bert", "xlm-roberta", "roberta", "deberta-v2", "nomic_bert")
+    cross = encoder and "sequenceclassification" in archs
+    gated = mtype not in ("phi", "bloom", "gpt2", "gpt_neox", "opt", "falcon") and not encoder
+    inter = _pick(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=None) or 4 * hidden
+    layernorm = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt", "falcon")
+    bias = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt")
+    torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    return dict(
+        name=name or cfg.get("_name_or_path") or mtype or "model",
+        arch="cross-encoder" if cross else ("encoder" if encoder else "decoder"),
+        num_layers=int(_pick(cfg, "num_hidden_layers", "n_layer", "num_layers")),
+        hidden_size=hidden, num_heads=heads, num_kv_heads=kv,
+        head_dim=int(cfg.get("head_dim") or hidden // heads),
+        intermediate_size=int(inter),
+        vocab_size=int(_pick(cfg, "vocab_size", "padded_vocab_size")),
+        gated_mlp=gated,
+        num_experts=int(_pick(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=1)),
+        experts_per_token=int(_pick(cfg, "num_experts_per_tok", "moe_topk", default=1)),
+        moe_intermediate_size=cfg.get("moe_intermediate_size"),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", mtype in ("bloom", "gpt2"))),
+        bias=bias, qkv_bias=bool(cfg.get("qkv_bias") or cfg.get("attention_bias") or mtype == "qwen2"),
+        norm="layernorm" if layernorm else "rmsnorm",
+        position_embeddings=int(cfg.get("max_position_embeddings", 0)) if encoder else 0,
+        type_vocab_size=int(cfg.get("type_vocab_size", 0)) if encoder else 0,
+        dtype=normalize_dtype(torch_dtype) if torch_dtype != "float32" else "fp32",
+        max_context=int(_pick(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096)),
+    )
+
+
+class ModelCatalog:
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self._by_key: dict[str, ModelSpec] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        for s in specs:
+            self._specs[s.name] = s
+            for a in (s.name, *s.aliases):
+                self._by_key[canonical_name(a)] = s
+
+    def get(self, name: str) -> ModelSpec:
+        key = canonical_name(name)
+        if key in self._by_key:
+            return self._by_key[key]
+        # 'meta-llama/Llama-2-7b-hf' resolves by its last path part too
+        tail = canonical_name(str(name).rsplit("/", 1)[-1])
+        if tail in self._by_key:
+            return self._by_key[tail]
+        raise HermesError(f"unknown model '{name}' (known: {', '.join(sorted(self._specs))}; "
+                          "or give a path to a Hugging Face config.json)")
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.get(str(name))
+            return True
+        except HermesError:
+            return False
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+
+@lru_cache(maxsize=1)
+def _builtin_models() -> tuple[ModelSpec, ...]:
+    text = resources.files("profiling").joinpath("data/models.yaml").read_text()
+    doc = yaml.safe_load(text)
+    out = []
+    for entry in doc["models"]:
+        entry = dict(entry)
+        hf = entry.pop("hf_config")
+        spec = ModelSpec.from_hf_config(hf, name=entry.pop("name"))
+        out.append(spec.model_copy(update=entry))
+    return tuple(out)
+
+
+def load_models() -> ModelCatalog:
+    return ModelCatalog(list(_builtin_models()))
+
+
+def resolve_model(ref: str) -> ModelSpec:
+    """A catalog name, an alias, or a path to a ``config.json``."""
+    p = Path(ref)
+    if p.suffix == ".json" or p.is_file():
+        return ModelSpec.from_hf_config(p, name=p.parent.name or p.stem)
+    return load_models().get(ref)

@@ -1,0 +1,232 @@
+"""Operator taxonomy: generic kinds whose cost depends only on shape, so a latency model
+trained on one model transfers to any other.
+
+``op_cost`` gives FLOPs and bytes moved for a kind from its shape columns (scalars or
+numpy arrays alike); ``expand_step`` turns one forward step of a model into operators.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .dtypes import dtype_bytes
+from .errors import HermesError
+from .models import ModelSpec
+
+GEMM, ATTN_PREFILL, ATTN_DECODE = "gemm", "attn_prefill", "attn_decode"
+ELEMENTWISE, COLLECTIVE = "elementwise", "collective"
+VECTOR_SEARCH, EMBEDDING, STEP_OVERHEAD = "vector_search", "embedding", "step_overhead"
+# Whole-step / whole-request measurements (Splitwise perf model, vLLM step tables).
+STEP_PREFILL, STEP_DECODE = "step_prefill", "step_decode"
+
+# Shape columns each kind must have; the canonical trace table's validator uses this.
+REQUIRED_SHAPE: dict[str, tuple[str, ...]] = {
+    GEMM: ("m", "n", "k"),
+    ATTN_PREFILL: ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    ATTN_DECODE: ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
+    ELEMENTWISE: ("elements", "io_bytes"),
+    COLLECTIVE: ("collective", "msg_bytes", "world"),
+    VECTOR_SEARCH: ("batch", "corpus", "dim", "topk", "index"),
+    EMBEDDING: ("batch", "q_len", "params"),
+    STEP_OVERHEAD: ("batch",),
+    STEP_PREFILL: ("model", "tp", "batch", "q_len"),
+    STEP_DECODE: ("model", "tp", "batch", "kv_len"),
+}
+OP_KINDS: tuple[str, ...] = tuple(REQUIRED_SHAPE)
+GPU_KINDS = (GEMM, ATTN_PREFILL, ATTN_DECODE, ELEMENTWISE, COLLECTIVE)
+CPU_KINDS = (VECTOR_SEARCH, EMBEDDING, STEP_OVERHEAD)
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "send_recv")
+
+# Bytes each rank puts on the wire per message byte (ring algorithms).
+def _wire_factor(kind, world):
+    w = np.asarray(world, dtype=float)
+    frac = np.where(w > 1, (w - 1) / np.maximum(w, 1), 0.0)
+    kind = np.asarray(kind)
+    return np.select(
+        [kind == "all_reduce", kind == "send_recv"], [2 * frac, np.ones_like(frac)], frac)
+
+
+def op_cost(kind: str, s: Mapping[str, object], dtype: str = "bf16",
+            kv_dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(FLOPs, bytes moved) of operators of one ``kind``; ``s`` maps shape columns to values.
+
+    Bytes are HBM traffic for compute kinds and per-rank wire bytes for collectives.
+    """
+    b = dtype_bytes(dtype)
+    kvb = dtype_bytes(kv_dtype) if kv_dtype else b
+    f = lambda c: np.asarray(s[c], dtype=float)  # noqa: E731
+    if kind == GEMM:
+        m, n, k = f("m"), f("n"), f("k")
+        # Activations and weights in dtype; output accumulates to 16-bit.
+        return 2 * m * n * k, (m * k + k * n) * b + m * n * max(b, 2.0)
+    if kind == ATTN_PREFILL:
+        bs, q, kv, h, hk, d = (f(c) for c in REQUIRED_SHAPE[ATTN_PREFILL])
+        # Causal: query i sees the (kv - q + i + 1) keys before it.
+        pairs = q * (kv - q) + q * (q + 1) / 2
+        flops = 4 * bs * h * d * pairs
+        mem = bs * (2 * q * h * d * b + 2 * kv * hk * d * kvb)
+        return flops, mem
+    if kind == ATTN_DECODE:
+        bs, kv, h, hk, d = (f(c) for c in REQUIRED_SHAPE[ATTN_DECODE])
+        return 4 * bs * h * d * kv, bs * (2 * kv * hk * d * kvb + 2 * h * d * b)
+    if kind == ELEMENTWISE:
+        return f("elements"), f("io_bytes")
+    if kind == COLLECTIVE:
+        mb = f("msg_bytes")
+        return np.zeros_like(mb), mb * _wire_factor(s["collective"], s["world"])
+    if kind == VECTOR_SEARCH:
+        bs, n, d = f("batch"), f("corpus"), f("dim")
+        index = np.asarray(s["index"])
+        nprobe = f("nprobe") if "nprobe" in s else np.full_like(n, 16.0)
+        nlist = np.maximum(np.sqrt(n) * 4, 1)
+        visited = np.select(
+            [index == "flat", index == "hnsw"],
+            [n, nprobe * np.log2(np.maximum(n, 2)) * 16],  # HNSW: ef x depth x M neighbours
+            np.minimum(n, n * nprobe / nlist))
+        code = np.where((index == "ivfpq") | (index == "ivf_pq"), d / 8, d * 4.0)
+        return 2 * bs * visited * d, bs * visited * code
+    if kind == EMBEDDING:
+        p = f("params")
+        return 2 * p * f("batch") * f("q_len"), p * b
+    if kind in (STEP_OVERHEAD, STEP_PREFILL, STEP_DECODE):
+        z = np.zeros_like(f("batch"))
+        return z, z  # no closed form; roofline for whole steps comes from expand_step
+    raise HermesError(f"unknown operator kind '{kind}' (known: {', '.join(OP_KINDS)})")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator instance; ``count`` is how many times it runs in the step."""
+
+    kind: str
+    name: str
+    shape: dict = field(compare=True)
+    dtype: str = "bf16"
+    kv_dtype: str | None = None
+    count: int = 1
+
+    @property
+    def cost(self) -> tuple[float, float]:
+        fl, by = op_cost(self.kind, self.shape, self.dtype, self.kv_dtype)
+        return float(fl) * self.count, float(by) * self.count
+
+    @property
+    def flops(self) -> float:
+        return self.cost[0]
+
+    @property
+    def bytes(self) -> float:
+        return self.cost[1]
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one step computes: prefill chunks as (new tokens, context after the chunk)
+    and the KV length of every decoding sequence."""
+
+    prefill: tuple[tuple[int, int], ...] = ()
+    decode_kv: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(q for q, _ in self.prefill) + len(self.decode_kv)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prefill) + len(self.decode_kv)
+
+
+def _shard(x: int, tp: int, what: str, model: ModelSpec) -> int:
+    if x % tp and x >= tp:
+        raise HermesError(f"model '{model.name}': {what}={x} is not divisible by TP={tp}")
+    return max(1, x // tp)
+
+
+def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operator]:
+    """Token-wise operators of one transformer layer (no attention core), TP-sharded."""
+    h, b = model.hidden_size, dtype_bytes(dtype)
+    qkv = _shard(model.q_dim + 2 * model.kv_dim, tp, "q+kv width", model)
+    q_local = _shard(model.q_dim, tp, "q width", model)
+    ops = [
+        Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b}, dtype),
+        Operator(GEMM, "attn_qkv_proj", {"m": tokens, "n": qkv, "k": h}, dtype),
+        Operator(ELEMENTWISE, "attn_rope", {"elements": tokens * qkv, "io_bytes": 2 * tokens * qkv * b}, dtype),
+        Operator(GEMM, "attn_out_proj", {"m": tokens, "n": h, "k": q_local}, dtype),
+    ]
+    if tp > 1:
+        ops.append(Operator(COLLECTIVE, "attn_all_reduce",
+                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
+    ops.append(Operator(ELEMENTWISE, "post_attn_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b}, dtype))
+    inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
+    up = 2 * inter if model.gated_mlp else inter
+    if model.is_moe:
+        # Tokens spread evenly over experts: each expert sees tokens*top_k/E rows.
+        rows = max(1, -(-tokens * model.experts_per_token // model.num_experts))
+        e = model.num_experts
+        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": e, "k": h}, dtype),
+                Operator(GEMM, "mlp_up_proj", {"m": rows, "n": up, "k": h}, dtype, count=e),
+                Operator(ELEMENTWISE, "mlp_act", {"elements": rows * inter, "io_bytes": 3 * rows * inter * b}, dtype, count=e),
+                Operator(GEMM, "mlp_down_proj", {"m": rows, "n": h, "k": inter}, dtype, count=e)]
+    else:
+        ops += [Operator(GEMM, "mlp_up_proj", {"m": tokens, "n": up, "k": h}, dtype),
+                Operator(ELEMENTWISE, "mlp_act", {"elements": tokens * inter,
+                                                  "io_bytes": (3 if model.gated_mlp else 2) * tokens * inter * b}, dtype),
+                Operator(GEMM, "mlp_down_proj", {"m": tokens, "n": h, "k": inter}, dtype)]
+    if tp > 1:
+        ops.append(Operator(COLLECTIVE, "mlp_all_reduce",
+                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
+    ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b}, dtype))
+    return ops
+
+
+def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,
+                  kv_dtype: str | None = None) -> list[Operator]:
+    heads = _shard(model.num_heads, tp, "attention heads", model)
+    kv_heads = max(1, model.num_kv_heads // tp)
+    common = {"heads": heads, "kv_heads": kv_heads, "head_dim": model.head_dim}
+    ops = [Operator(ATTN_PREFILL, "attn_prefill", {"batch": 1, "q_len": q, "kv_len": kv, **common}, dtype, kv_dtype)
+           for q, kv in batch.prefill]
+    if batch.decode_kv:
+        n = len(batch.decode_kv)
+        # Decode attention cost is linear in total KV: the mean length is exact for FLOPs/bytes.
+        mean_kv = int(round(sum(batch.decode_kv) / n))
+        ops.append(Operator(ATTN_DECODE, "attn_decode", {"batch": n, "kv_len": mean_kv, **common}, dtype, kv_dtype))
+    return ops
+
+
+def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None, tp: int = 1,
+                pp: int = 1, kv_dtype: str | None = None) -> list[Operator]:
+    """Operators of one forward step on one pipeline stage (the one holding the LM head).
+
+    Per-layer operators carry ``count`` = layers in the stage.
+    """
+    dtype = dtype or model.dtype
+    if model.num_layers % pp:
+        raise HermesError(f"model '{model.name}': {model.num_layers} layers do not split into PP={pp} stages")
+    if batch.tokens <= 0:
+        return []
+    layers = model.num_layers // pp
+    per_layer = layer_ops(model, batch.tokens, tp, dtype) + attention_ops(model, batch, tp, dtype, kv_dtype)
+    ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers) for o in per_layer]
+    h, b = model.hidden_size, dtype_bytes(dtype)
+    if model.arch == "decoder":
+        vocab = _shard(model.vocab_size, tp, "vocab", model) if model.vocab_size >= tp else model.vocab_size
+        ops.append(Operator(GEMM, "lm_head", {"m": batch.sequences, "n": vocab, "k": h}, dtype))
+    ops.append(Operator(ELEMENTWISE, "embedding_lookup",
+                        {"elements": batch.tokens * h, "io_bytes": 2 * batch.tokens * h * b}, dtype))
+    if pp > 1:
+        ops.append(Operator(COLLECTIVE, "pp_send_recv",
+                            {"collective": "send_recv", "msg_bytes": batch.tokens * h * b, "world": 2}, dtype))
+    return ops
+
+
+def step_cost(ops: Sequence[Operator]) -> tuple[float, float]:
+    """Total (FLOPs, bytes) of a list of operators."""
+    fl = by = 0.0
+    for o in ops:
+        a, c = o.cost
+        fl += a
+        by += c
+    return fl, by
