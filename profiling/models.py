@@ -101,6 +101,8 @@ class ModelSpec(BaseModel):
         final_norm = h * (2 if self.norm == "layernorm" else 1)
         if self.arch != "decoder":
             final_norm = h * 2  # embedding layernorm
+            # BERT pooler / cross-encoder classifier dense (h x h), plus a 1-logit output.
+            head = h * h + h + (h + 1 if self.arch == "cross-encoder" else 0)
         return emb + head + final_norm + self.num_layers * self.layer_params(active_only)
 
     def weight_bytes(self, dtype: str | None = None) -> float:
@@ -125,6 +127,8 @@ class ModelSpec(BaseModel):
                 raise InputError("config.json not found", file=src) from None
             except json.JSONDecodeError as e:
                 raise InputError(f"not valid JSON ({e.msg} at line {e.lineno})", file=src) from None
+        if not isinstance(config, dict):
+            raise InputError("config.json must hold a JSON object", file=src)
         try:
             return cls.model_validate(_from_hf(config, name))
         except KeyError as e:
@@ -132,6 +136,12 @@ class ModelSpec(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             raise InputError(f"field '{'.'.join(map(str, err['loc']))}': {err['msg']}", file=src) from None
+        except InputError:
+            raise
+        except HermesError as e:  # e.g. an unknown torch_dtype
+            raise InputError(str(e), file=src) from None
+        except (TypeError, ValueError) as e:  # a field of the wrong type, e.g. "hidden_size": "wide"
+            raise InputError(f"a field has the wrong type ({e})", file=src) from None
 
 
 def _pick(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
@@ -146,7 +156,7 @@ def _pick(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
 def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     mtype = str(cfg.get("model_type", "")).lower()
     archs = " ".join(cfg.get("architectures") or []).lower()
-    hidden = int(_pick(cfg, "hidden_size", "n_embd", "d_model"))
+    hidden = int(_pick(cfg, "hidden_size", "n_embd", "n_embed", "d_model"))
     heads = int(_pick(cfg, "num_attention_heads", "n_head", "num_heads"))
     kv = int(_pick(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", default=heads))
     if cfg.get("multi_query") and mtype in ("falcon",):
@@ -155,6 +165,8 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     cross = encoder and "sequenceclassification" in archs
     gated = mtype not in ("phi", "bloom", "gpt2", "gpt_neox", "opt", "falcon") and not encoder
     inter = _pick(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", default=None) or 4 * hidden
+    if mtype == "qwen":  # Qwen-1 counts both halves of its gated MLP in intermediate_size
+        inter = int(inter) // 2
     layernorm = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt", "falcon")
     bias = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt")
     torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
@@ -171,7 +183,8 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
         experts_per_token=int(_pick(cfg, "num_experts_per_tok", "moe_topk", default=1)),
         moe_intermediate_size=cfg.get("moe_intermediate_size"),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", mtype in ("bloom", "gpt2"))),
-        bias=bias, qkv_bias=bool(cfg.get("qkv_bias") or cfg.get("attention_bias") or mtype == "qwen2"),
+        bias=bias, qkv_bias=bool(cfg.get("qkv_bias") or cfg.get("attention_bias") or mtype in ("qwen", "qwen2")
+                                or (mtype == "internlm" and cfg.get("bias"))),
         norm="layernorm" if layernorm else "rmsnorm",
         position_embeddings=int(cfg.get("max_position_embeddings", 0)) if encoder else 0,
         type_vocab_size=int(cfg.get("type_vocab_size", 0)) if encoder else 0,

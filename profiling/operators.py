@@ -162,10 +162,12 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operat
     inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
     if model.is_moe:
-        # Tokens spread evenly over experts: each expert sees tokens*top_k/E rows.
-        rows = max(1, -(-tokens * model.experts_per_token // model.num_experts))
-        e = model.num_experts
-        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": e, "k": h}, dtype),
+        # Tokens spread evenly over the experts they pick: tokens*top_k rows over at most
+        # E experts (one token touches only its top_k experts, not all E).
+        picks = tokens * model.experts_per_token
+        e = min(model.num_experts, picks)
+        rows = -(-picks // e)
+        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, dtype),
                 Operator(GEMM, "mlp_up_proj", {"m": rows, "n": up, "k": h}, dtype, count=e),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": rows * inter, "io_bytes": 3 * rows * inter * b}, dtype, count=e),
                 Operator(GEMM, "mlp_down_proj", {"m": rows, "n": h, "k": inter}, dtype, count=e)]
@@ -203,6 +205,8 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
     Per-layer operators carry ``count`` = layers in the stage.
     """
     dtype = dtype or model.dtype
+    if tp < 1 or pp < 1:
+        raise HermesError(f"TP and PP must be >= 1 (got TP={tp}, PP={pp})")
     if model.num_layers % pp:
         raise HermesError(f"model '{model.name}': {model.num_layers} layers do not split into PP={pp} stages")
     if batch.tokens <= 0:

@@ -1,0 +1,146 @@
+"""Operator expansion: FLOPs of a step against 2 x params x tokens, TP/PP sharding, MoE
+expert activation, bad parallelism, and properties over random batches."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profiling.errors import HermesError
+from profiling.models import load_models
+from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, BatchShape, expand_step,
+                                 step_cost)
+
+MODELS = load_models()
+
+
+def _flops(ops, kind=None, names=None):
+    return sum(o.flops for o in ops if (kind is None or o.kind == kind) and (names is None or o.name in names))
+
+
+def _matmul_params(m):
+    """Parameters that multiply activations in a step: all but the input embedding table."""
+    return m.param_count() - m.vocab_size * m.hidden_size
+
+
+@pytest.mark.parametrize("name", ["Llama-3-8B", "Llama-2-70B", "Qwen3-32B", "phi-2"])
+def test_decode_step_flops_are_2_params_tokens_plus_attention(name):
+    """A decode step of T sequences costs 2 x params x T (+ attention 4 x heads x d x KV per layer) within 2%."""
+    m = MODELS.get(name)
+    kv = tuple(range(100, 100 + 64 * 37, 37))  # 64 sequences of different lengths
+    ops = expand_step(m, BatchShape(decode_kv=kv))
+    t = len(kv)
+    dense = 2 * _matmul_params(m) * t
+    attn = 4 * m.num_layers * m.num_heads * m.head_dim * sum(kv)
+    assert _flops(ops, GEMM) == pytest.approx(dense, rel=0.01)
+    assert _flops(ops, ATTN_DECODE) == pytest.approx(attn, rel=0.01)
+    assert step_cost(ops)[0] == pytest.approx(dense + attn, rel=0.02)
+
+
+def test_prefill_step_flops_causal_and_one_lm_head_row():
+    """A prefill chunk computes the LM head for its last token only, and causal attention over q(q+1)/2 pairs."""
+    m = MODELS.get("Llama-2-7B")
+    q = 1024
+    ops = expand_step(m, BatchShape(prefill=((q, q),)))
+    vh = m.vocab_size * m.hidden_size
+    dense = 2 * (_matmul_params(m) - vh) * q + 2 * vh
+    attn = 4 * m.num_layers * m.num_heads * m.head_dim * q * (q + 1) / 2
+    assert _flops(ops, GEMM) == pytest.approx(dense, rel=0.01)
+    assert _flops(ops, ATTN_PREFILL) == pytest.approx(attn, rel=1e-9)
+    # A chunk after 3000 cached tokens attends to all of them.
+    later = expand_step(m, BatchShape(prefill=((q, 3000 + q),)))
+    assert _flops(later, ATTN_PREFILL) == pytest.approx(attn + 4 * m.num_layers * m.num_heads * m.head_dim * q * 3000)
+
+
+def test_weights_read_once_per_step():
+    """A small decode step is memory-bound: its bytes are at least the weights it multiplies."""
+    m = MODELS.get("Llama-3-8B")
+    ops = expand_step(m, BatchShape(decode_kv=(512,)))
+    gemm_bytes = sum(o.bytes for o in ops if o.kind == GEMM)
+    assert gemm_bytes == pytest.approx(_matmul_params(m) * 2, rel=0.01)
+
+
+@pytest.mark.parametrize("name, tp", [("Llama-3-8B", 2), ("Llama-2-70B", 4), ("Llama-2-70B", 8), ("Mixtral-8x7B", 2)])
+def test_tensor_parallel_divides_gemms_and_adds_all_reduces(name, tp):
+    """Under TP each device does 1/TP of the GEMM FLOPs and two all-reduces per layer of tokens x hidden."""
+    m = MODELS.get(name)
+    batch = BatchShape(prefill=((256, 256),), decode_kv=(300,) * 31)
+    one = expand_step(m, batch)
+    sharded = expand_step(m, batch, tp=tp)
+    # The MoE router (tokens x experts) is replicated, not sharded.
+    sharded_gemm = _flops(sharded, GEMM) - _flops(sharded, GEMM, {"moe_router"})
+    full_gemm = _flops(one, GEMM) - _flops(one, GEMM, {"moe_router"})
+    assert sharded_gemm * tp == pytest.approx(full_gemm, rel=1e-6)
+    ars = [o for o in sharded if o.kind == COLLECTIVE and o.shape["collective"] == "all_reduce"]
+    assert len(ars) == 2 and all(o.count == m.num_layers for o in ars)
+    assert all(o.shape["msg_bytes"] == batch.tokens * m.hidden_size * 2 and o.shape["world"] == tp for o in ars)
+    assert not [o for o in one if o.kind == COLLECTIVE]
+
+
+def test_vidur_named_ops_have_true_shapes_at_tp4():
+    """Vidur's mlp_up_proj / attn_pre_proj at TP 4 on Llama-2-70B map to GEMMs of the sharded width."""
+    m = MODELS.get("Llama-2-70B")
+    ops = {o.name: o for o in expand_step(m, BatchShape(prefill=((128, 128),)), tp=4)}
+    assert ops["mlp_up_proj"].shape == {"m": 128, "n": 2 * 28672 // 4, "k": 8192}
+    assert ops["attn_qkv_proj"].shape == {"m": 128, "n": (8192 + 2 * 1024) // 4, "k": 8192}
+    assert ops["mlp_down_proj"].shape == {"m": 128, "n": 8192, "k": 28672 // 4}
+    assert ops["attn_prefill"].shape["heads"] == 16 and ops["attn_prefill"].shape["kv_heads"] == 2
+
+
+def test_pipeline_parallel_splits_layers_and_sends_activations():
+    """Under PP each stage runs layers/PP of every layer op and sends tokens x hidden to the next stage."""
+    m = MODELS.get("Llama-2-70B")
+    batch = BatchShape(decode_kv=(1000,) * 16)
+    one = {o.name: o for o in expand_step(m, batch)}
+    staged = {o.name: o for o in expand_step(m, batch, pp=4)}
+    assert staged["mlp_up_proj"].count == one["mlp_up_proj"].count // 4 == 20
+    send = staged["pp_send_recv"]
+    assert send.shape["collective"] == "send_recv" and send.shape["msg_bytes"] == 16 * 8192 * 2
+    assert "pp_send_recv" not in one
+
+
+@pytest.mark.parametrize("tokens, active", [(1, 2), (3, 6), (1024, 8)])
+def test_moe_runs_only_active_experts(tokens, active):
+    """Mixtral runs top-2 experts per token: a lone token touches 2 experts, a big batch all 8 evenly."""
+    m = MODELS.get("Mixtral-8x7B")
+    ops = {o.name: o for o in expand_step(m, BatchShape(decode_kv=(64,) * tokens))}
+    up = ops["mlp_up_proj"]
+    assert up.count == active * m.num_layers
+    expert = 3 * m.hidden_size * m.intermediate_size
+    mlp = ops["mlp_up_proj"].flops + ops["mlp_down_proj"].flops
+    assert mlp == pytest.approx(2 * tokens * 2 * expert * m.num_layers, rel=0.01)
+    # Only the active experts' weights are read.
+    assert ops["mlp_up_proj"].bytes + ops["mlp_down_proj"].bytes >= active * expert * 2 * m.num_layers
+    assert ops["moe_router"].shape["n"] == 8
+
+
+@pytest.mark.parametrize("tp, pp", [(3, 1), (0, 1), (-2, 1), (1, 0), (1, 3)])
+def test_invalid_parallelism(tp, pp):
+    """A TP that does not divide heads/widths, or a non-positive TP/PP, or PP not dividing layers is a HermesError."""
+    with pytest.raises(HermesError):
+        expand_step(MODELS.get("Llama-3-8B"), BatchShape(decode_kv=(10,)), tp=tp, pp=pp)
+
+
+def test_empty_batch_is_empty_step():
+    """A batch with no tokens expands to no operators."""
+    assert expand_step(MODELS.get("Llama-3-8B"), BatchShape()) == []
+
+
+_NAMES = ["Llama-2-7B", "Mixtral-8x7B", "Qwen3-32B", "phi-2", "e5-base-v2"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(_NAMES), n=st.integers(1, 200), kv=st.integers(1, 8192),
+       q=st.integers(1, 4096), tp=st.sampled_from([1, 2, 4]))
+def test_cost_monotone_and_positive(name, n, kv, q, tp):
+    """FLOPs never drop when a sequence or prompt tokens are added; every operator moves a positive number of bytes."""
+    m = MODELS.get(name)
+    base = BatchShape(prefill=((q, q),), decode_kv=(kv,) * n)
+    more_seq = BatchShape(prefill=((q, q),), decode_kv=(kv,) * (n + 1))
+    more_tok = BatchShape(prefill=((q + 1, q + 1),), decode_kv=(kv,) * n)
+    ops = expand_step(m, base, tp=tp)
+    f0, b0 = step_cost(ops)
+    assert f0 > 0 and b0 > 0
+    assert all(o.bytes > 0 and o.flops >= 0 for o in ops)
+    assert step_cost(expand_step(m, more_seq, tp=tp))[0] >= f0
+    assert step_cost(expand_step(m, more_tok, tp=tp))[0] >= f0
