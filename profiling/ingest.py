@@ -1,0 +1,122 @@
+"""Read real traces of any supported format into one validated canonical table.
+
+``read_traces(path, fmt)`` walks ``path`` (a file or a directory tree), lets the format's
+reader parse every file it knows, validates the rows (``schema.validate_traces``), adds
+roofline features (``roofline.add_roofline_features``) and quarantines rows the roofline
+proves wrong: a latency more than ``ABSURD_SPEEDUP`` x below the hardware's physical bound
+(which already allows for warm L2) is a unit, hardware or measurement mistake, not a fast
+kernel. In the shared traces this catches the A30 Vidur fork's impossible GEMM times
+(up to 360x faster than the A30 can compute), Splitwise's Llama-2-70B TP2 batch-64
+prompt rows (~10x) and AIConfigurator's A100 TRT-LLM decode rows that read more KV per
+second than the HBM delivers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .errors import HermesError, InputError
+from .hardware import HardwareCatalog, load_catalog
+from .operators import COLLECTIVE
+from .readers import READERS
+from .readers.base import ReadOptions
+from .roofline import add_roofline_features, roofline_problems
+from .schema import QUARANTINE_COLUMNS, conform, empty_quarantine, quarantine_rows, validate_traces
+
+# Measured more than this many times faster than the roofline allows: not physics.
+# (Timing noise stays well inside it: no L2-aware GEMM row of AIConfigurator exceeds 1.05x.)
+ABSURD_SPEEDUP = 1.25
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Canonical validated rows with roofline features, the rejected rows, files read."""
+
+    table: pd.DataFrame
+    quarantine: pd.DataFrame
+    files: int
+
+    def summary(self) -> pd.DataFrame:
+        """Rows per (op, hardware) with the median roofline efficiency."""
+        t = self.table
+        if t.empty:
+            return pd.DataFrame(columns=["op", "hardware", "rows", "median_efficiency"])
+        eff = (t["t_roofline_ms"] / t["latency_ms"]).rename("eff")
+        g = t.assign(eff=eff).groupby(["op", "hardware"], sort=True)
+        return pd.DataFrame({"rows": g.size(), "median_efficiency": g["eff"].median()}).reset_index()
+
+
+def trace_files(path: Path, fmt: str) -> list[Path]:
+    """The files of ``path`` the format reads: ``path`` itself, or its matching descendants."""
+    reader = READERS[fmt]
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError("no such file or directory", file=path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and reader.matches(p))
+    if not files:
+        raise InputError(f"no {fmt} trace files found in this directory ({reader.description})", file=path)
+    return files
+
+
+def _absurd(table: pd.DataFrame) -> pd.Series:
+    """Rows whose latency beats the roofline by more than ABSURD_SPEEDUP (collectives excepted:
+    their wire model is a ring estimate, not a physical bound)."""
+    ratio = table["t_roofline_ms"] / table["latency_ms"]
+    return (table["op"] != COLLECTIVE) & (ratio > ABSURD_SPEEDUP)
+
+
+def read_traces(path: str | Path, fmt: str, hardware: str | None = None, column_map: dict | None = None,
+                *, catalog: HardwareCatalog | None = None, defaults: dict | None = None,
+                progress: Callable[[int, int, Path], None] | None = None) -> IngestResult:
+    """Read, validate and featurize every ``fmt`` trace under ``path``.
+
+    ``hardware`` overrides the device the path names; ``column_map`` maps canonical fields
+    to source columns (plain CSV); ``defaults`` gives constant fields (e.g. ``op``).
+    Raises ``InputError`` for a file of the wrong format and when no usable row is left.
+    """
+    if fmt not in READERS:
+        raise HermesError(f"unknown trace format '{fmt}' (known: {', '.join(READERS)})")
+    path = Path(path)
+    reader = READERS[fmt]
+    files = trace_files(path, fmt)
+    opts = ReadOptions(hardware=hardware, column_map=column_map, defaults=dict(defaults or {}))
+    tables, quarantines = [], []
+    for i, f in enumerate(files):
+        if progress:
+            progress(i, len(files), f)
+        out = reader.read(f, opts)
+        tables.append(out.table)
+        quarantines.append(out.quarantine)
+    if progress:
+        progress(len(files), len(files), files[-1])
+    raw = conform(pd.concat([t for t in tables if len(t)], ignore_index=True)) if any(len(t) for t in tables) \
+        else conform(pd.DataFrame())
+    tables.clear()  # ~1M-row tables: keep one copy alive at a time
+    clean, rejected = validate_traces(raw)
+    del raw
+    quarantines.append(rejected)
+    catalog = catalog or load_catalog()
+    table = add_roofline_features(clean, catalog)
+    del clean
+    why = roofline_problems(table, catalog)
+    absurd = (_absurd(table) & (why == "")).to_numpy()
+    why[absurd] = (f"latency more than {ABSURD_SPEEDUP:g}x below the roofline bound: "
+                   "wrong unit or wrong hardware?")
+    bad = (why != "").to_numpy()
+    if bad.any():
+        col = np.where(absurd, "latency_ms", np.where(table["hardware"].map(lambda h: h in catalog), "model",
+                                                       "hardware"))
+        quarantines.append(quarantine_rows(table[bad], pd.Series(col[bad]), why[bad].reset_index(drop=True)))
+        table = table[~bad].reset_index(drop=True)
+    quarantine = pd.concat([q for q in quarantines if len(q)], ignore_index=True) \
+        if any(len(q) for q in quarantines) else empty_quarantine()
+    quarantine = quarantine[list(QUARANTINE_COLUMNS)]
+    if table.empty:
+        first = "; ".join(quarantine["reason"].astype(str).drop_duplicates().head(3)) or "no rows"
+        raise InputError(f"no usable {fmt} rows ({len(quarantine)} quarantined: {first})", file=path)
+    return IngestResult(table, quarantine, len(files))

@@ -1,0 +1,77 @@
+"""What every trace reader shares: the reader record, read options, and file helpers.
+
+A reader turns one file into canonical rows (``schema.COLUMNS``, not yet validated) plus
+the rows it already knows are bad (quarantine records). A file that is not of the
+reader's format raises ``InputError`` naming the file and what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from ..errors import InputError
+from ..schema import empty_quarantine
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """User overrides: ``hardware`` replaces what the path says; ``column_map`` (plain CSV)
+    maps canonical fields to source columns with units; ``defaults`` fills constant fields."""
+
+    hardware: str | None = None
+    column_map: dict | None = None
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadOutput:
+    table: pd.DataFrame
+    quarantine: pd.DataFrame
+
+    @classmethod
+    def of(cls, table: pd.DataFrame, quarantine: pd.DataFrame | None = None) -> "ReadOutput":
+        return cls(table, empty_quarantine() if quarantine is None else quarantine)
+
+
+@dataclass(frozen=True)
+class FormatReader:
+    """One trace format: which files of a directory tree it reads, and how."""
+
+    name: str
+    description: str
+    matches: Callable[[Path], bool]
+    read: Callable[[Path, ReadOptions], ReadOutput]
+
+
+def source_label(fmt: str, path: Path) -> str:
+    return f"{fmt}:{path}"
+
+
+def read_csv(path: Path, fmt: str, **kw) -> pd.DataFrame:
+    """Read a CSV or raise one clear line (not a parser traceback)."""
+    try:
+        df = pd.read_csv(path, **kw)
+    except FileNotFoundError:
+        raise InputError("file not found", file=path) from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"empty file, not a {fmt} CSV", file=path) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"not a readable {fmt} CSV ({first})", file=path) from None
+    return df
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path, what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"not a {what}: missing column(s) {', '.join(missing)}", file=path)
+
+
+def to_bool(s: pd.Series) -> pd.Series:
+    """'True'/'False'/1/0 as booleans (CSV round trips booleans as text)."""
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))

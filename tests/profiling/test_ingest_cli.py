@@ -1,0 +1,117 @@
+"""`hermes-sim profile ingest` end to end: real traces, JSON contract, malformed inputs exit 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from hermes_sim.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "hermes_sim.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_vidur_tree_json(traces_dir, tmp_path):
+    """The whole Vidur tree ingests; stdout is one JSON object; Parquet and quarantine written."""
+    out = tmp_path / "t.parquet"
+    p = _run("profile", "ingest", traces_dir / "vidur", "--format", "vidur", "-o", out, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    table = pd.read_parquet(out)
+    assert doc["rows"] == len(table) > 100_000 and doc["files"] == 23
+    assert doc["seconds"] < 60
+    assert sum(r["rows"] for r in doc["by_op_hardware"]) == len(table)
+    q = pd.read_csv(out.with_name("t.parquet.quarantine.csv"))
+    assert doc["quarantined"] == len(q) > 0 and list(q.columns) == ["source", "source_row", "column", "reason"]
+    assert {"t_roofline_ms", "flops", "bytes", "latency_ms"} <= set(table.columns)
+
+
+def test_aiconfigurator_system_human_output(traces_dir, tmp_path):
+    """A system directory ingests with a rich table of rows per op kind and hardware on stdout."""
+    out = tmp_path / "a100.parquet"
+    p = _run("profile", "ingest", traces_dir / "aiconfigurator" / "data" / "a100_sxm", "--format",
+             "aiconfigurator", "-o", out)
+    assert p.returncode == 0, p.stderr
+    for word in ("gemm", "attn_decode", "collective", "A100-80GB", "done in"):
+        assert word in p.stdout
+    q = pd.read_csv(out.with_name("a100.parquet.quarantine.csv"))
+    assert len(pd.read_parquet(out)) + len(q) == 58113  # rows of the 9 source tables
+    # TRT-LLM 1.0 decode rows that read KV faster than A100 HBM can deliver
+    assert q["reason"].str.contains("below the roofline bound").all()
+    assert "quarantined" in p.stdout
+
+
+def _fails(capsys, *args) -> str:
+    code = main(["profile", "ingest", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("hermes-sim: error:"), err
+    return err
+
+
+def test_json_given_as_vidur(tmp_path, capsys):
+    """A JSON file declared as Vidur: names the file and the missing columns."""
+    f = tmp_path / "trace.json"
+    f.write_text('{"traceEvents": [{"ph": "X"}]}')
+    err = _fails(capsys, f, "--format", "vidur", "-o", tmp_path / "o.parquet")
+    assert "trace.json" in err and "time_stats" in err
+
+
+def test_vidur_csv_missing_shape_columns(tmp_path, capsys):
+    """A Vidur mlp.csv without its shape columns lists what is missing."""
+    f = tmp_path / "mlp.csv"
+    f.write_text("time_stats.mlp_up_proj.median,time_stats.mlp_up_proj.std\n0.1,0.01\n")
+    err = _fails(capsys, f, "--format", "vidur", "-o", tmp_path / "o.parquet")
+    assert "mlp.csv" in err and "n_embd" in err and "num_tokens" in err
+
+
+def test_parquet_of_another_kind(tmp_path, capsys):
+    """A parquet that is not an AIConfigurator table, and a corrupt one, fail in one line."""
+    f = tmp_path / "other.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(f)
+    assert "not an AIConfigurator perf table" in _fails(capsys, f, "--format", "aiconfigurator", "-o", tmp_path / "o.pq")
+    g = tmp_path / "gemm_perf.parquet"
+    g.write_text("m,n,k\n1,2,3\n")
+    assert "not a readable Parquet file" in _fails(capsys, g, "--format", "aiconfigurator", "-o", tmp_path / "o.pq")
+    h = tmp_path / "x" / "gemm_perf.parquet"
+    h.parent.mkdir()
+    pd.DataFrame({"m": [1], "n": [2]}).to_parquet(h)
+    assert "missing column(s) gemm_dtype, k, latency" in _fails(capsys, h, "--format", "aiconfigurator",
+                                                                  "--hardware", "H100-SXM", "-o", tmp_path / "o.pq")
+
+
+def test_nothing_usable_left(tmp_path, capsys):
+    """Every row bad (NaN and negative latency): non-zero exit and the reasons, quarantine not silent."""
+    f = tmp_path / "mine.csv"
+    pd.DataFrame({"op": ["gemm", "gemm"], "m": [1, 2], "n": [8, 8], "k": [8, 8],
+                  "latency_ms": [float("nan"), -1.0]}).to_csv(f, index=False)
+    err = _fails(capsys, f, "--format", "csv", "--hardware", "H100-SXM", "-o", tmp_path / "o.parquet")
+    assert "no usable csv rows" in err and "not a number" in err
+
+
+def test_missing_path_and_empty_dir(tmp_path, capsys):
+    """A path that does not exist, or a directory without files of the format, is one line each."""
+    assert "no such file or directory" in _fails(capsys, tmp_path / "nope", "--format", "vidur", "-o", tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    assert "no vidur trace files" in _fails(capsys, tmp_path / "empty", "--format", "vidur", "-o", tmp_path / "o")
+
+
+def test_unknown_format_and_bad_map(tmp_path, capsys):
+    """An unknown --format and a --map unit that cannot apply both exit 2 in one line."""
+    f = tmp_path / "mine.csv"
+    pd.DataFrame({"lat": [1.0]}).to_csv(f, index=False)
+    assert "Invalid value" in _fails(capsys, f, "--format", "nvprof", "-o", tmp_path / "o")
+    assert "not a time unit" in _fails(capsys, f, "--format", "csv", "--op", "gemm", "--map", "latency=lat:GB",
+                                       "-o", tmp_path / "o")
+
+
+def test_unknown_hardware_is_quarantined_not_guessed(tmp_path, capsys):
+    """Rows on a device the catalog lacks cannot get a roofline: the error says to add it."""
+    f = tmp_path / "mine.csv"
+    pd.DataFrame({"op": ["gemm"], "m": [1], "n": [8], "k": [8], "latency_ms": [0.01]}).to_csv(f, index=False)
+    err = _fails(capsys, f, "--format", "csv", "--hardware", "TPU-v9000", "-o", tmp_path / "o.parquet")
+    assert "TPU-v9000" in err and "--catalog" in err
