@@ -1,6 +1,157 @@
-"""`hermes-sim simulate` verbs."""
+"""`hermes-sim simulate` and `hermes-sim validate`."""
 from __future__ import annotations
+
+import json
 
 import click
 
-COMMANDS: list[click.Command] = []
+from profiling.errors import HermesError
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def _progress_bar(console, label: str):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _fmt(x, unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    if unit == "ms":
+        return f"{x * 1e3:,.1f}"
+    return f"{x:,.4g}" if isinstance(x, float) else str(x)
+
+
+def summary_table(s: dict):
+    from rich.table import Table
+    lat = Table(title="latency (ms)", show_edge=False)
+    lat.add_column("metric")
+    for k in ("mean", "p50", "p90", "p95", "p99"):
+        lat.add_column(k, justify="right")
+    for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_s"):
+        lat.add_row(m[:-2].upper(), *[_fmt(s[m][k], "ms") for k in ("mean", "p50", "p90", "p95", "p99")])
+    tot = Table(title="totals", show_edge=False, show_header=False)
+    tot.add_column("k")
+    tot.add_column("v", justify="right")
+    for k in ("requests", "completed", "throughput_req_s", "output_tokens_per_s", "goodput_req_s",
+              "makespan_s", "devices", "cost_usd", "output_tokens_per_dollar", "energy_j", "preemptions",
+              "sim_wall_s"):
+        tot.add_row(k, _fmt(s.get(k)))
+    tot.add_row("rejected", str(s["rejected"]["count"]))
+    for k, v in s.get("slo", {}).items():
+        tot.add_row(f"SLO {k}", f"{_fmt(v['measured'], 'ms')} ms vs {_fmt(v['target'], 'ms')} ms "
+                    f"{'[green]met[/]' if v['met'] else '[red]missed[/]'}")
+    return lat, tot
+
+
+@click.command("simulate")
+@click.argument("scenario_file", type=click.Path(dir_okay=False))
+@click.option("--surrogate", "surrogate", default=None, help="builtin | roofline | a path | an MLflow run id")
+@click.option("-o", "--out", "outdir", type=click.Path(file_okay=False), default=None,
+              help="write summary.json, requests.parquet, trace.json and plots here")
+@click.option("--json", "as_json", is_flag=True, help="print only the summary JSON on stdout")
+@click.option("--no-plots", is_flag=True, help="skip the PNG plots")
+def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, as_json: bool,
+                 no_plots: bool) -> None:
+    """Simulate SCENARIO_FILE (YAML) and print the summary."""
+    from simulator import check_fit, load_scenario, simulate
+    scenario = load_scenario(scenario_file)
+    if surrogate is not None:
+        scenario = scenario.model_copy(update={"surrogate": surrogate})
+    check_fit(scenario)
+    console = _console()
+    with _progress_bar(console, f"simulating {scenario.name}") as bar:
+        task = bar.add_task("sim", total=1.0)
+        result = simulate(scenario, progress=lambda f: bar.update(task, completed=f))
+    if outdir:
+        result.write(outdir, plots=not no_plots)
+    if as_json:
+        click.echo(result.summary_json())
+        return
+    for t in summary_table(result.summary):
+        console.print(t)
+    reasons = result.summary["rejected"]["reasons"]
+    for why, n in reasons.items():
+        console.print(f"[yellow]rejected {n}: {why}[/]")
+    if outdir:
+        console.print(f"outputs in {outdir}")
+
+
+@click.command("validate")
+@click.argument("measurements", type=click.Path(dir_okay=False))
+@click.argument("scenario_arg", required=False, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["silicon", "vllm-bench", "csv"]), default=None,
+              help="silicon: silicon_sample.csv rows; vllm-bench: benchmark_serving JSON (+ --trace, "
+                   "--scenario); csv: per-request arrival_s,prompt_tokens,output_tokens,ttft_s[,tpot_s,e2e_s]")
+@click.option("--scenario", "scenario_opt", type=click.Path(dir_okay=False), default=None)
+@click.option("--trace", type=click.Path(dir_okay=False), default=None, help="vllm-bench: the replayed request trace")
+@click.option("--surrogate", default=None)
+@click.option("--filter", "pattern", default=None, help="silicon: only rows whose model_path matches (regex)")
+@click.option("--json", "as_json", is_flag=True)
+def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, scenario_opt: str | None,
+                 trace: str | None, surrogate: str | None, pattern: str | None, as_json: bool) -> None:
+    """Compare measured TTFT/TPOT/E2E with the simulation, row by row."""
+    from simulator import load_scenario
+    from simulator.calibrate import report, run_rows
+    from simulator.silicon import read_silicon, silicon_rows
+    from simulator.validate import replay_requests
+    scenario_file = scenario_opt or scenario_arg
+    fmt = fmt or ("csv" if scenario_file else "silicon")
+    console = _console()
+    if fmt == "silicon":
+        df = read_silicon(measurements)
+        if pattern:
+            df = df[df.model_path.astype(str).str.contains(pattern, regex=True)]
+        rows = silicon_rows(df, surrogate=surrogate or "builtin")
+        with _progress_bar(console, "replaying rows") as bar:
+            task = bar.add_task("rows", total=1.0)
+            rep = report(run_rows(rows, progress=lambda f: bar.update(task, completed=f)))
+        rep["unsupported"] = [{"id": r.id, "reason": r.unsupported} for r in rows if r.unsupported]
+    else:
+        if not scenario_file:
+            raise HermesError(f"--format {fmt} needs a scenario (--scenario FILE)")
+        if fmt == "vllm-bench" and not trace:
+            raise HermesError("--format vllm-bench needs --trace FILE (the replayed request trace)")
+        scenario = load_scenario(scenario_file)
+        if surrogate:
+            scenario = scenario.model_copy(update={"surrogate": surrogate})
+        rep = replay_requests(measurements, scenario, fmt, trace)
+    if as_json:
+        click.echo(json.dumps(rep, default=lambda x: None))
+        return
+    _print_report(console, rep)
+
+
+def _print_report(console, rep: dict) -> None:
+    from rich.table import Table
+    rows = rep.get("rows", [])
+    t = Table(title="predicted vs measured (ms)", show_edge=False)
+    keys = [k for k in ("ttft", "tpot", "e2e") if rows and f"{k}_meas" in rows[0]]
+    t.add_column("row")
+    for k in keys:
+        t.add_column(f"{k} sim", justify="right")
+        t.add_column(f"{k} real", justify="right")
+        t.add_column("err %", justify="right")
+    for r in rows[:200]:
+        cells = [str(r.get("id", ""))[:60]]
+        for k in keys:
+            p, m = r.get(f"{k}_pred"), r.get(f"{k}_meas")
+            err = (p - m) / m * 100 if p is not None and m else float("nan")
+            cells += [_fmt(p, "ms"), _fmt(m, "ms"), f"{err:+.1f}"]
+        t.add_row(*cells)
+    console.print(t)
+    if len(rows) > 200:
+        console.print(f"... {len(rows) - 200} more rows (use --json)")
+    for k in ("ttft_mape", "tpot_mape", "e2e_mape"):
+        if rep.get(k) is not None:
+            console.print(f"{k}: {rep[k]:.1f}%")
+    for u in rep.get("unsupported", []):
+        console.print(f"[yellow]unsupported {u['id']}: {u['reason']}[/]")
+
+
+COMMANDS: list[click.Command] = [simulate_cmd, validate_cmd]

@@ -1,1 +1,26 @@
-"""TODO"""
+"""simulator: the discrete-event LLM serving simulator.
+
+Public API:
+    Scenario, load_scenario(path), parse_scenario(dict, source)   -- the scenario file
+    simulate(scenario, *, progress=None, should_stop=None) -> SimResult
+    SimResult (.summary dict, .requests DataFrame, .write(outdir), .stopped_early)
+    check_fit(scenario) -> {deployment: MemoryPlan}; raises HermesError with the arithmetic
+    SCHEDULERS, ROUTERS, DEPLOYMENT_KINDS                          -- plugin registries
+    Environment                                                     -- the event core
+    Stage, Pipeline                                                 -- how stages plug in
+    build_requests(workload, seed), read_trace(path)               -- workloads
+"""
+from .core import Environment, StopSimulation
+from .deployment import DEPLOYMENT_KINDS, check_fit
+from .memory import MemoryPlan, plan_memory
+from .result import SimResult
+from .router import ROUTERS
+from .scenario import Scenario, load_scenario, parse_scenario
+from .schedulers import SCHEDULERS
+from .simulate import simulate
+from .stage import Pipeline, Stage
+from .workload import Requests, build_requests, read_trace
+
+__all__ = ["Environment", "StopSimulation", "DEPLOYMENT_KINDS", "check_fit", "MemoryPlan",
+           "plan_memory", "SimResult", "ROUTERS", "Scenario", "load_scenario", "parse_scenario",
+           "SCHEDULERS", "simulate", "Pipeline", "Stage", "Requests", "build_requests", "read_trace"]

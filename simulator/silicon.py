@@ -1,0 +1,168 @@
+"""End-to-end measurements as scenarios: ``silicon_sample.csv`` rows (closed loop at fixed
+concurrency), per-request CSVs, and vLLM ``benchmark_serving`` result JSON.
+
+Each silicon row becomes its own closed-loop scenario (model, system, precision, TP/PP,
+concurrency = ``batch_size``, fixed isl/osl). Rows the catalog cannot serve (unknown model
+or GPU, disaggregated rows) are returned with the reason, never dropped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiling.errors import HermesError, InputError
+from profiling.hardware import load_catalog
+from profiling.models import load_models
+
+from .scenario import OverheadConfig, Scenario
+from .workload import Requests
+
+# Serving stacks and the batching each uses by default.
+BACKEND_POLICY = {"vllm": "chunked", "sglang": "continuous", "trtllm": "mixed"}
+SILICON_COLUMNS = ("model_path", "system", "backend", "precision", "mode", "isl", "osl",
+                   "batch_size", "tp_size", "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
+REQUESTS_PER_CLIENT = 3     # closed-loop requests simulated per concurrent client
+
+
+@dataclass(frozen=True)
+class SiliconRow:
+    id: str
+    backend: str
+    scenario: Scenario | None
+    ttft_s: float
+    tpot_s: float
+    unsupported: str | None = None
+
+
+def read_silicon(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("measurements file not found", file=p)
+    df = pd.read_csv(p)
+    missing = [c for c in SILICON_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"missing silicon columns {missing}", file=p)
+    if "id" not in df.columns:
+        df["id"] = [f"row{i + 2}" for i in range(len(df))]
+    return df
+
+
+def _dtype(precision) -> tuple[str, str | None]:
+    if not isinstance(precision, str) or not precision.strip():
+        return "bf16", None
+    p = precision.strip().lower()
+    return ("fp8", "fp8") if p == "fp8" else ("fp4", "fp8") if p in ("fp4", "nvfp4") else (p, None)
+
+
+def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = None,
+                 surrogate: str | None = "builtin", requests_per_client: int = REQUESTS_PER_CLIENT) -> list[SiliconRow]:
+    """One closed-loop scenario per row (or the reason it cannot be simulated)."""
+    models, hw = load_models(), load_catalog()
+    out = []
+    for r in df.itertuples(index=False):
+        reason = None
+        if r.mode != "agg":
+            reason = f"mode '{r.mode}' (only aggregated rows are replayed)"
+        elif r.model_path not in models:
+            reason = f"model '{r.model_path}' is not in the model catalog"
+        elif r.system not in hw:
+            reason = f"hardware '{r.system}' is not in the hardware catalog"
+        elif r.backend not in BACKEND_POLICY:
+            reason = f"backend '{r.backend}' has no batching policy mapping"
+        elif any(pd.isna(getattr(r, c)) for c in ("isl", "osl", "batch_size", "tp_size")):
+            reason = "missing isl/osl/batch_size/tp_size"
+        sc = None
+        if reason is None:
+            dtype, kv = _dtype(r.precision)
+            conc = int(r.batch_size)
+            oh = (overhead or {}).get(r.backend, OverheadConfig())
+            try:
+                sc = Scenario.model_validate({
+                    "name": str(r.id), "surrogate": surrogate,
+                    "deployments": [{
+                        "name": "llm", "model": r.model_path, "hardware": r.system,
+                        "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
+                        "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
+                        "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
+                                      "max_tokens_per_step": max(8192, int(r.isl)), "chunk_size": 8192},
+                        "overhead": oh.model_dump()}],
+                    "workload": {"arrival": "closed_loop", "concurrency": conc,
+                                 "num_requests": conc * requests_per_client,
+                                 "prompt_tokens": {"dist": "fixed", "mean": float(r.isl)},
+                                 "output_tokens": {"dist": "fixed", "mean": float(r.osl)}}})
+            except Exception as e:  # a row the scenario schema rejects
+                reason = f"invalid row ({str(e).splitlines()[0]})"
+        out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
+                              float(r.silicon_tpot_ms) / 1e3, reason))
+    return out
+
+
+# ---- per-request measurements (CSV) and vLLM benchmark_serving JSON ---------------------
+
+REQUEST_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+MEASURED_COLUMNS = ("ttft_s", "tpot_s", "e2e_s")
+
+
+def read_request_csv(path: str | Path) -> pd.DataFrame:
+    """Per-request measurements: ``arrival_s, prompt_tokens, output_tokens`` and any of
+    ``ttft_s, tpot_s, e2e_s`` (seconds)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("measurements file not found", file=p)
+    df = pd.read_csv(p)
+    for c in REQUEST_COLUMNS:
+        if c not in df.columns:
+            raise InputError(f"missing column (need {', '.join(REQUEST_COLUMNS)} and any of "
+                             f"{', '.join(MEASURED_COLUMNS)})", file=p, column=c)
+    if not any(c in df.columns for c in MEASURED_COLUMNS):
+        raise InputError(f"no measured column (any of {', '.join(MEASURED_COLUMNS)})", file=p)
+    for c in (*REQUEST_COLUMNS, *[m for m in MEASURED_COLUMNS if m in df.columns]):
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad = v.isna() | (v < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError("must be a non-negative number", file=p, row=i + 2, column=c)
+        df[c] = v
+    return df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+
+
+def read_vllm_bench(result: str | Path, trace: str | Path) -> pd.DataFrame:
+    """vLLM ``benchmark_serving`` result JSON (``input_lens, output_lens, ttfts, e2els``) and
+    the replayed trace (``arrival_timestamp, prompt_size, token_size``) as a request CSV."""
+    rp, tp = Path(result), Path(trace)
+    try:
+        doc = json.loads(rp.read_text())
+    except FileNotFoundError:
+        raise InputError("result file not found", file=rp) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg})", file=rp) from None
+    for k in ("input_lens", "output_lens", "ttfts"):
+        if not isinstance(doc.get(k), list):
+            raise InputError(f"missing list field '{k}'", file=rp)
+    from .workload import read_trace
+    tr = read_trace(tp)
+    n = min(len(tr), len(doc["ttfts"]))
+    df = pd.DataFrame({"arrival_s": tr.arrival.to_numpy()[:n] - tr.arrival.to_numpy()[0],
+                       "prompt_tokens": np.asarray(doc["input_lens"][:n], dtype=np.int64),
+                       "output_tokens": np.asarray(doc["output_lens"][:n], dtype=np.int64),
+                       "ttft_s": np.asarray(doc["ttfts"][:n], dtype=float)})
+    if isinstance(doc.get("e2els"), list):
+        df["e2e_s"] = np.asarray(doc["e2els"][:n], dtype=float)
+    return df
+
+
+def requests_from_measurements(df: pd.DataFrame) -> Requests:
+    return Requests(df.arrival_s.to_numpy(float), df.prompt_tokens.to_numpy(np.int64).clip(1),
+                    df.output_tokens.to_numpy(np.int64).clip(1))
+
+
+def mape(pred, meas) -> float:
+    p, m = np.asarray(pred, float), np.asarray(meas, float)
+    ok = np.isfinite(p) & np.isfinite(m) & (m > 0)
+    if not ok.any():
+        raise HermesError("no comparable rows")
+    return float(np.mean(np.abs(p[ok] - m[ok]) / m[ok]) * 100)

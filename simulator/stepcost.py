@@ -1,0 +1,150 @@
+"""Step time of one replica: compiled surrogate table + framework overhead, by list lookup.
+
+``StepTable.step_time`` costs a few microseconds; a simulation calls it ~10^5 times, so
+``StepCost`` pre-evaluates the token-wise and per-sequence parts on every integer up to
+the scheduler's limits and the decode attention on every batch size, leaving one bisect
+per step. Results equal ``StepTable.step_time`` (tested) plus the overhead model.
+
+Pipeline parallelism: a step passes through the ``pp`` stages in sequence (stage time x pp,
+with the activation hop between stages); micro-batch interleaving across stages, which
+raises PP throughput in real engines, is not modelled — PP figures are conservative.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from functools import lru_cache
+
+import numpy as np
+
+from profiling.errors import HermesError
+from profiling.hardware import HardwareSpec
+from profiling.models import ModelSpec
+from surrogates.compiled import OpLatencyModel, RooflinePredictor, StepTable, compile_step_table
+
+from .scenario import OverheadConfig as Overhead
+
+
+@lru_cache(maxsize=8)
+def load_predictor(ref: str | None) -> OpLatencyModel:
+    """The operator-latency model a scenario names: ``builtin``/None (shipped bundle),
+    ``roofline`` (spec-sheet baseline), a path, or an MLflow run id."""
+    if ref == "roofline":
+        return RooflinePredictor()
+    try:
+        from surrogates import load_surrogate  # type: ignore[attr-defined]
+    except ImportError:
+        if ref in (None, "builtin"):
+            return RooflinePredictor()  # no trained bundle shipped yet
+        raise HermesError(f"surrogate '{ref}': loading trained surrogates is not available "
+                          "in this installation (use 'builtin' or 'roofline')") from None
+    return load_surrogate(None if ref in (None, "builtin") else ref)
+
+
+_TABLES: dict[tuple, StepTable] = {}
+
+
+def step_table(surrogate: str | None, model: ModelSpec, hw: HardwareSpec, *, dtype: str | None,
+               kv_dtype: str | None, tp: int, pp: int) -> StepTable:
+    """Compiled table for one (surrogate, model, hardware, dtype, kv_dtype, tp, pp), memoized:
+    compiling is a pure function of these, so trials and replicas share it."""
+    key = (surrogate, model.model_dump_json(warnings=False), hw.model_dump_json(warnings=False), dtype, kv_dtype, tp, pp)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        table = compile_step_table(model, hw, load_predictor(surrogate), dtype=dtype,
+                                   kv_dtype=kv_dtype, tp=tp, pp=pp)
+        _TABLES[key] = table
+    return table
+
+
+class StepCost:
+    """Seconds of one step of a replica (all ``pp`` stages in sequence, plus overhead)."""
+
+    def __init__(self, table: StepTable, overhead: Overhead, max_tokens: int, max_seqs: int) -> None:
+        self.table, self.overhead, self.pp = table, overhead, table.pp
+        self.max_tokens, self.max_seqs = int(max_tokens), int(max_seqs)
+        pp = float(table.pp)
+        hop = table.pp_hop_s if table.pp > 1 else 0.0
+        toks = np.arange(self.max_tokens + 1, dtype=float)
+        tok = np.interp(toks, table.tok_x, table.tok_y) + hop
+        tok[0] = 0.0
+        self._tok = (tok * pp + overhead.per_token_s * toks + overhead.step_s).tolist()
+        seqs = np.arange(self.max_seqs + 1, dtype=float)
+        self._seq = (np.interp(seqs, table.seq_x, table.seq_y) * pp + overhead.per_seq_s * seqs).tolist()
+        self._seq[0] = 0.0
+        # decode attention rows: batch interpolated exactly as StepTable's bilinear does
+        self._kv = list(table.dec_kv)
+        rows = np.empty((self.max_seqs + 1, len(self._kv)))
+        b = table.dec_b
+        for n in range(1, self.max_seqs + 1):
+            i = min(max(bisect_right(b, n), 1), len(b) - 1)
+            tx = max((n - b[i - 1]) / (b[i] - b[i - 1]), 0.0)
+            rows[n] = table.dec_y[i - 1] * (1 - tx) + table.dec_y[i] * tx
+        rows[0] = 0.0
+        self._dec = (rows * pp).tolist()
+        self._pre_kv = list(table.pre_kv)
+        self._pre = self._rows(table.pre_q, table.pre_y * pp, self.max_tokens)
+
+    @staticmethod
+    def _rows(xs: list[float], grid: np.ndarray, upto: int) -> list[list[float]]:
+        """Rows of a [x, y] grid interpolated at every integer x <= upto, as
+        StepTable._bilinear does along x (clamped below, extrapolated above)."""
+        out = np.zeros((upto + 1, grid.shape[1]))
+        for v in range(1, upto + 1):
+            i = min(max(bisect_right(xs, v), 1), len(xs) - 1)
+            tx = max((v - xs[i - 1]) / (xs[i] - xs[i - 1]), 0.0)
+            out[v] = grid[i - 1] * (1 - tx) + grid[i] * tx
+        return out.tolist()
+
+    def prefill(self, q: int, kv: int) -> float:
+        """Prefill attention of one chunk (all stages)."""
+        if q > self.max_tokens:
+            return self.table.prefill_attention(q, kv) * self.pp
+        ys = self._pre_kv
+        j = bisect_right(ys, kv)
+        if j < 1:
+            j = 1
+        elif j >= len(ys):
+            j = len(ys) - 1
+        row = self._pre[q]
+        y0 = ys[j - 1]
+        ty = (kv - y0) / (ys[j] - y0)
+        if ty < 0:
+            ty = 0.0
+        return row[j - 1] + (row[j] - row[j - 1]) * ty
+
+    def __call__(self, tokens: int, decode_seqs: int, decode_kv_sum: float, prefill=()) -> float:
+        """Step seconds: ``tokens`` new tokens, ``decode_seqs`` decoders holding
+        ``decode_kv_sum`` KV tokens, prefill chunks as (new tokens, context after)."""
+        seqs = decode_seqs + len(prefill)
+        if tokens > self.max_tokens or seqs > self.max_seqs:
+            return self.exact(tokens, decode_seqs, decode_kv_sum, prefill)
+        t = self._tok[tokens] + self._seq[seqs]
+        if decode_seqs:
+            t += self.decode(decode_seqs, decode_kv_sum)
+        for q, kv in prefill:
+            t += self.prefill(q, kv)
+        return t
+
+    def decode(self, n: int, kv_sum: float) -> float:
+        xs = self._kv
+        x = kv_sum / n
+        j = bisect_right(xs, x)
+        if j < 1:
+            j = 1
+        elif j >= len(xs):
+            j = len(xs) - 1
+        row = self._dec[n]
+        x0 = xs[j - 1]
+        ty = (x - x0) / (xs[j] - x0)
+        if ty < 0:
+            ty = 0.0
+        return row[j - 1] + (row[j] - row[j - 1]) * ty
+
+    def exact(self, tokens: int, decode_seqs: int, decode_kv_sum: float, prefill=()) -> float:
+        """Reference path through ``StepTable.step_time`` (used beyond the lookup range)."""
+        o = self.overhead
+        stage = self.table.step_time(tokens, decode_seqs, decode_kv_sum, list(prefill))
+        return (stage * self.pp + o.step_s + o.per_seq_s * (decode_seqs + len(prefill))
+                + o.per_token_s * tokens)
