@@ -3,7 +3,9 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_import_layers_are_one_way():

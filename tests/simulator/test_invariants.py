@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from simulator import simulate
 from simulator.metrics import time_average_in_system
 
-from conftest import make
+from simkit import make
 
 PRESSURE = {"gpu_memory_utilization": 0.215}     # a few thousand KV tokens: forces preemption
 

@@ -10,7 +10,7 @@ import yaml
 
 from simulator import simulate
 
-from conftest import BASE, make
+from simkit import BASE, make
 
 STABLE = ("requests", "completed", "ttft_s", "tpot_s", "itl_s", "e2e_s", "throughput_req_s",
           "output_tokens_per_s", "goodput_req_s", "cost_usd", "output_tokens_per_dollar", "energy_j",

@@ -6,7 +6,7 @@ import pytest
 
 from simulator import simulate
 
-from conftest import make
+from simkit import make
 
 
 def steps(res, name="llm/0"):
@@ -108,7 +108,7 @@ def test_closed_loop_keeps_concurrency_fixed():
 def test_several_deployments_share_the_load_by_replicas():
     """Two deployments on different GPUs: arrivals split 2:1 by replica count; costs add up."""
     from simulator import Scenario
-    from conftest import BASE
+    from simkit import BASE
     d0 = {**BASE["deployments"][0], "name": "h100", "replicas": 2}
     d1 = {**BASE["deployments"][0], "name": "a100", "hardware": "A100-80GB", "replicas": 1}
     res = simulate(Scenario.model_validate({**BASE, "debug": False, "deployments": [d0, d1]}))

@@ -7,7 +7,7 @@ import pytest
 from simulator import simulate
 from simulator.metrics import time_average_in_system
 
-from conftest import make
+from simkit import make
 
 
 def test_md1_mean_wait_matches_pollaczek_khinchine():

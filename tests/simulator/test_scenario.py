@@ -9,7 +9,7 @@ import pytest
 from profiling.errors import HermesError, InputError
 from simulator import check_fit, load_scenario, parse_scenario
 
-from conftest import BASE, make
+from simkit import BASE, make
 
 GOOD = """
 name: ok
