@@ -1,6 +1,125 @@
-"""`hermes-sim search` verbs."""
+"""`hermes-sim search` and `hermes-sim ui` verbs."""
 from __future__ import annotations
 
-import click
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+from rich.table import Table
+
+from profiling.errors import HermesError
+
+
+@click.command("search")
+@click.argument("space", required=False, type=click.Path(dir_okay=False))
+@click.option("--trials", type=click.IntRange(min=1), default=40, show_default=True,
+              help="total finished trials in the study (a rerun only runs the missing ones)")
+@click.option("--storage", default=None, help="Optuna RDB URL (default sqlite:///hermes-search.db)")
+@click.option("--study", "study_name", default=None, help="study name (default: the space's name)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="local worker processes sharing the storage")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--heartbeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="worker heartbeat, seconds (a silent worker's trial is retried after 3x)")
+@click.option("-o", "--out", "outdir", default=None, type=click.Path(file_okay=False),
+              help="where the best scenario, plots and trials CSV go (default search-results/STUDY)")
+@click.option("--json", "as_json", is_flag=True, help="print only the result JSON on stdout")
+def search_cmd(space: str | None, trials: int, storage: str | None, study_name: str | None,
+               workers: int, seed: int, heartbeat: int, outdir: str | None, as_json: bool) -> None:
+    """Find the deployment with the most output tokens per dollar under the SLOs.
+
+    Without SPACE, runs the built-in example space (search/spaces/default.yaml).
+    """
+    from search import load_space, run_search
+
+    err = Console(stderr=True)
+    warned: list[str] = []
+
+    def warn(msg: str) -> None:  # one line, once
+        if not warned:
+            warned.append(msg)
+            click.echo(f"warning: {msg}", err=True)
+
+    sp = load_space(space)
+    err.print(f"searching '{sp.name}' ({len(sp.params)} parameters, objective {sp.objective}) "
+              f"for {trials} trials", highlight=False)
+    res = run_search(sp, trials=trials, storage_url=storage, study_name=study_name,
+                     workers=workers, seed=seed, heartbeat_s=heartbeat, outdir=outdir,
+                     console=err, warn=warn)
+    if as_json:
+        click.echo(json.dumps(res.to_json(), default=_jsonable))
+        return
+    _print(Console(), res)
+
+
+def _jsonable(x: object) -> object:
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def _print(con: Console, res) -> None:
+    best, base = res.best, res.baseline
+    if best is None:
+        con.print(f"[red]No configuration met the SLOs[/] in {res.trials} trials of study "
+                  f"'{res.study}'. See {res.outdir}/trials.csv for the reasons.")
+        return
+    t = Table(title=f"Best of {res.trials} trials (study '{res.study}', trial {best['trial']})")
+    t.add_column("parameter")
+    t.add_column("value")
+    for k, v in best["params"].items():
+        t.add_row(k, str(v))
+    con.print(t)
+    con.print(f"[bold]{best['output_tokens_per_dollar']:,.0f} output tokens per dollar[/]; "
+              f"SLOs {'met' if best['slo_met'] else 'MISSED'}")
+    for key, s in (best.get("slo") or {}).items():
+        con.print(f"  {key}: {s['measured']:.3g}s vs target {s['target']:.3g}s "
+                  f"(margin {s['margin']:+.0%})", highlight=False)
+    if base.get("output_tokens_per_dollar"):
+        gain = base.get("gain")
+        con.print(f"Baseline ({base['description']}): {base['output_tokens_per_dollar']:,.0f} tokens/$, "
+                  f"SLOs {'met' if base['slo_met'] else 'missed: ' + base['reason']}"
+                  + (f" -> gain {gain:.2f}x" if gain else ""), highlight=False)
+    else:
+        con.print(f"Baseline ({base['description']}): {base.get('reason')}", highlight=False)
+    con.print(f"Best scenario: {best['scenario_file']} (run: hermes-sim simulate {best['scenario_file']})",
+              highlight=False)
+    if res.mlflow_experiment:
+        con.print(f"MLflow experiment: '{res.mlflow_experiment}' (open with: hermes-sim ui)",
+                  highlight=False)
+    else:
+        con.print("MLflow: not tracked; results are in the Optuna storage", highlight=False)
+
+
+@click.command("ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui_cmd(port: int, host: str) -> None:
+    """Start the MLflow UI on the local store (mlruns/) and print where to point the browser."""
+    from search.tracking import artifact_root, tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        click.echo(f"MLflow tracking server in use: {uri} (open it in a browser)")
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if not db.exists():
+        raise HermesError(f"no MLflow store at {db}; run `hermes-sim search` first")
+    exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    root = artifact_root()
+    if root:
+        cmd += ["--default-artifact-root", root]
+    click.echo(f"MLflow UI on {db}: open http://{host}:{port}  (Ctrl-C to stop)")
+    try:
+        subprocess.run(cmd, check=False, env=os.environ.copy())
+    except KeyboardInterrupt:
+        pass
+
+
+COMMANDS: list[click.Command] = [search_cmd, ui_cmd]

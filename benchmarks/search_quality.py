@@ -1,0 +1,121 @@
+"""Search quality: fraction of the exhaustive optimum Optuna reaches in 20/40/80 trials.
+
+1. Enumerate a small space (a few hundred configurations) and simulate every one with
+   the real simulator (small workloads so this takes minutes on 2 cores).
+2. Replay the search over that table for 5 seeds: the sampler asks for a configuration,
+   the table answers with the real simulation's outcome (a configuration the search never
+   asked for is never shown to it). Duplicated asks count as trials, as in the real search.
+3. Report the median fraction of the exhaustive optimum after 20, 40 and 80 trials and
+   the wall time of one real (simulated) trial.
+
+Last line: {"fraction_at_20": ..., "fraction_at_40": ..., "fraction_at_80": ..., "s_per_trial": ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from search.objective import Outcome, directions, evaluate, params_hash
+from search.space import parse_space
+from search.storage import make_sampler, quiet_optuna
+from search.study import make_objective
+
+SPACE = {
+    "name": "bench-chat",
+    "base": {
+        "name": "bench-chat", "seed": 0, "surrogate": "builtin",
+        "deployments": [{"name": "llm", "model": "Llama-3.1-8B", "hardware": "H100-SXM",
+                         "replicas": 1, "tp": 1, "dtype": "bf16",
+                         "scheduler": {"policy": "continuous", "max_batch_size": 256,
+                                       "max_tokens_per_step": 8192, "chunk_size": 512}}],
+        "workload": {"arrival": "poisson", "rate_rps": 16, "num_requests": 300,
+                     "prompt_tokens": {"dist": "lognormal", "mean": 1024, "max": 4096},
+                     "output_tokens": {"dist": "lognormal", "mean": 192, "max": 1024}},
+    },
+    "slo": {"ttft_p90_s": 0.5, "tpot_p90_s": 0.03},
+    "params": {
+        "deployments.0.hardware": {"choices": ["H100-SXM", "H200", "B200", "A100-80GB", "L40S"]},
+        "deployments.0.replicas": {"low": 1, "high": 4},
+        "deployments.0.tp": {"choices": [1, 2]},
+        "deployments.0.scheduler.policy": {"choices": ["continuous", "chunked"]},
+        "deployments.0.scheduler.chunk_size": {
+            "choices": [256, 512, 1024], "when": {"deployments.0.scheduler.policy": "chunked"}},
+        "deployments.0.scheduler.max_batch_size": {"choices": [32, 128]},
+    },
+}
+
+
+def exhaustive(space, cache: Path | None = None) -> tuple[dict[str, Outcome], float, float]:
+    """Simulate every configuration; returns the table, the optimum and seconds per trial.
+
+    ``cache`` keeps the table (and its timing) in a JSON file so sampler settings can be
+    compared without re-simulating; delete it after changing the simulator or the space.
+    """
+    if cache is not None and cache.is_file():
+        doc = json.loads(cache.read_text())
+        table = {h: Outcome(tuple(o["values"]), tuple(o["constraints"]), o["feasible"], o["reason"],
+                            o["metrics"], o["simulated"]) for h, o in doc["table"].items()}
+        best = max((o.values[0] for o in table.values() if o.feasible), default=0.0)
+        return table, best, doc["s_per_trial"]
+    table: dict[str, Outcome] = {}
+    combos = space.enumerate()
+    t0 = time.perf_counter()
+    for i, values in enumerate(combos):
+        table[params_hash(values)] = evaluate(space, values)
+        if (i + 1) % 50 == 0:
+            print(f"  simulated {i + 1}/{len(combos)}", file=sys.stderr)
+    wall = time.perf_counter() - t0
+    best = max((o.values[0] for o in table.values() if o.feasible), default=0.0)
+    if cache is not None:
+        cache.write_text(json.dumps({"s_per_trial": wall / len(combos), "table": {
+            h: {"values": o.values, "constraints": o.constraints, "feasible": o.feasible,
+                "reason": o.reason, "metrics": o.metrics, "simulated": o.simulated}
+            for h, o in table.items()}}))
+    return table, best, wall / len(combos)
+
+
+def replay(space, table: dict[str, Outcome], seed: int, n: int) -> list[float]:
+    """Best feasible tokens/$ after each trial of a search that reads the table."""
+    study = optuna.create_study(directions=directions(space),
+                                sampler=make_sampler(seed, len(space.params)))
+    study.optimize(make_objective(space, n, lambda _s, v: table[params_hash(v)]), n_trials=n)
+    best, curve = 0.0, []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        if t.user_attrs.get("feasible"):
+            best = max(best, t.values[0])
+        curve.append(best)
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="JSON file to keep the exhaustive table in (reused when present)")
+    a = ap.parse_args()
+    quiet_optuna()
+    space = parse_space(SPACE, source="search_quality.py")
+    combos = space.enumerate()
+    print(f"space: {len(combos)} configurations", file=sys.stderr)
+    table, optimum, s_per_trial = exhaustive(space, a.cache)
+    n_ok = sum(o.feasible for o in table.values())
+    best_vals = next(v for v in combos if table[params_hash(v)].feasible
+                     and table[params_hash(v)].values[0] == optimum)
+    print(f"exhaustive optimum {optimum:,.0f} tokens/$ ({n_ok}/{len(table)} feasible) at {best_vals}")
+    curves = [replay(space, table, seed, 80) for seed in range(a.seeds)]
+    res = {f"fraction_at_{k}": statistics.median(c[k - 1] / optimum for c in curves)
+           for k in (20, 40, 80)}
+    for seed, c in enumerate(curves):
+        print(f"seed {seed}: " + ", ".join(f"@{k} {c[k - 1] / optimum:.3f}" for k in (10, 20, 40, 80)))
+    res["s_per_trial"] = s_per_trial
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Run a search end to end: open/resume the study, run workers, then report and track.
+
+The parent process owns the study setup, the MLflow parent run, the progress bar and
+the final report; trials run in ``workers`` processes (or in-process for one worker).
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .objective import content_hash, prepare, score, simulate_doc
+from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plot_history,
+                     plot_pareto, trials_table)
+from .space import SearchSpace
+from .storage import FINISHED, make_storage, quiet_optuna, redact
+from .study import open_study, run_worker
+from .tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker, trial_callback
+
+
+@dataclass
+class SearchOutcome:
+    """The report of a finished search (what ``--json`` prints)."""
+
+    study: str
+    storage: str
+    trials: int
+    best: dict[str, Any] | None
+    baseline: dict[str, Any]
+    mlflow_experiment: str | None
+    mlflow_parent_run_id: str | None
+    outdir: str
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def identity_tags(space: SearchSpace) -> dict[str, str]:
+    """Tags naming what was searched: scenario, space and surrogate content hashes."""
+    sur = str(space.base.get("surrogate") or "builtin")
+    p = Path(sur)
+    if p.is_file():
+        sur_hash = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    elif p.is_dir():
+        sur_hash = content_hash(sorted((str(f.relative_to(p)), f.stat().st_size)
+                                       for f in p.rglob("*") if f.is_file()))
+    else:
+        sur_hash = sur
+    return {"hermes.scenario": str(space.base.get("name", "")),
+            "hermes.scenario_hash": content_hash(space.base), "hermes.space_hash": content_hash(space.doc),
+            "hermes.surrogate": sur, "hermes.surrogate_hash": sur_hash}
+
+
+def _progress(console: Console, total: int, enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[best]}"),
+                    console=console, disable=not enabled, transient=False)
+
+
+def _best_text(study: Any) -> str:
+    b = best_trial(finished(study))
+    return f"best {b.values[0]:,.0f} tok/$" if b else "no feasible yet"
+
+
+def _spawn(storage: str, study: str, trials: int, seed: int | None, index: int,
+           heartbeat_s: int, track: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "search.worker", "--storage", storage, "--study", study,
+           "--trials", str(trials), "--index", str(index), "--heartbeat", str(heartbeat_s)]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
+    if not track:
+        cmd.append("--no-track")
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+
+def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = None,
+               study_name: str | None = None, workers: int = 1, seed: int | None = 0,
+               heartbeat_s: int = 5, outdir: str | Path | None = None,
+               console: Console | None = None, show_progress: bool = True,
+               warn: Callable[[str], None] | None = None) -> SearchOutcome:
+    """Run (or resume) the study until ``trials`` trials have finished, then report."""
+    quiet_optuna()
+    console = console or Console(stderr=True)
+    warn = warn or (lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False))
+    name = study_name or space.name
+    storage = make_storage(storage_url, heartbeat_s=heartbeat_s)
+    url = storage.url
+    study = open_study(space, storage, name, seed)
+    tracker = Tracker(warn=warn)
+    exp_name = f"hermes-search/{name}"
+    exp_id = tracker.experiment(exp_name) if tracker.enabled else None
+    parent = study.user_attrs.get(PARENT_ATTR) if exp_id else None
+    if exp_id and (parent is None or study.user_attrs.get(EXPERIMENT_ATTR) != exp_id):
+        parent = tracker.start_parent(exp_id, name, identity_tags(space))
+        if parent:
+            study.set_user_attr(PARENT_ATTR, parent)
+            study.set_user_attr(EXPERIMENT_ATTR, exp_id)
+    track = tracker.enabled and parent is not None
+    callbacks = [trial_callback(tracker, exp_id, parent, identity_tags(space))] if track else []
+
+    with _progress(console, trials, show_progress) as prog:
+        task = prog.add_task("trials", total=trials, best="")
+        done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
+        prog.update(task, completed=min(done(), trials), best=_best_text(study))
+        if workers <= 1:
+            def tick(st: Any, _t: Any) -> None:
+                prog.update(task, completed=min(done(), trials), best=_best_text(st))
+            run_worker(url, name, n_trials=trials, seed=seed, heartbeat_s=heartbeat_s,
+                       callbacks=[*callbacks, tick])
+        else:
+            procs = [_spawn(url, name, trials, seed, i, heartbeat_s, track) for i in range(workers)]
+            console.print(f"workers: {', '.join(f'{i}:pid {p.pid}' for i, p in enumerate(procs))}",
+                          highlight=False)
+            while any(p.poll() is None for p in procs):
+                prog.update(task, completed=min(done(), trials), best=_best_text(study))
+                time.sleep(0.5)
+            for i, p in enumerate(procs):
+                if p.returncode:
+                    console.print(f"worker {i} (pid {p.pid}) exited with status {p.returncode}; "
+                                  "its trial is retried", highlight=False)
+            if done() < trials:  # every worker died: finish the budget here
+                run_worker(url, name, n_trials=trials, seed=seed, index=workers,
+                           heartbeat_s=heartbeat_s, callbacks=callbacks)
+        prog.update(task, completed=min(done(), trials), best=_best_text(study))
+
+    out = Path(outdir or Path.cwd() / "search-results" / name)
+    out.mkdir(parents=True, exist_ok=True)
+    result = _finalize(space, study, out, name, url)
+    result.mlflow_experiment = exp_name if track else None
+    result.mlflow_parent_run_id = parent if track else None
+    if track:
+        b = result.best or {}
+        metrics = {"best_output_tokens_per_dollar": b.get("output_tokens_per_dollar") or 0.0,
+                   "trials": float(result.trials)}
+        if result.baseline.get("output_tokens_per_dollar"):
+            metrics["baseline_output_tokens_per_dollar"] = result.baseline["output_tokens_per_dollar"]
+        if result.baseline.get("gain"):
+            metrics["gain_over_baseline"] = result.baseline["gain"]
+        tracker.finish_parent(parent, {f"best.{k}": v for k, v in (b.get("params") or {}).items()},
+                              metrics, {"hermes.best_trial": str(b.get("trial", ""))}, out)
+        if tracker.failed:
+            result.mlflow_experiment = result.mlflow_parent_run_id = None
+    return result
+
+
+def _finalize(space: SearchSpace, study: Any, out: Path, name: str, url: str) -> SearchOutcome:
+    """Best trial (re-simulated in full for its plots), baseline, Pareto, CSV, plots."""
+    trials = finished(study)
+    trials_table(study).to_csv(out / "trials.csv", index=False)
+    lat_key = f"{space.pareto_latency}_s"
+    if trials:
+        plot_history(trials, out / "optimization_history.png")
+        plot_pareto(trials, out / "pareto_front.png", lat_key)
+    base = _simulate_full(space, space.baseline_overrides, None)
+    baseline = {"description": space.baseline_name, **base}
+    best_t = best_trial(trials)
+    best = None
+    if best_t is not None:
+        best = {"trial": best_t.number, "params": dict(best_t.params),
+                **_simulate_full(space, dict(best_t.params), out / "best")}
+        header = (f"Best configuration of study '{name}' (trial {best_t.number}), "
+                  f"{best['output_tokens_per_dollar']:,.0f} output tokens per dollar.\n"
+                  "Run it with: hermes-sim simulate best.yaml")
+        best_scenario_yaml(space.scenario(dict(best_t.params)), out / "best.yaml", header)
+        best["scenario_file"] = str(out / "best.yaml")
+        if base.get("output_tokens_per_dollar"):
+            baseline["gain"] = best["output_tokens_per_dollar"] / base["output_tokens_per_dollar"]
+    pareto = [{"trial": t.number, "params": dict(t.params), "output_tokens_per_dollar": t.values[0],
+               lat_key: (t.values[1] if len(t.values) > 1 else
+                         (t.user_attrs.get("metrics") or {}).get(lat_key))}
+              for t in pareto_front(trials, lat_key)] if space.objective == "pareto" else []
+    return SearchOutcome(name, redact(url), len([t for t in study.get_trials(deepcopy=False)
+                                                  if t.state in FINISHED]),
+                         best, baseline, None, None, str(out), pareto)
+
+
+def _simulate_full(space: SearchSpace, values: dict, outdir: Path | None) -> dict[str, Any]:
+    """Simulate without early stop; returns tokens/$, SLO verdict and margins (or the reason)."""
+    scen, reason = prepare(space, values)
+    if reason:
+        return {"output_tokens_per_dollar": None, "slo_met": False, "reason": reason}
+    summary, _, res = simulate_doc(space, scen, prune=False)
+    if outdir is not None:
+        outdir.mkdir(parents=True, exist_ok=True)
+        res.write(outdir)
+    o = score(space, summary, False)
+    margins = {f"{s.key}": {"target": s.target_s, "measured": s.measured(summary),
+                            "margin": -s.violation(summary)} for s in space.slos}
+    return {"output_tokens_per_dollar": float(summary.get("output_tokens_per_dollar") or 0.0),
+            "slo_met": o.feasible, "reason": o.reason, "slo": margins,
+            "throughput_req_s": summary.get("throughput_req_s"), "cost_usd": summary.get("cost_usd")}

@@ -1,0 +1,138 @@
+"""One study, many workers: create or resume it, and run trials until N have finished.
+
+The study is self-contained: the space (with its base scenario inlined), the trial
+budget and the MLflow parent run live in study user attrs, so a worker on another
+machine needs only the storage URL and the study name.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from profiling.errors import HermesError
+
+from .objective import Outcome, directions, evaluate, params_hash
+from .space import SearchSpace, parse_space
+from .storage import FINISHED, TRIAL_CONSTRAINTS, make_sampler, make_storage, quiet_optuna, worker_seed
+
+LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class _Surplus(Exception):
+    """Raised when a racing worker asked one trial more than the budget (marked FAIL)."""
+
+
+def open_study(space: SearchSpace, storage: Any, name: str, seed: int | None) -> optuna.Study:
+    """Create the study or load it (resume); the space must match the stored one."""
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions(space),
+                                load_if_exists=True, sampler=make_sampler(seed, len(space.params)))
+    if [d.name.lower() for d in study.directions] != directions(space):
+        raise HermesError(f"study '{name}' exists with other objectives; pick another --study")
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", space.doc)
+    elif stored != _jsonable(space.doc):
+        raise HermesError(f"study '{name}' exists with a different search space; "
+                          "pick another --study or rerun with the same space file")
+    return study
+
+
+def _jsonable(doc: Any) -> Any:
+    import json
+    return json.loads(json.dumps(doc, default=str))
+
+
+def suggest(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
+    """Ask for every active parameter in file order (conditions see earlier choices)."""
+    values: dict[str, Any] = {}
+    for path, p in space.params.items():
+        if p.active(values, space.base):
+            values[path] = p.suggest(trial, path)
+    return values
+
+
+def count(study: optuna.Study, states: tuple) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _cached(study: optuna.Study, h: str) -> optuna.trial.FrozenTrial | None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("params_hash") == h and t.user_attrs.get("simulated") is not None:
+            return t
+    return None
+
+
+def make_objective(space: SearchSpace, n_trials: int,
+                   evaluator: Callable[[SearchSpace, dict], Outcome] = evaluate):
+    """The Optuna objective: budget guard, dedup by params hash, evaluate, store attrs."""
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        trial.set_user_attr("worker_pid", os.getpid())
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=LIVE)
+                 if t.number < trial.number]
+        if len(ahead) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus()
+        values = suggest(space, trial)
+        h = params_hash(values)
+        trial.set_user_attr("params_hash", h)
+        hit = _cached(trial.study, h)
+        if hit is not None:  # same params already simulated: reuse, do not re-simulate
+            for k in ("constraints", "feasible", "reason", "metrics", "simulated"):
+                trial.set_user_attr(k, hit.user_attrs.get(k))
+            trial.set_user_attr("duplicate_of", hit.number)
+            _set_constraints(trial, hit.user_attrs.get("constraints") or [])
+            return tuple(hit.values) if len(hit.values) > 1 else hit.values[0]
+        out = evaluator(space, values)
+        for k, v in out.attrs().items():
+            trial.set_user_attr(k, v)
+        _set_constraints(trial, out.constraints)
+        return out.values if len(out.values) > 1 else out.values[0]
+
+    return objective
+
+
+def _set_constraints(trial: optuna.Trial, values: Any) -> None:
+    if TRIAL_CONSTRAINTS:
+        for i, v in enumerate(values):
+            trial.set_constraint(f"c{i:02d}", float(v))
+
+
+def run_worker(storage_url: str | None, study_name: str, *, n_trials: int, seed: int | None,
+               index: int = 0, heartbeat_s: int = 5,
+               callbacks: list[Callable] | None = None,
+               evaluator: Callable[[SearchSpace, dict], Outcome] = evaluate) -> int:
+    """Run trials until ``n_trials`` have finished in the study; returns how many it ran.
+
+    A worker that finds the budget taken by running trials waits (polling) instead of
+    leaving: if one of those belongs to a dead worker, its retry needs someone to run it.
+    """
+    quiet_optuna()
+    storage = make_storage(storage_url, heartbeat_s=heartbeat_s)
+    summaries = optuna.get_all_study_summaries(storage)
+    if study_name not in {s.study_name for s in summaries}:
+        raise HermesError(f"no study '{study_name}' in the storage")
+    probe = optuna.load_study(study_name=study_name, storage=storage)
+    space = parse_space(probe.user_attrs["space"], source=f"study {study_name}")
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              sampler=make_sampler(worker_seed(seed, index), len(space.params)))
+    objective = make_objective(space, n_trials, evaluator)
+    ran = 0
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        if finished >= n_trials:
+            return ran
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        live = sum(t.state in LIVE for t in trials)
+        if live >= n_trials and not waiting:
+            time.sleep(max(0.2, heartbeat_s / 4))
+            continue
+        study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=callbacks or [],
+                       gc_after_trial=False)
+        ran += 1
