@@ -65,15 +65,7 @@ def _grid(lo: int, hi: int, points: int) -> np.ndarray:
     return np.unique(np.round(np.geomspace(lo, hi, points)).astype(np.int64))
 
 
-def _interp1(xs: list[float], ys: list[float], x: float) -> float:
-    """Piecewise-linear, clamped below; linear extrapolation above (costs keep growing)."""
-    i = bisect_right(xs, x)
-    if i <= 0:
-        return ys[0]
-    if i >= len(xs):
-        i = len(xs) - 1
-    x0, x1 = xs[i - 1], xs[i]
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+_DENSE_TOKENS, _DENSE_SEQS = 16384, 4096
 
 
 @dataclass
@@ -100,24 +92,50 @@ class StepTable:
     pre_y: np.ndarray           # [q, kv] prefill attention of one chunk, all layers, s
     pp_hop_s: float = 0.0       # activation send between stages per step
 
-    def _bilinear(self, xs: list[float], ys: list[float], grid: np.ndarray, x: float, y: float) -> float:
-        i = min(max(bisect_right(xs, x), 1), len(xs) - 1)
-        j = min(max(bisect_right(ys, y), 1), len(ys) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[j - 1], ys[j]
-        tx, ty = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+    def __post_init__(self) -> None:
+        # Plain Python floats and nested lists: indexing a numpy array per query costs
+        # more than the arithmetic. Results are identical to the array formulas.
+        self._tok = (list(map(float, self.tok_x)), list(map(float, self.tok_y)))
+        self._seq = (list(map(float, self.seq_x)), list(map(float, self.seq_y)))
+        self._dec = np.asarray(self.dec_y, dtype=float).tolist()
+        self._pre = np.asarray(self.pre_y, dtype=float).tolist()
+        self._dec_b, self._dec_kv = list(map(float, self.dec_b)), list(map(float, self.dec_kv))
+        self._pre_q, self._pre_kv = list(map(float, self.pre_q)), list(map(float, self.pre_kv))
+        self._hop = self.pp_hop_s if self.pp > 1 else 0.0
+        # Dense per-integer values for the common small counts: one list index per query.
+        self._tok_d = [0.0] + [self._lin(*self._tok, float(v)) for v in range(1, _DENSE_TOKENS)]
+        self._seq_d = [self._lin(*self._seq, float(v)) for v in range(_DENSE_SEQS)]
+
+    @staticmethod
+    def _lin(xs: list[float], ys: list[float], x: float) -> float:
+        """Piecewise-linear, clamped below; linear extrapolation above (costs keep growing)."""
+        i = bisect_right(xs, x)
+        if i <= 0:
+            return ys[0]
+        i = i if i < len(xs) else len(xs) - 1
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+    def _bilinear(self, xs: list[float], ys: list[float], grid, x: float, y: float) -> float:
+        """Bilinear on a [x, y] grid: clamped below, linear extrapolation above."""
+        i = bisect_right(xs, x)
+        i = 1 if i < 1 else (len(xs) - 1 if i >= len(xs) else i)
+        j = bisect_right(ys, y)
+        j = 1 if j < 1 else (len(ys) - 1 if j >= len(ys) else j)
+        x0, y0 = xs[i - 1], ys[j - 1]
+        tx, ty = (x - x0) / (xs[i] - x0), (y - y0) / (ys[j] - y0)
         tx = tx if tx > 0 else 0.0
         ty = ty if ty > 0 else 0.0
-        g = grid
-        return ((g[i - 1, j - 1] * (1 - tx) + g[i, j - 1] * tx) * (1 - ty)
-                + (g[i - 1, j] * (1 - tx) + g[i, j] * tx) * ty)
+        r0, r1 = grid[i - 1], grid[i]
+        return ((r0[j - 1] * (1 - tx) + r1[j - 1] * tx) * (1 - ty)
+                + (r0[j] * (1 - tx) + r1[j] * tx) * ty)
 
     def decode_attention(self, seqs: int, kv_sum: float) -> float:
         if seqs <= 0:
             return 0.0
-        return self._bilinear(self.dec_b, self.dec_kv, self.dec_y, seqs, kv_sum / seqs)
+        return self._bilinear(self._dec_b, self._dec_kv, self._dec, seqs, kv_sum / seqs)
 
     def prefill_attention(self, q: int, kv: int) -> float:
-        return self._bilinear(self.pre_q, self.pre_kv, self.pre_y, q, kv)
+        return self._bilinear(self._pre_q, self._pre_kv, self._pre, q, kv)
 
     def step_time(self, tokens: int, decode_seqs: int = 0, decode_kv_sum: float = 0.0,
                   prefill: Sequence[tuple[int, int]] = ()) -> float:
@@ -126,13 +144,14 @@ class StepTable:
         prefill chunks as (new tokens, context after the chunk)."""
         if tokens <= 0:
             return 0.0
-        t = _interp1(self.tok_x, self.tok_y, tokens)
-        t += _interp1(self.seq_x, self.seq_y, decode_seqs + len(prefill))
+        t = self._tok_d[tokens] if tokens < _DENSE_TOKENS else self._lin(*self._tok, tokens)
+        s = decode_seqs + len(prefill)
+        t += self._seq_d[s] if s < _DENSE_SEQS else self._lin(*self._seq, s)
         if decode_seqs:
-            t += self.decode_attention(decode_seqs, decode_kv_sum)
+            t += self._bilinear(self._dec_b, self._dec_kv, self._dec, decode_seqs, decode_kv_sum / decode_seqs)
         for q, kv in prefill:
-            t += self.prefill_attention(q, kv)
-        return t + self.pp_hop_s * (self.pp > 1)
+            t += self._bilinear(self._pre_q, self._pre_kv, self._pre, q, kv)
+        return t + self._hop
 
 
 def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyModel, *,
@@ -157,6 +176,11 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
     pre_q, pre_kv = _grid(1, max_tokens, points // 2), _grid(1, max_kv, points // 2)
     dec_y = _attention_grid(model, hw, predictor, ATTN_DECODE, dec_b, dec_kv, dtype, kv_dtype, tp) * layers
     pre_y = _attention_grid(model, hw, predictor, ATTN_PREFILL, pre_q, pre_kv, dtype, kv_dtype, tp) * layers
+    # Physics: more tokens, sequences, batch or context never cost less (running max).
+    tok_y = np.maximum.accumulate(np.asarray(tok_y)).tolist()
+    seq_y = np.maximum.accumulate(np.asarray(seq_y)).tolist()
+    dec_y = np.maximum.accumulate(np.maximum.accumulate(dec_y, axis=0), axis=1)
+    pre_y = np.maximum.accumulate(np.maximum.accumulate(pre_y, axis=0), axis=1)
     hop = 0.0
     if pp > 1:
         bw, lat = hw.link(1)

@@ -1,0 +1,88 @@
+"""Surrogate accuracy on three grouped hold-outs vs baselines, training and compile times,
+step-table lookup cost. One result line per figure.
+
+    python benchmarks/surrogate_accuracy.py [--traces ../shared/traces] [--max-rows 15000] [--json OUT]
+
+Hold-outs: unseen shapes (AIConfigurator, 20% of shapes), unseen model (Vidur token ops,
+leave one model out), unseen GPU (AIConfigurator bf16, leave one GPU out). Estimators:
+xgboost (ours), rf (Vidur), linear, roofline, and nearest-gpu (copy the closest GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from profiling.hardware import load_catalog
+from profiling.models import resolve_model
+from surrogates import compile_step_table, holdout_study, load_surrogate, load_traces
+from surrogates.compiled import _ops_ms
+from profiling.operators import BatchShape, expand_step
+from surrogates.model import SurrogateModel
+
+ESTIMATORS = ("xgboost", "rf", "linear", "roofline")
+
+
+def _line(holdout: str, study: dict) -> None:
+    for est, kinds in study.items():
+        for kind, by_hw in kinds.items():
+            for hw, m in by_hw.items():
+                cov = f" cover90={m['coverage'] * 100:.0f}%" if "coverage" in m else ""
+                print(f"{holdout:13s} {est:11s} {kind:12s} {hw:10s} MAPE={m['mape']:6.2f}% "
+                      f"medAPE={m['median_ape']:6.2f}% p90={m['p90_ape']:6.2f}% r={m['r']:.4f} n={m['n']}{cov}")
+
+
+def _lookup(model: SurrogateModel) -> None:
+    hw, llm = load_catalog().get("H100-SXM"), resolve_model("meta-llama/Llama-2-7b-hf")
+    t0 = time.perf_counter()
+    st = compile_step_table(llm, hw, model, tp=2)
+    compile_s = time.perf_counter() - t0
+    n = 200_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        st.step_time(300, 40, 60_000.0, [(260, 2048)])
+    us = (time.perf_counter() - t0) / n * 1e6
+    errs = []
+    for prefill, dec in ((((512, 512),), ()), ((), (700,) * 64), (((1000, 3000),), (1500,) * 16),
+                         ((), (3000,) * 256), (((2048, 8192),), ())):
+        b = BatchShape(prefill=prefill, decode_kv=dec)
+        direct = _ops_ms(expand_step(llm, b, tp=2), hw, model) * 1e-3
+        errs.append(abs(st.step_time(b.tokens, len(dec), float(sum(dec)), list(prefill)) - direct) / direct)
+    print(f"compiled-table Llama-2-7b H100 TP2: compile={compile_s:.2f}s lookup={us:.2f}us/query "
+          f"(1 prefill chunk + decodes) max_lookup_err={max(errs) * 100:.2f}% mean={sum(errs) / len(errs) * 100:.2f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "traces")
+    ap.add_argument("--max-rows", type=int, default=15000)
+    ap.add_argument("--holdouts", default="unseen_shape,unseen_model,unseen_gpu")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    aic = load_traces([a.traces / "aiconfigurator/data"], "aiconfigurator")
+    vidur = load_traces([a.traces / "vidur/data"], "vidur")
+    results = {}
+    for h in a.holdouts.split(","):
+        t0 = time.perf_counter()
+        results[h] = holdout_study(vidur if h == "unseen_model" else aic, h, ESTIMATORS,
+                                   max_rows=a.max_rows, progress=log)
+        _line(h, results[h])
+        print(f"{h}: study time {time.perf_counter() - t0:.0f}s")
+    t0 = time.perf_counter()
+    full = SurrogateModel(max_rows=40000).fit(pd.concat([aic, vidur], ignore_index=True))
+    print(f"training on all shared traces ({len(aic) + len(vidur)} rows, 40000/kind, 1 thread): "
+          f"{time.perf_counter() - t0:.0f}s")
+    _lookup(full)
+    _lookup(load_surrogate())
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

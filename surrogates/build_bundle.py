@@ -1,0 +1,67 @@
+"""Rebuild the shipped surrogate bundle (``surrogates/bundle``) from the public traces.
+
+    python -m surrogates.build_bundle [--traces ../shared/traces] [-o surrogates/bundle]
+
+Reads the AIConfigurator and Vidur traces with ``profiling.readers``, trains with the
+same code as ``hermes-sim surrogate train`` (smaller trees so the bundle stays a few MB),
+and writes a manifest of sources, commits, licenses, the trace-table hash and sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from .sources import load_traces
+from .tracking import BUNDLE_DIR
+from .train import train_surrogate
+
+# Origins as documented in the traces README (commit and license of each public source).
+SOURCES = [
+    {"folder": "aiconfigurator/data", "format": "aiconfigurator", "origin": "ai-dynamo/aiconfigurator",
+     "commit": "095f58a", "license": "Apache-2.0"},
+    {"folder": "vidur/data", "format": "vidur", "origin": "microsoft/vidur (+ AKafakA/vidur_opt_scheduler "
+     "@20bdc49 for A30)", "commit": "7d47513", "license": "MIT"},
+]
+# Small trees: ~10 pipelines must fit in a few MB.
+BUNDLE_PARAMS = {"n_estimators": 150, "max_depth": 7, "learning_rate": 0.12}
+BUNDLE_ROWS = 30000
+
+
+def build(traces: Path, out: Path, max_rows: int = BUNDLE_ROWS) -> dict:
+    frames = []
+    for s in SOURCES:
+        path = traces / s["folder"]
+        print(f"reading {path}", file=sys.stderr)
+        frames.append(load_traces([path], s["format"], progress=lambda m: print(m, file=sys.stderr)))
+    import pandas as pd
+    table = pd.concat(frames, ignore_index=True)
+    res = train_surrogate(table, out, params=BUNDLE_PARAMS, max_rows=max_rows, log_mlflow=False,
+                          sources=[s["folder"] for s in SOURCES],
+                          manifest={"built_by": "python -m surrogates.build_bundle", "origins": SOURCES},
+                          progress=lambda m: print(m, file=sys.stderr))
+    digest = hashlib.sha256((out / "surrogate.joblib").read_bytes()).hexdigest()
+    size = (out / "surrogate.joblib").stat().st_size
+    print(f"bundle {out}: {size / 1e6:.2f} MB, sha256 {digest[:16]}, {res.seconds:.0f} s, "
+          f"trace hash {res.trace_hash[:16]}")
+    return {"size_bytes": size, "sha256": digest, "seconds": res.seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "traces")
+    ap.add_argument("-o", "--out", type=Path, default=BUNDLE_DIR)
+    ap.add_argument("--max-rows", type=int, default=BUNDLE_ROWS)
+    a = ap.parse_args(argv)
+    info = build(a.traces, a.out, a.max_rows)
+    # Record the artifact's own hash next to the training manifest.
+    import json
+    man = json.loads((a.out / "manifest.json").read_text())
+    man["artifact"] = {"file": "surrogate.joblib", **info}
+    (a.out / "manifest.json").write_text(json.dumps(man, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

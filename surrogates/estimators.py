@@ -1,0 +1,111 @@
+"""Latency regressors behind ``RooflineFeatures`` (scikit-learn estimator API).
+
+``RatioRegressor`` learns ``log(latency / t_roofline)`` and predicts milliseconds that are
+never below the roofline. Estimators: ``xgboost`` (default), ``linear`` (ridge on degree-2
+polynomial features) and ``roofline`` (fixed spec-sheet efficiency, nothing learned).
+``rf`` is the Vidur baseline: a random forest on the raw shape (token counts) and
+hardware numbers predicting latency directly, without roofline normalisation.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from profiling.errors import HermesError
+
+from .features import RooflineFeatures
+
+ESTIMATORS = ("xgboost", "rf", "linear", "roofline")
+# Features 1, 2 of RooflineFeatures are log t_compute, log t_memory; 5.. are dtype, stack,
+# hardware and shape (what a Vidur-style forest sees: no roofline columns).
+_LOG_T_COMPUTE, _LOG_T_MEMORY, _RAW_FROM = 1, 2, 5
+
+
+class RatioRegressor(RegressorMixin, BaseEstimator):
+    """Regress latency (ms) on ``RooflineFeatures`` output; column 0 = log t_roofline."""
+
+    def __init__(self, estimator: str = "xgboost", n_estimators: int = 300, max_depth: int = 8,
+                 learning_rate: float = 0.08, min_child_weight: float = 2.0, subsample: float = 0.8,
+                 colsample_bytree: float = 0.9, reg_lambda: float = 1.0, compute_eff: float = 0.7,
+                 memory_eff: float = 0.8, n_jobs: int = 1, random_state: int = 0) -> None:
+        self.estimator = estimator
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.compute_eff = compute_eff
+        self.memory_eff = memory_eff
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _make(self):
+        if self.estimator == "xgboost":
+            from xgboost import XGBRegressor
+            return XGBRegressor(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                                learning_rate=self.learning_rate, min_child_weight=self.min_child_weight,
+                                subsample=self.subsample, colsample_bytree=self.colsample_bytree,
+                                reg_lambda=self.reg_lambda, tree_method="hist", n_jobs=self.n_jobs,
+                                random_state=self.random_state)
+        if self.estimator == "rf":  # Vidur: forest on token counts, depth from a small grid
+            return RandomForestRegressor(n_estimators=min(self.n_estimators, 100), max_depth=None,
+                                         min_samples_leaf=1, n_jobs=self.n_jobs, random_state=self.random_state)
+        if self.estimator == "linear":
+            return make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge(alpha=self.reg_lambda))
+        if self.estimator == "roofline":
+            return None
+        raise HermesError(f"unknown estimator '{self.estimator}' (known: {', '.join(ESTIMATORS)})")
+
+    def fit(self, X, y) -> "RatioRegressor":
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if X.ndim != 2 or len(X) != len(y):
+            raise ValueError("X must be 2-D with one row per target")
+        if np.any(~np.isfinite(y)) or np.any(y <= 0):
+            raise ValueError("latency targets must be finite and > 0")
+        self.n_features_in_ = X.shape[1]
+        self.model_ = self._make()
+        if self.estimator == "rf":
+            self.model_.fit(X[:, _RAW_FROM:], y)
+        elif self.model_ is not None:
+            self.model_.fit(X, np.log(y) - X[:, 0])
+        return self
+
+    def predict_log_ratio(self, X) -> np.ndarray:
+        """Predicted log(latency / t_roofline), clipped at 0 (never faster than the roofline)."""
+        check_is_fitted(self, "n_features_in_")
+        X = np.asarray(X, dtype=float)
+        if self.estimator == "rf":
+            return np.log(np.maximum(self.model_.predict(X[:, _RAW_FROM:]), 1e-9)) - X[:, 0]
+        if self.estimator == "roofline":
+            r = np.maximum(X[:, _LOG_T_COMPUTE] - np.log(self.compute_eff),
+                           X[:, _LOG_T_MEMORY] - np.log(self.memory_eff)) - X[:, 0]
+        else:
+            r = self.model_.predict(X)
+        return np.maximum(np.asarray(r, dtype=float), 0.0)
+
+    def predict(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=float)
+        if self.estimator == "rf":  # the baseline is not roofline-normalised, nor clipped
+            check_is_fitted(self, "n_features_in_")
+            return self.model_.predict(X[:, _RAW_FROM:])
+        return np.exp(X[:, 0] + self.predict_log_ratio(X))
+
+
+def make_surrogate(kind: str, estimator: str = "xgboost", hardware_features: bool = True,
+                   **params) -> Pipeline:
+    """The saved unit: roofline features then a regressor, for one operator kind."""
+    if kind == "collective":
+        params.setdefault("memory_eff", 0.75)  # link efficiency, as RooflinePredictor
+    if estimator == "rf":
+        hardware_features = True  # the Vidur baseline sees raw device numbers, not ratios
+    return Pipeline([("features", RooflineFeatures(kind, hardware_features)),
+                     ("regressor", RatioRegressor(estimator=estimator, **params))])
+

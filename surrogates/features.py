@@ -1,0 +1,162 @@
+"""Feature transformer: canonical trace rows -> the numbers a latency regressor sees.
+
+``RooflineFeatures`` is the first step of every saved surrogate ``Pipeline``, so
+training and simulation compute features identically. Column 0 of its output is always
+``log t_roofline_ms``: the regressors after it learn ``log(latency / t_roofline)``, an
+efficiency that transfers across GPUs because the spec sheet enters through the
+roofline and the hardware columns.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from profiling.dtypes import dtype_bytes
+from profiling.errors import HermesError
+from profiling.hardware import HardwareCatalog, HardwareSpec, load_catalog
+from profiling.roofline import roofline_ms
+
+# Shape columns (log-scaled) each op kind's regressor sees.
+SHAPE_FEATURES: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "n", "k"),
+    "attn_prefill": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "window"),
+    "attn_decode": ("batch", "kv_len", "heads", "kv_heads", "head_dim", "window"),
+    "elementwise": ("elements", "io_bytes"),
+    "collective": ("msg_bytes", "world", "nodes"),
+    "vector_search": ("batch", "corpus", "dim", "topk", "nprobe"),
+    "embedding": ("batch", "q_len", "params"),
+    "step_overhead": ("batch",),
+}
+COLLECTIVE_CODE = {"all_reduce": 0, "all_gather": 1, "reduce_scatter": 2, "alltoall": 3, "send_recv": 4}
+ROOFLINE_INPUTS = ("t_compute_ms", "t_memory_ms", "t_roofline_ms", "arith_intensity", "hw_peak_tflops",
+                   "hw_mem_bw_gb_s", "hw_link_bw_gb_s", "hw_link_latency_us")
+_TINY = 1e-9
+ROOFLINE_FEATURES = ("log_t_roofline", "log_t_compute", "log_t_memory", "log_ai", "log_ai_over_ridge",
+                     "l2_resident", "dtype_bytes", "kv_dtype_bytes", "stack", "kernel")
+HARDWARE_FEATURES = ("log_peak", "log_mem_bw", "log_link_bw", "link_latency_us")
+
+
+@lru_cache(maxsize=4)
+def _catalog(extra: tuple[str, ...]) -> HardwareCatalog:
+    return load_catalog(*extra)
+
+
+def attach_roofline(kind: str, frame: pd.DataFrame, hw: HardwareSpec) -> pd.DataFrame:
+    """``frame`` (rows of one kind on one device) plus the roofline columns for ``hw``."""
+    out = frame.copy()
+    for dt, idx in _dtype_groups(out).items():
+        part = out.loc[idx]
+        shape = {c: part[c].to_numpy() for c in part.columns}
+        feats = roofline_ms(kind, shape, dt[0], dt[1], hw)
+        for c, v in feats.items():
+            out.loc[idx, c] = v
+    return out
+
+
+def _dtype_groups(df: pd.DataFrame) -> dict[tuple[str, str | None], pd.Index]:
+    dt = df["dtype"] if "dtype" in df else pd.Series("bf16", index=df.index)
+    kv = df["kv_dtype"] if "kv_dtype" in df else pd.Series(None, index=df.index, dtype=object)
+    dt = dt.where(dt.notna(), "bf16").astype(str)
+    kv = kv.where(kv.notna(), "").astype(str)
+    groups: dict[tuple[str, str | None], pd.Index] = {}
+    for (a, b), idx in pd.DataFrame({"a": dt, "b": kv}).groupby(["a", "b"]).groups.items():
+        groups[(a, b or None)] = idx
+    return groups
+
+
+def stack_code(stack: pd.Series | None, n: int) -> np.ndarray:
+    """Serving stack as a number: 0 TensorRT-LLM / unknown, 1 vLLM, 2 Vidur profiles."""
+    if stack is None:
+        return np.zeros(n)
+    s = stack.fillna("").astype(str).str.lower()
+    return np.select([s.str.contains("vllm"), s.str.contains("vidur")], [1.0, 2.0], 0.0)
+
+
+# Kernel variants seen in traces; 0 is the default (TensorRT-LLM's own kernels) that a
+# prediction without a ``kernel`` column gets.
+_KERNEL_KEYS = (("block", 1), ("_wo", 2), ("/sq", 3), ("fa2", 4), ("fa3", 5), ("fa4", 6),
+                ("trtllmdecode", 7), ("trtllmprefill", 7), ("fidecode", 8), ("fiprefill", 8),
+                ("triton", 9), ("vllm_flash_attn", 10), ("flashinfer", 8), ("custom_graph", 11),
+                ("custom_eager", 12), ("nccl", 13), ("cutlass", 14), ("torch.nn", 15), ("vllm_default", 15))
+
+
+def kernel_code(kernel: pd.Series | None, n: int) -> np.ndarray:
+    """Kernel family as a number (first matching key); 0 when unknown or absent."""
+    if kernel is None:
+        return np.zeros(n)
+    k = kernel.fillna("").astype(str).str.lower()
+    out = np.zeros(n)
+    for key, code in reversed(_KERNEL_KEYS):  # earlier keys win
+        out = np.where(k.str.contains(key, regex=False).to_numpy(), float(code), out)
+    return out
+
+
+class RooflineFeatures(TransformerMixin, BaseEstimator):
+    """Canonical rows of one op ``kind`` -> feature matrix (column 0 = log t_roofline_ms).
+
+    ``hardware_features=False`` leaves out the absolute spec numbers (peak, bandwidths),
+    keeping only roofline-normalised ones: the transfer model for GPUs never seen in
+    training (absolute numbers let trees memorise the few training GPUs).
+
+    Rows need a ``hardware`` name the catalog knows unless they already carry the
+    roofline columns (``profiling.roofline.add_roofline_features`` or ``attach_roofline``).
+    """
+
+    def __init__(self, kind: str = "gemm", hardware_features: bool = True,
+                 catalog_files: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.hardware_features = hardware_features
+        self.catalog_files = catalog_files
+
+    def fit(self, X: pd.DataFrame, y=None) -> "RooflineFeatures":
+        if self.kind not in SHAPE_FEATURES:
+            raise HermesError(f"no surrogate features for operator kind '{self.kind}'")
+        self.feature_names_ = self.get_feature_names_out()
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        shape = [f"log_{c}" for c in SHAPE_FEATURES[self.kind]]
+        extra = ["collective_code"] if self.kind == "collective" else []
+        hw = list(HARDWARE_FEATURES) if self.hardware_features else []
+        return np.array([*ROOFLINE_FEATURES, *hw, *shape, *extra], dtype=object)
+
+    def _with_roofline(self, X: pd.DataFrame) -> pd.DataFrame:
+        if "t_roofline_ms" in X and X["t_roofline_ms"].notna().all():
+            return X
+        if "hardware" not in X:
+            raise HermesError("surrogate input rows need a 'hardware' column or roofline columns")
+        cat = _catalog(tuple(self.catalog_files))
+        parts = []
+        for name, part in X.groupby(X["hardware"].astype(str), sort=False):
+            parts.append(attach_roofline(self.kind, part, cat.get(name)))
+        return pd.concat(parts).loc[X.index]
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        X = self._with_roofline(X)
+        n = len(X)
+        col = lambda c, d=np.nan: (X[c].to_numpy(dtype=float) if c in X else np.full(n, d))  # noqa: E731
+        lg = lambda v: np.log(np.maximum(v, _TINY))  # noqa: E731
+        peak, bw = col("hw_peak_tflops"), col("hw_mem_bw_gb_s")
+        ai = col("arith_intensity")
+        ridge = peak * 1e12 / np.maximum(bw * 1e9, 1.0)
+        dt = X["dtype"].fillna("bf16") if "dtype" in X else pd.Series(["bf16"] * n)
+        kv = X["kv_dtype"] if "kv_dtype" in X else pd.Series([None] * n)
+        dtb = np.array([dtype_bytes(d) for d in dt], dtype=float)
+        kvb = np.array([dtype_bytes(k) if isinstance(k, str) else b for k, b in zip(kv, dtb)], dtype=float)
+        cols = [lg(col("t_roofline_ms")), lg(col("t_compute_ms")), lg(col("t_memory_ms")), lg(ai),
+                lg(ai) - lg(ridge), col("l2_resident", 0.0), dtb, kvb,
+                stack_code(X["stack"] if "stack" in X else None, n),
+                kernel_code(X["kernel"] if "kernel" in X else None, n)]
+        if self.hardware_features:  # absolute spec numbers: identify a seen GPU, hurt transfer
+            cols += [lg(peak), lg(bw), lg(col("hw_link_bw_gb_s", 0.0)), col("hw_link_latency_us", 0.0)]
+        for c in SHAPE_FEATURES[self.kind]:
+            v = col(c)
+            cols.append(np.where(np.isnan(v), 0.0, np.log1p(np.maximum(v, 0.0))))
+        if self.kind == "collective":
+            cc = X["collective"].map(COLLECTIVE_CODE) if "collective" in X else pd.Series(0, index=X.index)
+            cols.append(cc.fillna(-1).to_numpy(dtype=float))
+        return np.column_stack(cols)

@@ -1,0 +1,112 @@
+"""MLflow bookkeeping for surrogates: log a training run, resolve a reference to a model.
+
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<repo or cwd>/mlruns/mlflow.db``
+with artifacts under ``mlruns/artifacts`` (MLflow 3 refuses the plain file store).
+A reference is ``None``/``"builtin"`` (the shipped bundle), a directory, ``runs:/<id>``
+or a bare run id. MLflow is imported lazily: loading the bundle never needs it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from profiling.errors import HermesError
+
+from .model import SurrogateModel
+
+BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
+EXPERIMENT = "hermes-surrogates"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _root() -> Path:
+    here = Path.cwd()
+    for p in (here, *here.parents):
+        if (p / ".git").exists() or (p / "pyproject.toml").exists():
+            return p
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def _mlflow():
+    import logging
+
+    import mlflow
+    for name in ("mlflow", "alembic"):  # keep stderr to our own progress lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        art = os.environ.get("HERMES_MLFLOW_ARTIFACTS") or str(_root() / "mlruns" / "artifacts")
+        mlflow.create_experiment(EXPERIMENT, artifact_location=Path(art).resolve().as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flat(prefix: str, tree: dict, out: dict) -> dict:
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            _flat(key, v, out)
+        elif isinstance(v, (int, float)) and v == v:
+            out[re.sub(r"[^A-Za-z0-9_./ -]", "_", key)] = float(v)
+    return out
+
+
+def log_training(model_dir: Path, model: SurrogateModel, *, trace_hash: str, sources: list[str],
+                 metrics: dict | None = None, run_name: str | None = None) -> str:
+    """Log one training run (params, metrics, the saved model dir); return the run id."""
+    mlflow = _mlflow()
+    with mlflow.start_run(run_name=run_name or f"surrogate-{model.estimator}") as run:
+        mlflow.log_params({"estimator": model.estimator, "max_rows": model.max_rows,
+                           "interval": model.interval, **{f"hp.{k}": v for k, v in model.params.items()}})
+        mlflow.set_tags({"hermes.kind": "surrogate", "trace_hash": trace_hash, "git_commit": git_commit(),
+                         "sources": ";".join(sources)[:4000],
+                         "hardware": ",".join(model.trained_hardware())})
+        flat = _flat("", metrics or {}, {})
+        for k, m in model.kinds_.items():
+            flat[f"train.{k}.n"] = m.n_train
+            flat[f"train.{k}.q_seen"] = m.q_seen
+        if flat:
+            mlflow.log_metrics(flat)
+        mlflow.log_artifacts(str(model_dir), artifact_path="surrogate")
+        return run.info.run_id
+
+
+def load_surrogate(ref: str | None = None) -> SurrogateModel:
+    """The latency model to simulate with: ``None``/"builtin" = the shipped bundle, a
+    directory written by ``surrogate train``, ``runs:/<run id>`` or a bare MLflow run id."""
+    if ref in (None, "", "builtin"):
+        if not (BUNDLE_DIR / "surrogate.joblib").is_file():
+            raise HermesError(f"built-in surrogate bundle missing at {BUNDLE_DIR}; rebuild it with "
+                              "`python -m surrogates.build_bundle`")
+        return SurrogateModel.load(BUNDLE_DIR)
+    path = Path(ref)
+    if path.is_dir():
+        return SurrogateModel.load(path)
+    run_id = ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref
+    if not _RUN_ID.match(run_id):
+        raise HermesError(f"surrogate '{ref}' is neither a directory nor an MLflow run id")
+    mlflow = _mlflow()
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="surrogate")
+    except Exception as e:  # MLflow raises its own exception types for a missing run
+        raise HermesError(f"cannot load surrogate from MLflow run {run_id} at {tracking_uri()}: "
+                          f"{str(e).splitlines()[0]}") from None
+    return SurrogateModel.load(local)

@@ -1,0 +1,48 @@
+"""Compiled step tables built from a trained surrogate: exactness, monotonicity, lookup error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from profiling.hardware import load_catalog
+from profiling.models import resolve_model
+from profiling.operators import BatchShape, expand_step
+from surrogates.compiled import _ops_ms, compile_step_table
+from surrogates.model import SurrogateModel
+
+
+@pytest.fixture(scope="module")
+def table_and_model(gpu_table, fast):
+    m = SurrogateModel(params=fast, max_rows=3000, transfer=False).fit(gpu_table)
+    hw = load_catalog().get("H100-SXM")
+    model = resolve_model("meta-llama/Llama-2-7b-hf")
+    return compile_step_table(model, hw, m, tp=2, points=24), m, model, hw
+
+
+def test_step_time_is_sum_of_parts(table_and_model):
+    """step_time = token-wise + LM head + decode + prefill attention lookups (no hidden terms)."""
+    st, *_ = table_and_model
+    parts = (st._lin(st.tok_x, st.tok_y, 300) + st._lin(st.seq_x, st.seq_y, 41)
+             + st.decode_attention(40, 40 * 1500) + st.prefill_attention(260, 2048))
+    assert st.step_time(300, 40, 40 * 1500, [(260, 2048)]) == pytest.approx(parts, rel=1e-12)
+
+
+def test_monotone_in_work(table_and_model):
+    """More tokens, more decoders or longer context never make a step faster."""
+    st, *_ = table_and_model
+    toks = [st.step_time(t, 0, 0.0, [(t, t)]) for t in range(1, 9000, 97)]
+    assert np.all(np.diff(toks) >= 0)
+    dec = [st.step_time(n, n, n * 1000.0) for n in range(1, 600, 7)]
+    assert np.all(np.diff(dec) >= 0)
+
+
+def test_lookup_error_vs_direct_prediction(table_and_model):
+    """Table lookups stay within 10% of calling the surrogate on the expanded operators."""
+    st, m, model, hw = table_and_model
+    errs = []
+    for prefill, dec in (((512, 512),), ()), (((), (700,) * 64)), (((1000, 3000),), (1500,) * 16):
+        batch = BatchShape(prefill=prefill, decode_kv=dec)
+        direct = _ops_ms(expand_step(model, batch, tp=2), hw, m) * 1e-3
+        looked = st.step_time(batch.tokens, len(dec), float(sum(dec)), list(prefill))
+        errs.append(abs(looked - direct) / direct)
+    assert max(errs) < 0.10, errs

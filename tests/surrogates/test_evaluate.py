@@ -1,0 +1,48 @@
+"""Accuracy metrics and grouped hold-outs."""
+from __future__ import annotations
+
+import numpy as np
+
+from surrogates.evaluate import holdout_study, metrics
+
+
+def test_metrics_hand_computed():
+    """MAPE, median/p90 APE, r, n and coverage on a tiny known example."""
+    y = np.array([1.0, 2.0, 4.0, 8.0])
+    p = np.array([1.1, 1.8, 4.0, 8.8])
+    m = metrics(y, p, lo=y * 0.95, hi=y * 1.05)
+    assert np.isclose(m["mape"], 7.5) and np.isclose(m["median_ape"], 10.0)
+    assert np.isclose(m["p90_ape"], np.quantile([10, 10, 0, 10], 0.9))
+    assert m["n"] == 4 and np.isclose(m["r"], np.corrcoef(y, p)[0, 1]) and m["coverage"] == 1.0
+
+
+def test_unseen_model_holdout_groups_by_model(vidur_table, fast):
+    """Leave-one-model-out on Vidur: every model is scored once; XGBoost GEMMs beat the
+    roofline baseline and stay within 15% MAPE."""
+    r = holdout_study(vidur_table, "unseen_model", ("xgboost", "roofline"), max_rows=3000, params=fast)
+    assert set(r) == {"xgboost", "roofline"}
+    g = r["xgboost"]["gemm"]["A100-80GB"]
+    assert g["n"] == int((vidur_table["op"] == "gemm").sum())
+    assert g["mape"] < r["roofline"]["gemm"]["A100-80GB"]["mape"] and g["mape"] < 15
+
+
+def test_unseen_gpu_holdout_has_nearest_gpu_baseline(gpu_table, fast):
+    """Leave-one-GPU-out scores each GPU, including the copy-the-nearest-GPU baseline."""
+    t = gpu_table[gpu_table["op"] == "collective"]
+    r = holdout_study(t, "unseen_gpu", ("xgboost",), max_rows=2000, params=fast)
+    assert set(r["xgboost"]["collective"]) == {"A100-80GB", "H100-SXM", "L40S", "all"}
+    assert set(r["nearest-gpu"]["collective"]) >= {"A100-80GB", "H100-SXM", "L40S"}
+    for m in r["xgboost"]["collective"].values():
+        assert {"mape", "median_ape", "p90_ape", "r", "n"} <= set(m) and m["n"] > 0
+
+
+def test_optuna_tuning_on_grouped_validation_fold(gpu_table):
+    """--tune: Optuna returns XGBoost hyper-parameters inside the search space."""
+    from surrogates.train import split_shapes, tune
+    g = gpu_table[gpu_table["op"] == "gemm"]
+    val = split_shapes(g, seed=0)
+    shared = set(map(tuple, g.loc[val, ["m", "n", "k"]].to_numpy())) & set(map(tuple, g.loc[~val, ["m", "n", "k"]].to_numpy()))
+    assert val.any() and not shared  # validation shapes are never trained on
+    best = tune(g, 2, max_rows=800)
+    assert set(best) == {"n_estimators", "max_depth", "learning_rate", "min_child_weight"}
+    assert 100 <= best["n_estimators"] <= 500 and 4 <= best["max_depth"] <= 10

@@ -1,0 +1,71 @@
+"""SurrogateModel: provenance, transfer to unseen GPUs, intervals, persistence."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiling.hardware import load_catalog
+from surrogates.model import SurrogateModel
+
+
+@pytest.fixture(scope="module")
+def fitted(gpu_table, fast) -> SurrogateModel:
+    """Fitted on A100 and H100 only, so L40S is a GPU it has never seen."""
+    return SurrogateModel(params=fast, max_rows=4000).fit(gpu_table[gpu_table["hardware"] != "L40S"])
+
+
+def _shapes(m):
+    return pd.DataFrame({"m": m, "n": 4096, "k": 4096, "dtype": "bf16"})
+
+
+def test_provenance_tags(fitted):
+    """In-range shapes on a trained GPU are 'trained'; out-of-range m is 'extrapolated';
+    a kind with no data falls back to the roofline."""
+    h100 = load_catalog().get("H100-SXM")
+    p = fitted.predict("gemm", _shapes([64, 10**8]), h100)
+    assert list(p.provenance) == ["trained", "extrapolated"]
+    v = pd.DataFrame({"batch": [8], "corpus": [10**6], "dim": [768], "topk": [10], "index": ["flat"]})
+    fb = fitted.predict("vector_search", v, load_catalog().get("Xeon-8480+"))
+    assert fb.provenance[0] == "roofline-fallback" and fb.ms[0] > 0
+
+
+def test_unseen_gpu_uses_spec_sheet_transfer(fitted, gpu_table):
+    """L40S (no training data) is predicted by the transfer model, flagged and explained,
+    and its GEMMs land far closer than a copy of the H100 latency would."""
+    l40s = load_catalog().get("L40S")
+    rows = gpu_table[(gpu_table["hardware"] == "L40S") & (gpu_table["op"] == "gemm")]
+    p = fitted.predict("gemm", rows.drop(columns=["latency_ms"]), l40s)
+    assert set(p.provenance) == {"extrapolated"}
+    assert "spec sheet" in p.note and "spec sheet" in fitted.describe_hardware(l40s)
+    y = rows["latency_ms"].to_numpy()
+    mape = np.mean(np.abs(p.ms - y) / y)
+    h100 = gpu_table[(gpu_table["hardware"] == "H100-SXM") & (gpu_table["op"] == "gemm")]
+    copy = rows.merge(h100[["m", "n", "k", "latency_ms"]], on=["m", "n", "k"], suffixes=("", "_h100"))
+    copy_mape = np.mean(np.abs(copy["latency_ms_h100"] - copy["latency_ms"]) / copy["latency_ms"])
+    assert mape < 0.5 and mape < copy_mape, (mape, copy_mape)
+
+
+def test_interval_coverage_on_held_out_shapes(gpu_table, fast):
+    """Nominal 90% intervals cover 80-98% of GEMM rows whose shapes were never trained on."""
+    g = gpu_table[(gpu_table["op"] == "gemm") & (gpu_table["hardware"] != "L40S")]
+    test = g["m"].isin(sorted(g["m"].unique())[1::4])
+    m = SurrogateModel(params=fast, max_rows=4000, transfer=False).fit(g[~test])
+    cover = []
+    for hw, part in g[test].groupby("hardware"):
+        p = m.predict("gemm", part.drop(columns=["latency_ms"]), load_catalog().get(hw))
+        y = part["latency_ms"].to_numpy()
+        cover.append(np.mean((y >= p.lo_ms) & (y <= p.hi_ms)))
+    assert 0.8 <= np.mean(cover) <= 0.98, cover
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    """A saved model reloads and predicts the same numbers; a wrong directory is a user error."""
+    from profiling.errors import HermesError
+    fitted.save(tmp_path / "m", {"note": "test"})
+    back = SurrogateModel.load(tmp_path / "m")
+    h100 = load_catalog().get("H100-SXM")
+    np.testing.assert_allclose(back.predict_ms("gemm", _shapes([1, 512]), h100),
+                               fitted.predict_ms("gemm", _shapes([1, 512]), h100))
+    with pytest.raises(HermesError):
+        SurrogateModel.load(tmp_path / "nowhere")
