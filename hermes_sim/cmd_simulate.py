@@ -46,7 +46,33 @@ def summary_table(s: dict):
     for k, v in s.get("slo", {}).items():
         tot.add_row(f"SLO {k}", f"{_fmt(v['measured'], 'ms')} ms vs {_fmt(v['target'], 'ms')} ms "
                     f"{'[green]met[/]' if v['met'] else '[red]missed[/]'}")
-    return lat, tot
+    return (lat, tot, *_pipeline_tables(s))
+
+
+def _pipeline_tables(s: dict) -> list:
+    """Per-stage latency breakdown and KV-tier hit rates (multi-stage pipelines)."""
+    from rich.table import Table
+    out = []
+    if s.get("stages"):
+        st = Table(title="per-stage latency (ms)", show_edge=False)
+        st.add_column("stage")
+        for k in ("mean", "p50", "p90", "share of E2E"):
+            st.add_column(k, justify="right")
+        for name, v in s["stages"].items():
+            share = v.get("share")
+            st.add_row(name, *[_fmt(v[k], "ms") for k in ("mean", "p50", "p90")],
+                       f"{share:.0%}" if isinstance(share, float) and share == share else "")
+        out.append(st)
+    tiers = {k: v for k, v in (s.get("kv_cache") or {}).items() if isinstance(v, dict)}
+    if tiers:
+        kv = Table(title=f"KV tiers (token hit rate {s['kv_cache'].get('overall_token_hit_rate', 0):.0%})",
+                   show_edge=False)
+        for c in ("tier", "served", "hit rate", "blocks"):
+            kv.add_column(c, justify="left" if c == "tier" else "right")
+        for name, v in tiers.items():
+            kv.add_row(name, f"{v['served_fraction']:.0%}", f"{v['hit_rate']:.0%}", str(v["blocks_served"]))
+        out.append(kv)
+    return out
 
 
 @click.command("simulate")

@@ -9,18 +9,29 @@ Public API:
     Environment                                                     -- the event core
     Stage, Pipeline                                                 -- how stages plug in
     build_requests(workload, seed), read_trace(path)               -- workloads
+    STAGES                                                          -- pipeline stage types (stages.py)
+    Network, Topology, Place                                        -- links shared max-min fairly
+    KVHierarchy, PrefixCache, TierSpec, fit_read_latency            -- KV tiers with prefix caches
+    ServiceDeployment, VectorSearchModel, IndexSpec, EncoderCost    -- CPU/GPU services, RAG costs
 """
 from .core import Environment, StopSimulation
 from .deployment import DEPLOYMENT_KINDS, check_fit
+from .kv_tiers import KVHierarchy, PrefixCache, TierSpec, fit_read_latency
 from .memory import MemoryPlan, plan_memory
+from .network import Network, Place, Topology
 from .result import SimResult
+from .retrieval_cost import EncoderCost, IndexSpec, VectorSearchModel
 from .router import ROUTERS
 from .scenario import Scenario, load_scenario, parse_scenario
 from .schedulers import SCHEDULERS
+from .service import ServiceDeployment
 from .simulate import simulate
 from .stage import Pipeline, Stage
+from .stages import STAGES
 from .workload import Requests, build_requests, read_trace
 
 __all__ = ["Environment", "StopSimulation", "DEPLOYMENT_KINDS", "check_fit", "MemoryPlan",
            "plan_memory", "SimResult", "ROUTERS", "Scenario", "load_scenario", "parse_scenario",
-           "SCHEDULERS", "simulate", "Pipeline", "Stage", "Requests", "build_requests", "read_trace"]
+           "SCHEDULERS", "simulate", "Pipeline", "Stage", "Requests", "build_requests", "read_trace",
+           "STAGES", "Network", "Place", "Topology", "KVHierarchy", "PrefixCache", "TierSpec",
+           "fit_read_latency", "ServiceDeployment", "VectorSearchModel", "IndexSpec", "EncoderCost"]

@@ -167,6 +167,7 @@ class Disaggregated(Aggregated):
             raise HermesError(f"deployment '{dep.name}': hardware '{self.pool.hw.name}' has no "
                               f"{'intra' if same_node else 'inter'}-node bandwidth for the KV transfer")
         self.link_bw, self.link_latency = bw, lat
+        self.network = None     # set by a pipeline scenario: concurrent KV handoffs then share links
 
     def submit(self, rid: int, t: float) -> None:
         why = (self.never_fits(rid, self.pool, self.prefill[0], self.whole)
@@ -191,7 +192,13 @@ class Disaggregated(Aggregated):
             j = min(group, key=lambda k: (self.decode[k].outstanding, k))
         else:
             j = self.decode_router.pick(rid, st)
+        i = st.where[rid]
         st.where[rid] = len(self.prefill) + j
+        if self.network is not None:        # a pipeline network: handoffs share the sender's link
+            link = self.network.link(f"{self.dep.name}/prefill{i}:kv", self.link_bw, self.link_latency)
+            self.network.transfer([link], kv * self.pool.mem.kv_per_token, t,
+                                  lambda t1, d=self.decode[j]: d.accept_decode(rid, t1, kv))
+            return
         arrive = t + self.transfer_s(kv)
         self.env.schedule(arrive, self.decode[j].accept_decode, rid, arrive, kv)
 

@@ -222,7 +222,7 @@ class Replica:
                 continue
             base = st.base[rid]
             self._leave(rid, base)
-            self.used -= -(-(base + j) // self.bs)
+            self.used -= -(-(base + j) // self.bs) - st.shared[rid]
             st.left[rid] = 0
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.done(rid, t)
@@ -232,7 +232,8 @@ class Replica:
         st = self.store
         st.emit_first(rid, t)
         st.left[rid] -= 1
-        st.prefill_tokens += kv
+        st.prefill_tokens += kv - st.cached[rid]
+        st.cached[rid] = 0
         if st.left[rid] <= 0:
             self.used -= self.blocks_for(kv)
             self.outstanding -= st.prompt[rid] + st.output[rid]
@@ -273,7 +274,7 @@ class Replica:
         self._leave(rid, base)
         st.ver[rid] += 1
         kv = base + self.D                      # KV held after the last iteration
-        self.used -= self.blocks_for(kv)
+        self.used -= self.blocks_for(kv) - st.shared[rid]
         st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
         st.preemptions[rid] += 1
         self.preemptions += 1
@@ -282,6 +283,7 @@ class Replica:
             self.ready.appendleft((rid, kv, True))
         else:                                   # recompute prompt + generated tokens
             st.plen[rid] = kv + 1
+            st.shared[rid] = 0                  # recomputed alone: it will own all its blocks
             self.waiting.appendleft(rid)
 
     # ---- helpers for policies -----------------------------------------------------------
@@ -302,7 +304,7 @@ class Replica:
         st = self.store
         while self.ready and self.n + len(self.prefilling) < self.max_batch:
             rid, kv, swapped = self.ready[0]
-            need = self.blocks_for(kv)
+            need = self.blocks_for(kv) - st.shared[rid]   # a branch shares its sibling's prompt blocks
             if self.used + need > self.total_blocks - self.watermark:
                 break
             self.ready.popleft()
@@ -330,7 +332,8 @@ class Replica:
                 break
             rid = self.waiting[0]
             p = st.plen[rid]
-            if whole and p > budget - used and (used or self._chunks):
+            c = st.cached[rid]                  # prefix KV already here (a KV-tier hit): not recomputed
+            if whole and p - c > budget - used and (used or self._chunks):
                 break                           # whole prompts only; an oversize one goes alone
             need = self.blocks_for(p)
             if self.used + need > self.total_blocks - self.watermark:
@@ -338,9 +341,9 @@ class Replica:
             self.waiting.popleft()
             self.used += need
             st.start(rid, self.env.now)
-            e = [rid, 0, p]
+            e = [rid, c, p]
             self.prefilling.append(e)
-            q = p if whole else min(p, budget - used, chunk)
+            q = p - c if whole else min(p - c, budget - used, chunk)
             self._chunks.append((e, q))
             used += q
         return used
@@ -355,7 +358,7 @@ class Replica:
         assert 0 <= self.used <= self.total_blocks, (self.used, self.total_blocks)
         assert self.n == len(self.running) == sum(self.res)
         assert self.B == sum(st.base[r] for r in self.running)
-        held = sum(self.blocks_for(st.base[r] + self.D) for r in self.running)
+        held = sum(self.blocks_for(st.base[r] + self.D) - st.shared[r] for r in self.running)
         held += sum(self.blocks_for(e[2]) for e in self.prefilling)
         assert held <= self.used, (held, self.used)
         assert self.n + len(self.prefilling) <= self.max_batch or not self.prefilling

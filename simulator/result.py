@@ -56,7 +56,9 @@ class SimResult:
         self.write_trace(out / "trace.json")
         if plots:
             from .plots import write_plots
+            from .stage_plots import write_stage_plot
             write_plots(self, out)
+            write_stage_plot(self.requests, out / "stage_breakdown.png", getattr(self.scenario, "name", ""))
         return out
 
     def write_trace(self, path: Path) -> None:

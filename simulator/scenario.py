@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from profiling.errors import InputError
 
+from .pipeline_schema import KVCacheConfig, NetworkConfig, RequestClass, ServiceConfig, check_references
+
 POLICIES = ("static", "continuous", "chunked", "mixed", "disaggregated")
 ROUTERS = ("round_robin", "jsq", "least_tokens", "least_kv", "heavy_light")
 SLO_KEY = re.compile(r"^(ttft|tpot|itl|e2e|queue)_(mean|p50|p90|p95|p99)_s$")
@@ -59,6 +61,9 @@ class OverheadConfig(_Frozen):
     per_seq_s: float = Field(default=2.0e-5, ge=0)
     per_token_s: float = Field(default=5.0e-7, ge=0)
     request_s: float = Field(default=0.0, ge=0)
+    # Isolated kernel timings (AIConfigurator-style microbenchmarks) vs the same kernels
+    # replayed back-to-back in a CUDA graph with the engine's fusions: a per-stack factor.
+    kernel_scale: float = Field(default=1.0, gt=0, description="multiplier on surrogate kernel time")
 
 
 class Deployment(_Frozen):
@@ -135,6 +140,11 @@ class Scenario(_Frozen):
     surrogate: str | None = "builtin"
     deployments: list[Deployment] = Field(min_length=1)
     workload: Workload = Workload()
+    # multi-stage pipelines (simulator.pipeline_schema); none: every request is one LLM call
+    services: list[ServiceConfig] = Field(default_factory=list)
+    kv_cache: KVCacheConfig | None = None
+    network: NetworkConfig | None = None
+    pipelines: list[RequestClass] = Field(default_factory=list)
     slo: dict[str, float | None] = Field(default_factory=dict)
     debug: bool = Field(default=False, description="assert scheduler invariants every step")
 
@@ -153,6 +163,8 @@ class Scenario(_Frozen):
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ValueError("deployment names must be unique")
+        if self.pipelines:
+            check_references(names, [s.name for s in self.services], list(self.pipelines), self.kv_cache)
         return self
 
 

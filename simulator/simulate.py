@@ -1,7 +1,10 @@
 """Run a scenario: build the deployments, feed the workload through the event loop, summarize.
 
-Requests enter through a *pipeline* — today one stage (the LLM deployment, or a weighted
-spread over several); multi-stage pipelines add stages with the same ``submit`` interface.
+Without ``pipelines`` in the scenario a request is one LLM call (the deployment, or a
+weighted spread over several). With them, requests are drawn into classes whose stages
+(``simulator.stages``: services, KV tiers, reasoning, routing, LLM calls) are wired by
+``pipeline_build.attach_pipelines``; the per-stage times become request columns and the
+summary's ``stages`` / ``kv_cache`` sections.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 from .core import Environment, StopSimulation
 from .deployment import build_deployment
 from .metrics import requests_frame, summarize
+from .pipeline_build import attach_pipelines, llm_stage_breakdown, max_context, prepare_requests
 from .result import SimResult
 from .scenario import Scenario
 from .stage import Pipeline
@@ -91,11 +95,20 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     ``should_stop(partial_summary)`` every 5% of requests may end the run early."""
     wall0 = perf_counter()
     reqs = requests if requests is not None else build_requests(scenario.workload, scenario.seed)
+    klass = segments = None
+    if scenario.pipelines:   # draw classes; prefix/multi-turn classes rewrite prompt lengths
+        reqs, klass, segments = prepare_requests(reqs, list(scenario.pipelines), scenario.seed,
+                                                 max_context(scenario))
     store = Store(reqs)
     env = Environment()
     deps = [build_deployment(env, store, d, scenario.surrogate, scenario.debug) for d in scenario.deployments]
-    stage = deps[0] if len(deps) == 1 else Spread(deps)
-    entry = Pipeline([stage], store.n, store.complete)
+    run = attach_pipelines(scenario, env, store, deps, klass, segments) if scenario.pipelines else None
+    if run is None:
+        stage = deps[0] if len(deps) == 1 else Spread(deps)
+        entry = Pipeline([stage], store.n, store.complete)
+    else:
+        entry = run
+    deps = deps + (run.services if run else [])   # services count in the fleet's cost and energy
     w = scenario.workload
     source = (ClosedLoop(env, store, entry, w.concurrency, w.think_time_s) if w.arrival == "closed_loop"
               else OpenLoop(env, store, entry))
@@ -108,6 +121,8 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
         return _summary(scenario, store, deps, env.now, perf_counter() - wall0)
 
     def on_complete(rid: int, t: float) -> None:
+        if rid >= n:
+            return                              # a sub-request (reasoning branch) was rejected
         state["done"] += 1
         d = state["done"]
         source.on_complete(rid, t)
@@ -121,8 +136,12 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     if progress is not None:
         progress(1.0)
     frame = requests_frame(store.arrays(), store.rejected)
+    if run is not None:
+        frame = frame.assign(**run.columns())
     steps = {r.name: np.asarray(r.steps, dtype=float).reshape(-1, 6) for d in deps for r in d.replicas}
     summary = _summary(scenario, store, deps, env.now, perf_counter() - wall0, frame, steps)
+    summary.update(run.summary(frame) if run is not None
+                   else {"stages": llm_stage_breakdown(frame), "kv_cache": {}})
     summary["prefill_tokens_computed"] = store.prefill_tokens
     summary["events"] = env.events
     summary["steps"] = sum(len(r.steps) // 6 for d in deps for r in d.replicas)
