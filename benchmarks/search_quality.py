@@ -2,9 +2,11 @@
 
 1. Enumerate a small space (a few hundred configurations) and simulate every one with
    the real simulator (small workloads so this takes minutes on 2 cores).
-2. Replay the search over that table for 5 seeds: the sampler asks for a configuration,
-   the table answers with the real simulation's outcome (a configuration the search never
-   asked for is never shown to it). Duplicated asks count as trials, as in the real search.
+2. Replay the search over that table for 5 seeds through ``run_worker`` (the code path of
+   ``hermes-sim search``: sampler, local moves, budget, SQLite storage): the table answers
+   each ask with the real simulation's outcome (a configuration the search never asked for
+   is never shown to it). As in the real search, a re-proposed configuration is answered
+   from its first trial and does not count: "after 40 trials" = 40 distinct configurations.
 3. Report the median fraction of the exhaustive optimum after 20, 40 and 80 trials and
    the wall time of one real (simulated) trial.
 
@@ -19,12 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
+import tempfile
 
-from search.objective import Outcome, directions, evaluate, params_hash
+from search.objective import Outcome, evaluate, params_hash
 from search.space import parse_space
-from search.storage import make_sampler, quiet_optuna
-from search.study import make_objective
+from search.storage import counts, make_storage, quiet_optuna
+from search.study import open_study, run_worker
 
 SPACE = {
     "name": "bench-chat",
@@ -81,16 +83,19 @@ def exhaustive(space, cache: Path | None = None) -> tuple[dict[str, Outcome], fl
 
 
 def replay(space, table: dict[str, Outcome], seed: int, n: int) -> list[float]:
-    """Best feasible tokens/$ after each trial of a search that reads the table."""
-    study = optuna.create_study(directions=directions(space),
-                                sampler=make_sampler(seed, len(space.params)))
-    study.optimize(make_objective(space, n, lambda _s, v: table[params_hash(v)]), n_trials=n)
-    best, curve = 0.0, []
-    for t in sorted(study.trials, key=lambda t: t.number):
-        if t.user_attrs.get("feasible"):
-            best = max(best, t.values[0])
-        curve.append(best)
-    return curve
+    """Best feasible tokens/$ after each counted trial of a search that reads the table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/replay.db"
+        study = open_study(space, make_storage(url), "replay", seed)
+        run_worker(url, "replay", n_trials=n, seed=seed, evaluator=lambda _s, v: table[params_hash(v)])
+        best, curve = 0.0, []
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if not counts(t):
+                continue
+            if t.user_attrs.get("feasible"):
+                best = max(best, t.values[0])
+            curve.append(best)
+    return curve + [best] * (n - len(curve))
 
 
 def main() -> None:
@@ -109,10 +114,14 @@ def main() -> None:
                      and table[params_hash(v)].values[0] == optimum)
     print(f"exhaustive optimum {optimum:,.0f} tokens/$ ({n_ok}/{len(table)} feasible) at {best_vals}")
     curves = [replay(space, table, seed, 80) for seed in range(a.seeds)]
-    res = {f"fraction_at_{k}": statistics.median(c[k - 1] / optimum for c in curves)
-           for k in (20, 40, 80)}
+    res = {f"fraction_at_{k}": statistics.median(c[k - 1] / optimum for c in curves[:5])
+           for k in (20, 40, 80)}  # the issue's figure: median over seeds 0-4
     for seed, c in enumerate(curves):
         print(f"seed {seed}: " + ", ".join(f"@{k} {c[k - 1] / optimum:.3f}" for k in (10, 20, 40, 80)))
+    if a.seeds > 5:  # robustness: how many seeds reach 98% by 40 trials, and their median
+        at40 = [c[39] / optimum for c in curves]
+        print(f"seeds 0-{a.seeds - 1}: median @40 {statistics.median(at40):.3f}, "
+              f"{sum(f >= 0.98 for f in at40)}/{a.seeds} reach 0.98 by 40 trials")
     res["s_per_trial"] = s_per_trial
     print(json.dumps(res))
 

@@ -20,7 +20,7 @@ from .objective import content_hash, prepare, score, simulate_doc
 from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plot_history,
                      plot_pareto, trials_table)
 from .space import SearchSpace
-from .storage import FINISHED, make_storage, quiet_optuna, redact
+from .storage import counts, make_storage, quiet_optuna, redact
 from .study import open_study, run_worker
 from .tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker, trial_callback
 
@@ -108,7 +108,7 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
 
     with _progress(console, trials, show_progress) as prog:
         task = prog.add_task("trials", total=trials, best="")
-        done = lambda: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))  # noqa: E731
+        done = lambda: sum(counts(t) for t in study.get_trials(deepcopy=False))  # noqa: E731
         prog.update(task, completed=min(done(), trials), best=_best_text(study))
         if workers <= 1:
             def tick(st: Any, _t: Any) -> None:
@@ -144,8 +144,11 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
             metrics["baseline_output_tokens_per_dollar"] = result.baseline["output_tokens_per_dollar"]
         if result.baseline.get("gain"):
             metrics["gain_over_baseline"] = result.baseline["gain"]
-        tracker.finish_parent(parent, {f"best.{k}": v for k, v in (b.get("params") or {}).items()},
-                              metrics, {"hermes.best_trial": str(b.get("trial", ""))}, out)
+        # best params as tags, not params: MLflow params are immutable, and a resumed study
+        # (same parent run) may have found a new best
+        best_tags = {f"hermes.best.{k}": str(v) for k, v in (b.get("params") or {}).items()}
+        tracker.finish_parent(parent, {}, metrics,
+                              {"hermes.best_trial": str(b.get("trial", "")), **best_tags}, out)
         if tracker.failed:
             result.mlflow_experiment = result.mlflow_parent_run_id = None
     return result
@@ -177,8 +180,7 @@ def _finalize(space: SearchSpace, study: Any, out: Path, name: str, url: str) ->
                lat_key: (t.values[1] if len(t.values) > 1 else
                          (t.user_attrs.get("metrics") or {}).get(lat_key))}
               for t in pareto_front(trials, lat_key)] if space.objective == "pareto" else []
-    return SearchOutcome(name, redact(url), len([t for t in study.get_trials(deepcopy=False)
-                                                  if t.state in FINISHED]),
+    return SearchOutcome(name, redact(url), sum(counts(t) for t in study.get_trials(deepcopy=False)),
                          best, baseline, None, None, str(out), pareto)
 
 

@@ -15,11 +15,13 @@ from optuna.trial import TrialState
 
 from profiling.errors import HermesError
 
+from .local import local_move_callback, space_size
 from .objective import Outcome, directions, evaluate, params_hash
 from .space import SearchSpace, parse_space
-from .storage import FINISHED, TRIAL_CONSTRAINTS, make_sampler, make_storage, quiet_optuna, worker_seed
+from .storage import FINISHED, TRIAL_CONSTRAINTS, counts, make_sampler, make_storage, quiet_optuna, worker_seed
 
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+MAX_DUPLICATES = 10  # per budgeted trial: a safety stop for a sampler that only re-proposes
 
 
 class _Surplus(Exception):
@@ -68,12 +70,13 @@ def _cached(study: optuna.Study, h: str) -> optuna.trial.FrozenTrial | None:
 
 def make_objective(space: SearchSpace, n_trials: int,
                    evaluator: Callable[[SearchSpace, dict], Outcome] = evaluate):
-    """The Optuna objective: budget guard, dedup by params hash, evaluate, store attrs."""
+    """The Optuna objective: budget guard, dedup by params hash, evaluate, store attrs,
+    a callback then queues a local move around the incumbent (``local.py``)."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("worker_pid", os.getpid())
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=LIVE)
-                 if t.number < trial.number]
+                 if t.number < trial.number and "duplicate_of" not in t.user_attrs]
         if len(ahead) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus()
@@ -121,18 +124,21 @@ def run_worker(storage_url: str | None, study_name: str, *, n_trials: int, seed:
     study = optuna.load_study(study_name=study_name, storage=storage,
                               sampler=make_sampler(worker_seed(seed, index), len(space.params)))
     objective = make_objective(space, n_trials, evaluator)
+    local = local_move_callback(space, n_trials, seed)
+    budget = min(n_trials, space_size(space) or n_trials)  # a tiny space ends when exhausted
     ran = 0
     while True:
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state in FINISHED for t in trials)
-        if finished >= n_trials:
+        finished = sum(counts(t) for t in trials)
+        dups = sum("duplicate_of" in t.user_attrs for t in trials)
+        if finished >= budget or dups > MAX_DUPLICATES * n_trials:
             return ran
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        live = sum(t.state in LIVE for t in trials)
+        live = sum(t.state in LIVE and "duplicate_of" not in t.user_attrs for t in trials)
         if live >= n_trials and not waiting:
             time.sleep(max(0.2, heartbeat_s / 4))
             continue
-        study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=callbacks or [],
+        study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[local, *(callbacks or [])],
                        gc_after_trial=False)
         ran += 1

@@ -142,8 +142,8 @@ def trial_callback(tracker: Tracker, experiment_id: str, parent_run_id: str,
     """An Optuna callback ``f(study, frozen_trial)`` logging each finished trial as a nested run."""
 
     def callback(study: Any, trial: Any) -> None:
-        if trial.user_attrs.get("surplus") or trial.values is None:
-            return
+        if trial.user_attrs.get("surplus") or trial.values is None or "duplicate_of" in trial.user_attrs:
+            return  # a re-proposal is not a new configuration: no nested run of its own
         metrics = dict(trial.user_attrs.get("metrics") or {})
         metrics["objective_0"] = trial.values[0]
         if len(trial.values) > 1:
@@ -153,8 +153,6 @@ def trial_callback(tracker: Tracker, experiment_id: str, parent_run_id: str,
                 "hermes.reason": str(trial.user_attrs.get("reason", "")),
                 "hermes.params_hash": str(trial.user_attrs.get("params_hash", "")),
                 "hermes.worker_pid": str(trial.user_attrs.get("worker_pid", ""))}
-        if "duplicate_of" in trial.user_attrs:
-            tags["hermes.duplicate_of"] = str(trial.user_attrs["duplicate_of"])
         tracker.log_trial(experiment_id, parent_run_id, trial.number, trial.params, metrics, tags)
 
     return callback

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 import simulator
 from search import evaluate, parse_space, run_search
 from search.objective import params_hash
-from search.storage import make_storage
+from search.storage import counts, make_storage
 from search.study import open_study, run_worker
 
 from search_helpers import run_cli, small_space
@@ -53,7 +53,8 @@ def test_pruning_stops_a_lost_simulation_early():
 
 
 def test_duplicates_are_not_resimulated(tmp_path):
-    """A space of 2 configurations run for 5 trials simulates at most 2 of them."""
+    """A space of 2 configurations asked for 5 trials simulates each once and stops when the
+    space is exhausted; re-proposals reuse their first trial's values and do not count."""
     sp = parse_space(small_space(params={"deployments.0.hardware": {"choices": ["H100-SXM", "L40S"]}}))
     url = f"sqlite:///{tmp_path / 'd.db'}"
     study = open_study(sp, make_storage(url, heartbeat_s=2), "dup", 0)
@@ -65,17 +66,18 @@ def test_duplicates_are_not_resimulated(tmp_path):
 
     run_worker(url, "dup", n_trials=5, seed=0, heartbeat_s=2, evaluator=counted)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(trials) == 5
-    assert len(calls) == len(set(calls)) <= 2
+    assert len(calls) == len(set(calls)) == 2
+    assert sum(counts(t) for t in trials) == 2
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert len(dups) == 5 - len(calls)
+    assert len(dups) == len(trials) - 2
     for t in dups:
         src = study.trials[t.user_attrs["duplicate_of"]]
         assert src.params == t.params and src.values == t.values
 
 
 def test_rerun_resumes_and_only_runs_the_missing_trials(tmp_path):
-    """Second run with --trials 5 on a 3-trial study runs 2 more; trial numbers continue."""
+    """Second run with --trials 5 on a 3-trial study runs 2 more distinct configurations (trial
+    numbers continue); a third run with the same budget runs nothing."""
     sp = parse_space(small_space())
     url = f"sqlite:///{tmp_path / 'r.db'}"
     r1 = run_search(sp, trials=3, storage_url=url, study_name="res", show_progress=False,
@@ -85,11 +87,13 @@ def test_rerun_resumes_and_only_runs_the_missing_trials(tmp_path):
                     outdir=tmp_path / "o2")
     assert r2.trials == 5
     study = optuna.load_study(study_name="res", storage=url)
-    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
+    assert sorted(t.number for t in study.trials) == list(range(len(study.trials)))
+    assert sum(counts(t) for t in study.trials) == 5
     assert r2.mlflow_parent_run_id == r1.mlflow_parent_run_id  # same parent run, resumed
     r3 = run_search(sp, trials=5, storage_url=url, study_name="res", show_progress=False,
                     outdir=tmp_path / "o3")
-    assert len(optuna.load_study(study_name="res", storage=url).trials) == 5 and r3.trials == 5
+    assert len(optuna.load_study(study_name="res", storage=url).trials) == len(study.trials)
+    assert r3.trials == 5
 
 
 def test_cli_json_best_is_runnable_and_tracked(tmp_path, space_file):

@@ -80,9 +80,13 @@ def test_multi_process_search_on_postgresql(postgres, tmp_path, space_file):
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1:<free port> with a SQLite backend; waits (bounded) for /health."""
+def mlflow_server(tmp_path, _mlflow_template):
+    """`mlflow server` on 127.0.0.1:<free port> with a SQLite backend; waits (bounded) for /health.
+
+    The backend starts as a copy of the session's migrated store: the server then skips
+    its schema migrations (most of its start-up time)."""
     port = free_port()
+    shutil.copy(_mlflow_template, tmp_path / "server.db")
     exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     log = open(tmp_path / "mlflow-server.log", "w")
     proc = subprocess.Popen(
@@ -95,14 +99,14 @@ def mlflow_server(tmp_path):
     try:
         while True:
             try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                with urllib.request.urlopen(url + "/health", timeout=1) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow-server.log").read_text()[-2000:])
-            time.sleep(0.5)
+            time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
