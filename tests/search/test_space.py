@@ -112,10 +112,17 @@ def test_requirements_and_parallelism_rules():
 
 
 def test_builtin_default_space_loads():
-    """The shipped example space validates and mixes several GPU types."""
+    """The shipped example space is a RAG chat pipeline that mixes several GPU types and
+    chooses between the CPU host and a GPU for the embedder; the chat-only space loads too."""
     sp = load_space(None)
     assert len(sp.params["deployments.0.hardware"].choices) >= 4
     assert sp.slos and sp.objective == "tokens_per_dollar"
+    kinds = [st["kind"] for p in sp.base["pipelines"] for st in p["stages"]]
+    assert {"rag_embed", "rag_retrieve", "rag_rerank", "llm"} <= set(kinds)
+    assert set(sp.params["services.1.hardware"].choices) == {"Xeon-8480+", "L40S"}
+    from importlib import resources
+    chat = resources.files("search").joinpath("spaces/chat_gpu_mix.yaml")
+    assert load_space(str(chat)).params["deployments.0.hardware"].choices
 
 
 def test_cli_bad_space_exits_2_with_one_line(tmp_path):
