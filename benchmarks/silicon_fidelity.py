@@ -1,10 +1,13 @@
 """End-to-end fidelity against real serving benchmarks (AIConfigurator silicon_sample.csv).
 
 Dense-model rows (Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B; aggregated serving) each become
-a closed-loop scenario at concurrency = batch_size with fixed isl/osl. ONLY the framework
-overhead (per step, per sequence, per token; one set per serving stack) is calibrated, on a
-seeded random 25% of each stack's rows; TTFT and TPOT MAPE are reported on the other 75%.
-Rows the catalog cannot serve are listed with the reason.
+a closed-loop scenario at concurrency = batch_size, replaying the row's benchmark client
+(InferenceMAX rows: 10 x concurrency prompts, lengths uniform in [0.8 L, L]; other rows:
+fixed lengths, 10 requests per client). ONLY the framework overhead (kernel-replay factor,
+per step, per sequence, per request; one set per serving stack = framework + version or
+benchmark setup, and GPU) is calibrated, on a seeded random 25% of each group's rows;
+TTFT and TPOT MAPE are reported on the other 75%. Rows the catalog cannot serve are listed
+with the reason.
 
     python benchmarks/silicon_fidelity.py [--surrogate builtin] [--processes 2]
 """
@@ -36,7 +39,9 @@ def main() -> None:
     ap.add_argument("--calib-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1, help="use every k-th row (quick look)")
-    ap.add_argument("--requests-per-client", type=int, default=3)
+    ap.add_argument("--requests-per-client", type=int, default=None,
+                    help="override the protocol's (InferenceMAX rows: 10 x concurrency prompts)")
+    ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
     a = ap.parse_args()
     t0 = time.perf_counter()
     df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
@@ -49,8 +54,8 @@ def main() -> None:
             print(f"unsupported {r.id}: {r.unsupported}")
     rng = np.random.default_rng(a.seed)
     calib, held = [], []
-    for b in sorted({r.backend for r in ok}):
-        mine = [r for r in ok if r.backend == b]
+    for b in sorted({r.group for r in ok}):
+        mine = [r for r in ok if r.group == b]
         pick = set(rng.choice(len(mine), size=max(1, int(round(a.calib_fraction * len(mine)))), replace=False).tolist())
         calib += [r for i, r in enumerate(mine) if i in pick]
         held += [r for i, r in enumerate(mine) if i not in pick]
@@ -68,8 +73,11 @@ def main() -> None:
     print(f"rows: {len(rows)} dense-model rows, {len(ok)} simulated, {len(calib)} calibration, "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
     for b, th in theta.items():
-        print(f"overhead[{b}]: step {th.step_s * 1e3:.3f} ms, per seq {th.per_seq_s * 1e6:.2f} us, "
-              f"per token {th.per_token_s * 1e6:.3f} us, per request {th.request_s * 1e3:.1f} ms")
+        print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "
+              f"per seq {th.per_seq_s * 1e6:.2f} us, per request {th.request_s * 1e3:.1f} ms")
+    res["backend"] = res.group.str.split("/").str[0]
+    if a.rows_out:
+        res.to_csv(a.rows_out, index=False)
     g = res.groupby(["model", "system", "backend"])[["ttft_ape", "tpot_ape"]].agg(["mean", "size"])
     print(g.round(1).to_string())
     print(f"calibration rows with the default overhead: TTFT {before['ttft_mape']:.1f}%, "

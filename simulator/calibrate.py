@@ -1,11 +1,14 @@
-"""Fit the framework-overhead model to end-to-end measurements, one set per serving stack.
+"""Fit the framework-overhead model to end-to-end measurements, one set per serving stack
+and GPU (``SiliconRow.group``, e.g. ``vllm/h100_sxm``).
 
-The overhead enters every step linearly, so a request's TPOT moves by the overhead of
-the steps it lived through: ``tpot ~ tpot_without + step_s + per_seq_s*seqs`` (averaged
-over its steps): non-negative least squares on the calibration rows' TPOT, re-simulated a
-few times until the step mix settles. The per-token term is not identifiable from decode
-steps and is left at 0; the front-end ``request_s`` is the (relative-error) median TTFT
-shortfall.
+Step time is ``kernel_scale * kernels + step_s + per_seq_s * seqs``, so a request's TPOT
+is linear in the three parameters given the step mix it lived through:
+``tpot ~ kernel_scale * K + step_s + per_seq_s * seqs`` with ``K`` the kernel-only TPOT.
+``kernel_scale`` stands for what the isolated (AIConfigurator-style) kernel timings miss
+when the engine replays them fused and back-to-back in a CUDA graph. Non-negative least
+squares on the calibration rows' TPOT (relative error), re-simulated a few times until the
+step mix settles. The per-token term is not identifiable from decode steps and stays 0;
+the front-end ``request_s`` is the (relative-error) median TTFT shortfall.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .simulate import simulate
 @dataclass(frozen=True)
 class RowResult:
     id: str
-    backend: str
+    group: str                      # serving stack / GPU
     ttft_pred: float
     tpot_pred: float
     ttft_meas: float
@@ -33,8 +36,9 @@ class RowResult:
 
 def _with_overhead(r: SiliconRow, overhead: dict[str, OverheadConfig] | None):
     sc = r.scenario
-    if overhead is not None and r.backend in overhead:
-        dep = sc.deployments[0].model_copy(update={"overhead": overhead[r.backend]})
+    oh = None if overhead is None else overhead.get(r.group)
+    if oh is not None:
+        dep = sc.deployments[0].model_copy(update={"overhead": oh})
         sc = sc.model_copy(update={"deployments": [dep]})
     return sc
 
@@ -49,7 +53,7 @@ def run_row(r: SiliconRow, overhead: dict[str, OverheadConfig] | None = None) ->
     dec = steps[steps[:, 2] > 0]
     seqs = dec[:, 2] + (dec[:, 3] > 0)
     x = (1.0, float(seqs.mean()), float((dec[:, 2] + dec[:, 3]).mean())) if len(dec) else (1.0, 1.0, 1.0)
-    return RowResult(r.id, r.backend, float(df.ttft_s.mean()), float(df.tpot_s.mean()), r.ttft_s, r.tpot_s, x)
+    return RowResult(r.id, r.group, float(df.ttft_s.mean()), float(df.tpot_s.mean()), r.ttft_s, r.tpot_s, x)
 
 
 def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None = None,
@@ -75,34 +79,32 @@ def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None 
 
 def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1,
                  history: list | None = None) -> dict[str, OverheadConfig]:
-    """Overhead parameters per backend from the TPOT of ``rows`` (each iteration's row
-    results are appended to ``history`` when given; the first uses the defaults)."""
-    backends = sorted({r.backend for r in rows if r.scenario is not None})
-    theta = {b: OverheadConfig() for b in backends}
+    """Overhead parameters per ``group`` (stack/GPU) from the TPOT and TTFT of ``rows``
+    (each iteration's row results are appended to ``history``; the first uses defaults)."""
+    groups = sorted({r.group for r in rows if r.scenario is not None})
+    theta = {g: OverheadConfig() for g in groups}
     for _ in range(iterations):
         results = run_rows(rows, theta, processes=processes)
         if history is not None:
             history.append(results)
-        new = {}
-        for b in backends:
-            rs = [r for r in results if r.backend == b]
-            # per-token cost is not identifiable from TPOT (decode steps carry ~1 token per
-            # sequence), and fitting it there inflates prefill steps: fit step + per sequence
-            X = np.array([r.x[:2] for r in rs])
-            X_full = np.array([r.x for r in rs])
-            base = np.array([r.tpot_pred for r in rs]) - X_full @ np.array(
-                [theta[b].step_s, theta[b].per_seq_s, theta[b].per_token_s])   # TPOT with no overhead
-            y = np.array([r.tpot_meas for r in rs]) - base
-            w = 1.0 / np.array([r.tpot_meas for r in rs])           # relative error
-            coef, _ = nnls(X * w[:, None], y * w)
-            coef = np.append(coef, 0.0)
-            # front-end latency: the median TTFT shortfall, never negative
-            gap = np.array([r.ttft_meas - (r.ttft_pred - theta[b].request_s) for r in rs])
-            req = max(_weighted_median(gap, 1.0 / np.array([r.ttft_meas for r in rs])), 0.0)
-            new[b] = OverheadConfig(step_s=float(coef[0]), per_seq_s=float(coef[1]),
-                                    per_token_s=float(coef[2]), request_s=req)
-        theta = new
+        theta = {g: _fit_group([r for r in results if r.group == g], theta[g]) for g in groups}
     return theta
+
+
+def _fit_group(rs: list[RowResult], th: OverheadConfig) -> OverheadConfig:
+    x = np.array([r.x for r in rs])
+    over = x @ np.array([th.step_s, th.per_seq_s, th.per_token_s])
+    kern = (np.array([r.tpot_pred for r in rs]) - over) / th.kernel_scale   # kernel-only TPOT
+    y = np.array([r.tpot_meas for r in rs])
+    A = np.column_stack([kern, x[:, 0], x[:, 1]])
+    w = 1.0 / y                                                           # relative error
+    coef, _ = nnls(A * w[:, None], y * w)
+    ks = float(coef[0]) if coef[0] > 0 else th.kernel_scale
+    # front-end latency: the median TTFT shortfall, never negative
+    gap = np.array([r.ttft_meas - (r.ttft_pred - th.request_s) for r in rs])
+    req = max(_weighted_median(gap, 1.0 / np.array([r.ttft_meas for r in rs])), 0.0)
+    return OverheadConfig(step_s=float(coef[1]), per_seq_s=float(coef[2]), per_token_s=0.0,
+                          request_s=req, kernel_scale=ks)
 
 
 def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:

@@ -2,12 +2,15 @@
 concurrency), per-request CSVs, and vLLM ``benchmark_serving`` result JSON.
 
 Each silicon row becomes its own closed-loop scenario (model, system, precision, TP/PP,
-concurrency = ``batch_size``, fixed isl/osl). Rows the catalog cannot serve (unknown model
-or GPU, disaggregated rows) are returned with the reason, never dropped.
+concurrency = ``batch_size``) replaying the row's benchmark client (``bench_protocol``):
+how many prompts per client and how spread the lengths are decide whether the closed
+loop's waves stay synchronized, which dominates TTFT. Rows the catalog cannot serve
+(unknown model or GPU, disaggregated rows) are returned with the reason, never dropped.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,42 @@ from .workload import Requests
 BACKEND_POLICY = {"vllm": "chunked", "sglang": "continuous", "trtllm": "mixed"}
 SILICON_COLUMNS = ("model_path", "system", "backend", "precision", "mode", "isl", "osl",
                    "batch_size", "tp_size", "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
-REQUESTS_PER_CLIENT = 3     # closed-loop requests simulated per concurrent client
+REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
+TOKEN_BUDGET = 8192         # vLLM max_num_batched_tokens / TRT-LLM max_num_tokens as benchmarked
+# InferenceMAX rows (the dated DB dump in ``silicon_data_source``) are measured with
+# ``benchmark_serving --dataset-name random --random-range-ratio 0.8 --num-prompts 10*CONC
+# --max-concurrency CONC --request-rate inf --ignore-eos``: prompt and output lengths are
+# uniform in [0.8 L, L], which de-synchronizes the closed loop's waves.
+_INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
+
+
+@dataclass(frozen=True)
+class BenchProtocol:
+    """How a row's client drove the server: length spread and requests per client."""
+
+    name: str
+    range_ratio: float          # lengths uniform in [range_ratio * L, L]; 1.0 = fixed
+    requests_per_client: int
+
+
+def bench_protocol(source: object) -> BenchProtocol:
+    """The benchmark client a ``silicon_data_source`` string points to."""
+    if isinstance(source, str) and _INFERENCEMAX.search(source):
+        return BenchProtocol("inferencemax", 0.8, 10)
+    return BenchProtocol("fixed", 1.0, REQUESTS_PER_CLIENT)
+
+
+def _stack(r, proto: BenchProtocol) -> str:
+    # per framework and benchmark setup (client + front end); per-version groups of a few
+    # rows over-fit, so versions of one setup share their parameters
+    return f"{r.backend}-{proto.name}"
+
+
+def _lengths(mean: float, ratio: float) -> dict:
+    if ratio >= 1.0:
+        return {"dist": "fixed", "mean": float(mean)}
+    lo = max(1, int(mean * ratio))
+    return {"dist": "uniform", "mean": (lo + mean) / 2, "min": lo, "max": int(mean)}
 
 
 @dataclass(frozen=True)
@@ -36,6 +74,14 @@ class SiliconRow:
     ttft_s: float
     tpot_s: float
     unsupported: str | None = None
+    system: str = ""
+    stack: str = ""             # framework and benchmark setup, e.g. "vllm-inferencemax"
+
+    @property
+    def group(self) -> str:
+        """Overhead parameters are calibrated per serving stack (framework, version and its
+        front end / client setup) and GPU."""
+        return f"{self.stack or self.backend}/{self.system}"
 
 
 def read_silicon(path: str | Path) -> pd.DataFrame:
@@ -51,15 +97,19 @@ def read_silicon(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _dtype(precision) -> tuple[str, str | None]:
+def _dtype(precision, backend: str) -> tuple[str, str | None]:
+    """Weights and KV dtype: quantized (fp8/fp4) checkpoints carry FP8 KV scales that
+    both stacks use (B200 70B fp8 TP1 at 64 x 9k tokens runs without queueing, which only
+    FP8 KV fits); unquantized rows keep KV in bf16."""
     if not isinstance(precision, str) or not precision.strip():
         return "bf16", None
     p = precision.strip().lower()
-    return ("fp8", "fp8") if p == "fp8" else ("fp4", "fp8") if p in ("fp4", "nvfp4") else (p, None)
+    w = "fp4" if p in ("fp4", "nvfp4") else p
+    return w, ("fp8" if w in ("fp8", "fp4") else None)
 
 
 def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = None,
-                 surrogate: str | None = "builtin", requests_per_client: int = REQUESTS_PER_CLIENT) -> list[SiliconRow]:
+                 surrogate: str | None = "builtin", requests_per_client: int | None = None) -> list[SiliconRow]:
     """One closed-loop scenario per row (or the reason it cannot be simulated)."""
     models, hw = load_models(), load_catalog()
     out = []
@@ -77,9 +127,11 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
             reason = "missing isl/osl/batch_size/tp_size"
         sc = None
         if reason is None:
-            dtype, kv = _dtype(r.precision)
+            dtype, kv = _dtype(r.precision, r.backend)
             conc = int(r.batch_size)
-            oh = (overhead or {}).get(r.backend, OverheadConfig())
+            proto = bench_protocol(getattr(r, "silicon_data_source", None))
+            k = requests_per_client or proto.requests_per_client
+            oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()
             try:
                 sc = Scenario.model_validate({
                     "name": str(r.id), "surrogate": surrogate,
@@ -88,16 +140,18 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                         "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
-                                      "max_tokens_per_step": max(8192, int(r.isl)), "chunk_size": 8192},
+                                      "max_tokens_per_step": max(TOKEN_BUDGET, int(r.isl)),
+                                      "chunk_size": TOKEN_BUDGET},
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
-                                 "num_requests": conc * requests_per_client,
-                                 "prompt_tokens": {"dist": "fixed", "mean": float(r.isl)},
-                                 "output_tokens": {"dist": "fixed", "mean": float(r.osl)}}})
+                                 "num_requests": conc * k,
+                                 "prompt_tokens": _lengths(r.isl, proto.range_ratio),
+                                 "output_tokens": _lengths(r.osl, proto.range_ratio)}})
             except Exception as e:  # a row the scenario schema rejects
                 reason = f"invalid row ({str(e).splitlines()[0]})"
         out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
-                              float(r.silicon_tpot_ms) / 1e3, reason))
+                              float(r.silicon_tpot_ms) / 1e3, reason, str(r.system),
+                              _stack(r, bench_protocol(getattr(r, "silicon_data_source", None)))))
     return out
 
 

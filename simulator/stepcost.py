@@ -64,7 +64,8 @@ class StepCost:
     def __init__(self, table: StepTable, overhead: Overhead, max_tokens: int, max_seqs: int) -> None:
         self.table, self.overhead, self.pp = table, overhead, table.pp
         self.max_tokens, self.max_seqs = int(max_tokens), int(max_seqs)
-        pp = float(table.pp)
+        pp = float(table.pp) * overhead.kernel_scale   # kernel time multiplier (stages x scale)
+        self._ks = overhead.kernel_scale
         hop = table.pp_hop_s if table.pp > 1 else 0.0
         toks = np.arange(self.max_tokens + 1, dtype=float)
         tok = np.interp(toks, table.tok_x, table.tok_y) + hop
@@ -100,7 +101,7 @@ class StepCost:
     def prefill(self, q: int, kv: int) -> float:
         """Prefill attention of one chunk (all stages)."""
         if q > self.max_tokens:
-            return self.table.prefill_attention(q, kv) * self.pp
+            return self.table.prefill_attention(q, kv) * self.pp * self._ks
         ys = self._pre_kv
         j = bisect_right(ys, kv)
         if j < 1:
@@ -146,5 +147,5 @@ class StepCost:
         """Reference path through ``StepTable.step_time`` (used beyond the lookup range)."""
         o = self.overhead
         stage = self.table.step_time(tokens, decode_seqs, decode_kv_sum, list(prefill))
-        return (stage * self.pp + o.step_s + o.per_seq_s * (decode_seqs + len(prefill))
+        return (stage * self.pp * o.kernel_scale + o.step_s + o.per_seq_s * (decode_seqs + len(prefill))
                 + o.per_token_s * tokens)

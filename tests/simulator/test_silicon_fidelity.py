@@ -1,0 +1,48 @@
+"""End-to-end fidelity on real silicon_sample.csv rows: calibrate the framework overhead on
+a few rows, measure TTFT/TPOT error on held-out rows of the same stack and GPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator.calibrate import fit_overhead, report, run_rows
+from simulator.silicon import bench_protocol, read_silicon, silicon_rows
+
+
+@pytest.fixture(scope="module")
+def vllm_b200(traces_dir):
+    """InferenceMAX rows: Llama-3.1-70B fp8 on B200 with vLLM, 1k/1k at concurrency <= 16."""
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    sel = df[(df.model_path == "meta-llama/Llama-3.1-70B") & (df.system == "b200_sxm")
+             & (df.backend == "vllm") & (df.precision == "fp8") & (df.isl == 1024)
+             & (df.osl == 1024) & (df.batch_size <= 16) & (df["mode"] == "agg")]
+    return sel.sort_values(["tp_size", "batch_size"]).reset_index(drop=True)
+
+
+def test_inferencemax_rows_use_the_benchmark_protocol(vllm_b200):
+    """Rows from the InferenceMAX dump replay its client: 10 x concurrency prompts with
+    lengths uniform in [0.8 L, L] (random-range-ratio 0.8), FP8 KV, 8192-token budget."""
+    assert len(vllm_b200) >= 8
+    assert bench_protocol(vllm_b200.silicon_data_source.iloc[0]).name == "inferencemax"
+    assert bench_protocol("source_file=/x/h100_sxm/trtllm/1.0.0rc3/a.csv; silicon_concurrency=8").name == "fixed"
+    row = silicon_rows(vllm_b200.iloc[:1])[0]
+    w, dep = row.scenario.workload, row.scenario.deployments[0]
+    assert w.num_requests == 10 * int(vllm_b200.batch_size.iloc[0])
+    assert (w.prompt_tokens.dist, w.prompt_tokens.min, w.prompt_tokens.max) == ("uniform", 819, 1024)
+    assert (w.output_tokens.min, w.output_tokens.max) == (819, 1024)
+    assert dep.kv_dtype == "fp8" and dep.scheduler.max_tokens_per_step == 8192
+
+
+def test_calibrated_overhead_predicts_held_out_rows(vllm_b200):
+    """Calibrating only the overhead on every other row (a TP/concurrency mix) predicts the
+    remaining rows' TTFT within 25% and TPOT within 12% MAPE."""
+    rows = silicon_rows(vllm_b200)
+    calib, held = rows[0::2], rows[1::2]
+    theta = fit_overhead(calib, iterations=2)
+    (group,) = theta
+    assert group == "vllm-inferencemax/b200_sxm"
+    rep = report(run_rows(held, theta))
+    assert len(rep["rows"]) == len(held)
+    assert np.isfinite(rep["ttft_mape"]) and np.isfinite(rep["tpot_mape"])
+    assert rep["tpot_mape"] <= 12.0, rep["tpot_mape"]
+    assert rep["ttft_mape"] <= 25.0, rep["ttft_mape"]
