@@ -56,6 +56,7 @@ def _ops_ms(ops: Sequence[Operator], hw: HardwareSpec, predictor: OpLatencyModel
         frame = pd.DataFrame([o.shape for o in group])
         frame["dtype"] = group[0].dtype
         frame["kv_dtype"] = group[0].kv_dtype
+        frame["name"] = [o.name for o in group]  # elementwise kernel family (norm, rope, ...)
         ms = predictor.predict_ms(kind, frame, hw)
         total += float(np.dot(ms, [o.count for o in group]))
     return total

@@ -32,7 +32,8 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
     def __init__(self, estimator: str = "xgboost", n_estimators: int = 300, max_depth: int = 8,
                  learning_rate: float = 0.08, min_child_weight: float = 2.0, subsample: float = 0.8,
                  colsample_bytree: float = 0.9, reg_lambda: float = 1.0, compute_eff: float = 0.7,
-                 memory_eff: float = 0.8, n_jobs: int = 1, random_state: int = 0) -> None:
+                 memory_eff: float = 0.8, n_jobs: int = 1, random_state: int = 0,
+                 variant_col: int | None = None) -> None:
         self.estimator = estimator
         self.n_estimators = n_estimators
         self.max_depth = max_depth
@@ -45,6 +46,7 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
         self.memory_eff = memory_eff
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.variant_col = variant_col
 
     def _make(self):
         if self.estimator == "xgboost":
@@ -71,6 +73,8 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
         if np.any(~np.isfinite(y)) or np.any(y <= 0):
             raise ValueError("latency targets must be finite and > 0")
         self.n_features_in_ = X.shape[1]
+        vc = self.variant_col
+        self.variant_codes_ = np.unique(X[:, vc][X[:, vc] >= 0]) if vc is not None else np.array([])
         self.model_ = self._make()
         if self.estimator == "rf":
             self.model_.fit(X[:, _RAW_FROM:], y)
@@ -88,8 +92,25 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
             r = np.maximum(X[:, _LOG_T_COMPUTE] - np.log(self.compute_eff),
                            X[:, _LOG_T_MEMORY] - np.log(self.memory_eff)) - X[:, 0]
         else:
-            r = self.model_.predict(X)
+            r = np.asarray(self.model_.predict(X), dtype=float)
+            r = self._average_unknown_variants(X, r)
         return np.maximum(np.asarray(r, dtype=float), 0.0)
+
+    def _average_unknown_variants(self, X: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """A kernel variant never seen in training (code -1) gets the mean log ratio over the
+        known variants, rather than whichever side of a split -1 happens to fall."""
+        vc, codes = self.variant_col, getattr(self, "variant_codes_", np.array([]))
+        if vc is None or len(codes) == 0 or not (X[:, vc] < 0).any():
+            return r
+        unk = X[:, vc] < 0
+        Xu = X[unk].copy()
+        acc = np.zeros(int(unk.sum()))
+        for c in codes:
+            Xu[:, vc] = c
+            acc += self.model_.predict(Xu)
+        r = r.copy()
+        r[unk] = acc / len(codes)
+        return r
 
     def predict(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=float)
@@ -106,6 +127,8 @@ def make_surrogate(kind: str, estimator: str = "xgboost", hardware_features: boo
         params.setdefault("memory_eff", 0.75)  # link efficiency, as RooflinePredictor
     if estimator == "rf":
         hardware_features = True  # the Vidur baseline sees raw device numbers, not ratios
-    return Pipeline([("features", RooflineFeatures(kind, hardware_features)),
-                     ("regressor", RatioRegressor(estimator=estimator, **params))])
+    feats = RooflineFeatures(kind, hardware_features)
+    names = list(feats.get_feature_names_out())
+    params.setdefault("variant_col", names.index("variant") if "variant" in names else None)
+    return Pipeline([("features", feats), ("regressor", RatioRegressor(estimator=estimator, **params))])
 

@@ -36,6 +36,10 @@ ROOFLINE_INPUTS = ("t_compute_ms", "t_memory_ms", "t_roofline_ms", "arith_intens
 _TINY = 1e-9
 ROOFLINE_FEATURES = ("log_t_roofline", "log_t_compute", "log_t_memory", "log_ai", "log_ai_over_ridge",
                      "l2_resident", "dtype_bytes", "kv_dtype_bytes", "stack", "kernel")
+# Alpha-beta: per-hop latency term relative to the bandwidth roofline, and whether the
+# ring runs over NVLink-class links or PCIe (both ratios transfer to an unseen GPU).
+COLLECTIVE_EXTRA = ("collective_code", "log_alpha_over_beta", "log_link_over_pcie")
+GEMM_TILE_FEATURES = ("m_waste64", "m_waste128", "n_waste128", "log_tiles128", "m_mod16")
 HARDWARE_FEATURES = ("log_peak", "log_mem_bw", "log_link_bw", "link_latency_us")
 
 
@@ -94,6 +98,40 @@ def kernel_code(kernel: pd.Series | None, n: int) -> np.ndarray:
     return out
 
 
+def variant_keys(kind: str, X: pd.DataFrame) -> pd.Series:
+    """Exact kernel identity of each row: backend (stack without version) + kernel, plus the
+    op ``name`` for elementwise rows, whose shapes alone cannot tell rmsnorm from rope."""
+    n = len(X)
+    get = lambda c: (X[c].fillna("").astype(str).str.lower() if c in X  # noqa: E731
+                     else pd.Series([""] * n, index=X.index))
+    key = get("stack").str.split(" ").str[0] + "|" + get("kernel")
+    if kind == "elementwise":
+        key = key + "|" + elementwise_family(get("name"))
+    return key
+
+
+# Elementwise op names (Vidur's and ``profiling.operators``') -> kernel family.
+_EW_FAMILIES = (("kv_cache", "kv_save"), ("norm", "norm"), ("rope", "rope"), ("act", "act"),
+                ("add", "add"), ("emb", "emb"))
+
+
+def elementwise_family(names: pd.Series) -> pd.Series:
+    """Kernel family of an elementwise op name (first matching key; '' when unknown)."""
+    out = pd.Series("", index=names.index)
+    for key, fam in reversed(_EW_FAMILIES):  # earlier keys win
+        out = out.where(~names.str.contains(key, regex=False), fam)
+    return out
+
+
+def _tile_features(X: pd.DataFrame, n: int) -> list[np.ndarray]:
+    """GEMM tile quantisation: padding waste of m and n to 64/128-wide tiles, tile count."""
+    m = np.maximum(X["m"].to_numpy(dtype=float), 1.0) if "m" in X else np.ones(n)
+    nn = np.maximum(X["n"].to_numpy(dtype=float), 1.0) if "n" in X else np.ones(n)
+    waste = lambda v, t: np.ceil(v / t) * t / v  # noqa: E731
+    return [waste(m, 64), waste(m, 128), waste(nn, 128), np.log(np.ceil(m / 128) * np.ceil(nn / 128)),
+            m % 16]
+
+
 class RooflineFeatures(TransformerMixin, BaseEstimator):
     """Canonical rows of one op ``kind`` -> feature matrix (column 0 = log t_roofline_ms).
 
@@ -114,13 +152,16 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y=None) -> "RooflineFeatures":
         if self.kind not in SHAPE_FEATURES:
             raise HermesError(f"no surrogate features for operator kind '{self.kind}'")
+        # Vocabulary of kernel variants seen in training; an unseen one codes as -1.
+        self.variants_ = sorted(set(variant_keys(self.kind, X))) if isinstance(X, pd.DataFrame) else []
         self.feature_names_ = self.get_feature_names_out()
         self.n_features_in_ = X.shape[1]
         return self
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         shape = [f"log_{c}" for c in SHAPE_FEATURES[self.kind]]
-        extra = ["collective_code"] if self.kind == "collective" else []
+        extra = list(COLLECTIVE_EXTRA) if self.kind == "collective" else []
+        extra += ["variant"] + (list(GEMM_TILE_FEATURES) if self.kind == "gemm" else [])
         hw = list(HARDWARE_FEATURES) if self.hardware_features else []
         return np.array([*ROOFLINE_FEATURES, *hw, *shape, *extra], dtype=object)
 
@@ -134,6 +175,14 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         for name, part in X.groupby(X["hardware"].astype(str), sort=False):
             parts.append(attach_roofline(self.kind, part, cat.get(name)))
         return pd.concat(parts).loc[X.index]
+
+    def _pcie_gb_s(self, X: pd.DataFrame) -> np.ndarray:
+        """Per-row PCIe bandwidth of the row's device (64 GB/s when unknown)."""
+        if "hardware" not in X:
+            return np.full(len(X), 64.0)
+        cat = _catalog(tuple(self.catalog_files))
+        bw = {h: (cat.get(h).pcie_bw_gb_s if h in cat else 0.0) or 64.0 for h in X["hardware"].astype(str).unique()}
+        return X["hardware"].astype(str).map(bw).to_numpy(dtype=float)
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         X = self._with_roofline(X)
@@ -159,4 +208,12 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         if self.kind == "collective":
             cc = X["collective"].map(COLLECTIVE_CODE) if "collective" in X else pd.Series(0, index=X.index)
             cols.append(cc.fillna(-1).to_numpy(dtype=float))
+            world = np.nan_to_num(col("world", 2.0), nan=2.0)
+            alpha_ms = col("hw_link_latency_us", 0.0) * 1e-3 * 2 * np.maximum(world - 1, 1)
+            cols.append(lg(alpha_ms) - lg(col("t_roofline_ms")))
+            cols.append(lg(col("hw_link_bw_gb_s", 0.0)) - lg(self._pcie_gb_s(X)))
+        codes = {v: i for i, v in enumerate(getattr(self, "variants_", []))}
+        cols.append(variant_keys(self.kind, X).map(codes).fillna(-1).to_numpy(dtype=float))
+        if self.kind == "gemm":
+            cols += _tile_features(X, n)
         return np.column_stack(cols)

@@ -30,6 +30,9 @@ PROVENANCE = ("trained", "extrapolated", "roofline-fallback")
 MODEL_FILE, MANIFEST_FILE = "surrogate.joblib", "manifest.json"
 # Kinds whose rows are trained on; whole-step rows are the simulator's validation data.
 TRAINABLE = tuple(SHAPE_FEATURES)
+# GEMM is the bulk of step time and has the most kernel variants on the same shapes: it
+# gets twice the row budget so each variant's shape grid stays dense.
+KIND_ROW_SCALE = {"gemm": 2.0}
 
 
 def shape_groups(df: pd.DataFrame, kind: str) -> np.ndarray:
@@ -48,11 +51,22 @@ def conformal_q(abs_resid: np.ndarray, level: float) -> float:
 
 
 def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """At most ``n`` rows, spread evenly over hardware so no GPU dominates."""
+    """At most ``n`` rows, spread evenly over (hardware, dtype, kernel) so that no GPU and no
+    kernel variant dominates: each variant's shapes stay dense enough to interpolate."""
     if len(df) <= n:
         return df
-    per = max(n // df["hardware"].nunique(), 1)
-    return df.sample(frac=1.0, random_state=seed).groupby("hardware", sort=False).head(per)
+    keys = [c for c in ("hardware", "dtype", "kernel", "name") if c in df]
+    strata = df[keys].astype(str).agg("|".join, axis=1)
+    sizes = strata.value_counts()
+    # Water-filling: small strata keep all rows, the rest share what is left equally.
+    per, left, k = n / len(sizes), n, len(sizes)
+    for s in sizes.sort_values().to_numpy():
+        per = left / k
+        if s > per:
+            break
+        left, k = left - s, k - 1
+    order = df.sample(frac=1.0, random_state=seed)
+    return order.groupby(strata.loc[order.index].to_numpy(), sort=False).head(max(int(per), 1))
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,8 @@ class SurrogateModel:
         uniq = np.unique(groups)
         cal_groups = rng.choice(uniq, size=max(1, int(0.15 * len(uniq))), replace=False)
         is_cal = np.isin(groups, cal_groups) if len(uniq) > 5 else np.zeros(len(rows), bool)
-        train = _sample(rows[~is_cal], self.max_rows, self.random_state)
+        budget = int(self.max_rows * KIND_ROW_SCALE.get(kind, 1.0))
+        train = _sample(rows[~is_cal], budget, self.random_state)
         cal = _sample(rows[is_cal], self.max_rows // 4, self.random_state) if is_cal.any() else train
         seen = make_surrogate(kind, self.estimator, **self.params).fit(train, train["latency_ms"].to_numpy())
         q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / seen.predict(cal))), self.interval)
@@ -130,8 +145,9 @@ class SurrogateModel:
             transfer.fit(train, train["latency_ms"].to_numpy())
             if len(hws) > 1:  # honest transfer intervals: leave each GPU out once
                 resid = []
-                for h in hws:
+                for h in hws:  # half the rows: these fits only size the interval
                     tr, te = train[train["hardware"] != h], train[train["hardware"] == h]
+                    tr = _sample(tr, budget // 2, self.random_state)
                     p = make_surrogate(kind, self.estimator, hardware_features=False, **self.params)
                     p.fit(tr, tr["latency_ms"].to_numpy())
                     resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / p.predict(te))))

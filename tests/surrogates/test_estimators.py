@@ -68,3 +68,28 @@ def test_xgboost_beats_baselines_on_unseen_shapes(gpu_table, fast):
         mape[est] = float(np.mean(np.abs(pipe.predict(g[test]) - y[test]) / y[test]))
     assert mape["xgboost"] < min(mape["rf"], mape["linear"], mape["roofline"]), mape
     assert mape["xgboost"] < 0.15, mape
+
+
+def test_elementwise_names_map_to_kernel_families():
+    """Vidur's and the operator expander's elementwise names land in the same kernel family."""
+    import pandas as pd
+    from surrogates.features import elementwise_family
+    names = pd.Series(["input_layernorm", "post_attn_norm", "attn_rope", "mlp_act", "residual_add", "add",
+                       "embedding_lookup", "attn_kv_cache_save", "mystery"])
+    assert elementwise_family(names).tolist() == ["norm", "norm", "rope", "act", "add", "add", "emb",
+                                                  "kv_save", ""]
+
+
+def test_unknown_kernel_variant_gets_mean_over_known_variants(vidur_table, fast):
+    """An elementwise op whose kernel family was never trained on is predicted as the mean
+    log-ratio over the known families, not an arbitrary branch of the trees."""
+    e = vidur_table[vidur_table["op"] == "elementwise"]
+    pipe = make_surrogate("elementwise", "xgboost", **fast).fit(e, e["latency_ms"].to_numpy())
+    probe = e.head(20).assign(name="never_seen_op")
+    X = pipe.named_steps["features"].transform(probe)
+    reg = pipe.named_steps["regressor"]
+    vc = reg.variant_col
+    assert (X[:, vc] == -1).all() and len(reg.variant_codes_) >= 5
+    expect = np.mean([reg.model_.predict(np.where(np.arange(X.shape[1]) == vc, c, X)) for c in reg.variant_codes_],
+                     axis=0)
+    np.testing.assert_allclose(reg.predict_log_ratio(X), np.maximum(expect, 0.0), rtol=1e-5)

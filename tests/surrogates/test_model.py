@@ -69,3 +69,16 @@ def test_save_load_round_trip(fitted, tmp_path):
                                fitted.predict_ms("gemm", _shapes([1, 512]), h100))
     with pytest.raises(HermesError):
         SurrogateModel.load(tmp_path / "nowhere")
+
+
+def test_sampling_is_stratified_by_kernel_variant(gpu_table):
+    """Subsampling spreads rows over (hardware, dtype, kernel): a small stratum keeps all its
+    rows and no stratum gets more than the equal share of what is left."""
+    from surrogates.model import _sample
+    g = gpu_table[gpu_table["op"] == "gemm"]
+    small = g[g["hardware"] == "L40S"].head(100)
+    t = pd.concat([g[g["hardware"] != "L40S"], small], ignore_index=True)
+    s = _sample(t, 2100, seed=0)
+    counts = s.groupby(["hardware", "dtype", "kernel"]).size()
+    assert len(s) <= 2100 and counts.loc["L40S"].sum() == 100
+    assert counts.drop("L40S", level=0).max() - counts.drop("L40S", level=0).min() <= 1
