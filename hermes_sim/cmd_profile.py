@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from profiling.errors import HermesError, InputError
+from profiling.yamlfile import read_yaml
 
 REASONS_SHOWN = 5
 
@@ -28,12 +28,7 @@ def _load_map(spec: str | None) -> dict | str | None:
         return None
     p = Path(spec)
     if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
-        if not p.is_file():
-            raise InputError("column map file not found", file=p)
-        try:
-            doc = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=p) from None
+        doc = read_yaml(p, "column map file")
         if not isinstance(doc, dict):
             raise InputError("a column map file holds FIELD: COLUMN[:UNIT] pairs", file=p)
         return {str(k): str(v) for k, v in doc.items()}

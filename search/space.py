@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from profiling.errors import InputError
+from profiling.yamlfile import read_yaml
 
 from .expr import catalog as hardware_catalog, compile_requirement
 from .paths import MISSING, deep_merge, get_path, with_values
@@ -256,10 +257,5 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
         return parse_space(yaml.safe_load(text), source="builtin default.yaml",
                            root=Path(str(resources.files("search").joinpath("spaces"))))
     p = Path(path)
-    if not p.is_file():
-        raise InputError("search space file not found", file=p)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=p) from None
+    doc = read_yaml(p, "search space file")
     return parse_space(doc, source=str(p), root=p.parent)

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from profiling.errors import InputError
+from profiling.yamlfile import read_yaml
 
 from .pipeline_schema import KVCacheConfig, NetworkConfig, RequestClass, ServiceConfig, check_references
 
@@ -192,12 +192,7 @@ def parse_scenario(doc: Any, source: str | Path = "scenario") -> Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read a scenario YAML; relative trace/model paths resolve against the file's folder."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError("scenario file not found", file=p)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=p) from None
+    doc = read_yaml(p, "scenario file")
     if isinstance(doc, dict):
         doc = _resolve_paths(doc, p.parent)
     return parse_scenario(doc, p)
