@@ -48,8 +48,11 @@ def test_killed_worker_trial_is_retried_no_loss_no_duplicate(tmp_path, space_fil
         now = datetime.now()
         for t in running:
             pid = t.user_attrs.get("worker_pid")
-            # sampled (params set) less than 0.3 s ago: most of its simulation is ahead
-            if (pid and t.params and (now - t.datetime_start).total_seconds() < 0.3
+            # fully sampled (params_hash is written after the last suggest; a kill between two
+            # suggests would leave the retry to sample the rest) and started less than 0.3 s
+            # ago: most of its simulation is ahead
+            if (pid and "params_hash" in t.user_attrs
+                    and (now - t.datetime_start).total_seconds() < 0.3
                     and _ppid(pid) == cli.pid):
                 os.kill(pid, signal.SIGKILL)
                 victim, killed_number = pid, t.number
