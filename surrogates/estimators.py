@@ -1,8 +1,12 @@
 """Latency regressors behind ``RooflineFeatures`` (scikit-learn estimator API).
 
 ``RatioRegressor`` learns ``log(latency / t_roofline)`` and predicts milliseconds that are
-never below the roofline. Estimators: ``xgboost`` (default), ``linear`` (ridge on degree-2
-polynomial features) and ``roofline`` (fixed spec-sheet efficiency, nothing learned).
+never below the roofline. The transfer pipeline (for GPUs never seen in training) instead
+learns the log residual over a physics prior, ``t_base = overhead + exp(X[:, base_col])``
+(a per-kind launch overhead fitted on the training rows plus a spec-sheet time), from the
+dimensionless ``learn_cols`` only: absolute times let trees memorise the training GPUs.
+Estimators: ``xgboost`` (default), ``linear`` (ridge on degree-2 polynomial features)
+and ``roofline`` (fixed spec-sheet efficiency, nothing learned).
 ``rf`` is the Vidur baseline: a random forest on the raw shape (token counts) and
 hardware numbers predicting latency directly, without roofline normalisation.
 """
@@ -21,6 +25,8 @@ from profiling.errors import HermesError
 from .features import RooflineFeatures
 
 ESTIMATORS = ("xgboost", "rf", "linear", "roofline")
+# Quantile of the training latencies taken as the launch overhead of the transfer prior.
+TRANSFER_OVERHEAD_Q = 0.01
 # Features 1, 2 of RooflineFeatures are log t_compute, log t_memory; 5.. are dtype, stack,
 # hardware and shape (what a Vidur-style forest sees: no roofline columns).
 _LOG_T_COMPUTE, _LOG_T_MEMORY, _RAW_FROM = 1, 2, 5
@@ -33,7 +39,8 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
                  learning_rate: float = 0.08, min_child_weight: float = 2.0, subsample: float = 0.8,
                  colsample_bytree: float = 0.9, reg_lambda: float = 1.0, compute_eff: float = 0.7,
                  memory_eff: float = 0.8, n_jobs: int = 1, random_state: int = 0,
-                 variant_col: int | None = None) -> None:
+                 variant_col: int | None = None, base_col: int | None = None,
+                 learn_cols: tuple[int, ...] | None = None, overhead_q: float | None = None) -> None:
         self.estimator = estimator
         self.n_estimators = n_estimators
         self.max_depth = max_depth
@@ -47,6 +54,9 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.variant_col = variant_col
+        self.base_col = base_col
+        self.learn_cols = learn_cols
+        self.overhead_q = overhead_q
 
     def _make(self):
         if self.estimator == "xgboost":
@@ -75,12 +85,26 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         vc = self.variant_col
         self.variant_codes_ = np.unique(X[:, vc][X[:, vc] >= 0]) if vc is not None else np.array([])
+        # Launch overhead: a low quantile of the training latencies (tiny kernels on any GPU
+        # take a few microseconds whatever their roofline says).
+        self.overhead_ms_ = float(np.quantile(y, self.overhead_q)) if self.overhead_q else 0.0
         self.model_ = self._make()
         if self.estimator == "rf":
             self.model_.fit(X[:, _RAW_FROM:], y)
         elif self.model_ is not None:
-            self.model_.fit(X, np.log(y) - X[:, 0])
+            self.model_.fit(self._learned(X), np.log(y) - self._log_base(X))
         return self
+
+    def _log_base(self, X: np.ndarray) -> np.ndarray:
+        """Log of the time the learner's target is relative to (column 0 by default)."""
+        if getattr(self, "base_col", None) is None:  # pickles older than base_col lack it
+            return X[:, 0]
+        return np.log(getattr(self, "overhead_ms_", 0.0) + np.exp(X[:, self.base_col]))
+
+    def _learned(self, X: np.ndarray) -> np.ndarray:
+        """The columns the learner sees."""
+        cols = getattr(self, "learn_cols", None)
+        return X if cols is None else X[:, list(cols)]
 
     def predict_log_ratio(self, X) -> np.ndarray:
         """Predicted log(latency / t_roofline), clipped at 0 (never faster than the roofline)."""
@@ -92,8 +116,8 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
             r = np.maximum(X[:, _LOG_T_COMPUTE] - np.log(self.compute_eff),
                            X[:, _LOG_T_MEMORY] - np.log(self.memory_eff)) - X[:, 0]
         else:
-            r = np.asarray(self.model_.predict(X), dtype=float)
-            r = self._average_unknown_variants(X, r)
+            r = np.asarray(self.model_.predict(self._learned(X)), dtype=float)
+            r = self._average_unknown_variants(X, r) + self._log_base(X) - X[:, 0]
         return np.maximum(np.asarray(r, dtype=float), 0.0)
 
     def _average_unknown_variants(self, X: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -107,7 +131,7 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
         acc = np.zeros(int(unk.sum()))
         for c in codes:
             Xu[:, vc] = c
-            acc += self.model_.predict(Xu)
+            acc += self.model_.predict(self._learned(Xu))
         r = r.copy()
         r[unk] = acc / len(codes)
         return r
@@ -130,5 +154,11 @@ def make_surrogate(kind: str, estimator: str = "xgboost", hardware_features: boo
     feats = RooflineFeatures(kind, hardware_features)
     names = list(feats.get_feature_names_out())
     params.setdefault("variant_col", names.index("variant") if "variant" in names else None)
+    if not hardware_features and estimator in ("xgboost", "linear"):
+        base, learn = feats.transfer_columns()
+        params.setdefault("base_col", base)
+        params.setdefault("learn_cols", learn)
+        if kind != "collective":  # a collective's alpha term already is its fixed cost
+            params.setdefault("overhead_q", TRANSFER_OVERHEAD_Q)
     return Pipeline([("features", feats), ("regressor", RatioRegressor(estimator=estimator, **params))])
 

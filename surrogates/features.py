@@ -41,6 +41,21 @@ ROOFLINE_FEATURES = ("log_t_roofline", "log_t_compute", "log_t_memory", "log_ai"
 COLLECTIVE_EXTRA = ("collective_code", "log_alpha_over_beta", "log_link_over_pcie")
 GEMM_TILE_FEATURES = ("m_waste64", "m_waste128", "n_waste128", "log_tiles128", "m_mod16")
 HARDWARE_FEATURES = ("log_peak", "log_mem_bw", "log_link_bw", "link_latency_us")
+# Transfer-only columns. ``log_t_base`` is the spec-sheet prior the transfer regressor's
+# target is relative to: the roofline for compute kinds; for collectives an alpha-beta
+# time on the ring's link class, where a PCIe card without NVLink shares the host's
+# PCIe bandwidth between the world/2 transfers a ring step runs at once.
+TRANSFER_FEATURES = ("log_t_base",)
+COLLECTIVE_TRANSFER = ("log_alpha_over_bus", "pcie_class")
+# What the transfer learner must not see: its offset ``log_t_base``; stack and kernel codes
+# (a held-out GPU's kernels are often ones no training GPU ran: the ``variant`` code
+# averages those instead); absolute times, which place a slower or faster GPU's rows among
+# other shapes of the training GPUs (leave-one-GPU-out MAPE, bf16: attention prefill 52% ->
+# 40%, decode 42% -> 37%, GEMM pooled 20% -> 18%); for collectives also every absolute
+# size (alpha/bus-time ratio, world and kernel variant carry it).
+TRANSFER_HIDDEN = ("stack", "kernel", "log_t_base", "log_t_roofline", "log_t_compute", "log_t_memory")
+COLLECTIVE_TRANSFER_HIDDEN = ("log_ai", "log_ai_over_ridge", "log_msg_bytes", "log_alpha_over_beta",
+                              "log_link_over_pcie")
 
 
 @lru_cache(maxsize=4)
@@ -136,8 +151,10 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
     """Canonical rows of one op ``kind`` -> feature matrix (column 0 = log t_roofline_ms).
 
     ``hardware_features=False`` leaves out the absolute spec numbers (peak, bandwidths),
-    keeping only roofline-normalised ones: the transfer model for GPUs never seen in
-    training (absolute numbers let trees memorise the few training GPUs).
+    keeping only roofline-normalised ones, and appends the transfer columns (the prior
+    ``log_t_base``; ``transfer_columns`` says which columns the learner may see): the
+    transfer model for GPUs never seen in training (absolute numbers let trees memorise
+    the few training GPUs).
 
     Rows need a ``hardware`` name the catalog knows unless they already carry the
     roofline columns (``profiling.roofline.add_roofline_features`` or ``attach_roofline``).
@@ -156,6 +173,8 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         self.variants_ = sorted(set(variant_keys(self.kind, X))) if isinstance(X, pd.DataFrame) else []
         self.feature_names_ = self.get_feature_names_out()
         self.n_features_in_ = X.shape[1]
+        # Fitted with the transfer columns (pipelines pickled before they existed lack this).
+        self.with_prior_ = not self.hardware_features
         return self
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -163,7 +182,15 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         extra = list(COLLECTIVE_EXTRA) if self.kind == "collective" else []
         extra += ["variant"] + (list(GEMM_TILE_FEATURES) if self.kind == "gemm" else [])
         hw = list(HARDWARE_FEATURES) if self.hardware_features else []
+        if not self.hardware_features:
+            extra += list(TRANSFER_FEATURES) + (list(COLLECTIVE_TRANSFER) if self.kind == "collective" else [])
         return np.array([*ROOFLINE_FEATURES, *hw, *shape, *extra], dtype=object)
+
+    def transfer_columns(self) -> tuple[int, tuple[int, ...]]:
+        """(base column, columns the transfer learner sees) of the transfer feature set."""
+        names = list(self.get_feature_names_out())
+        hidden = TRANSFER_HIDDEN + (COLLECTIVE_TRANSFER_HIDDEN if self.kind == "collective" else ())
+        return names.index("log_t_base"), tuple(i for i, n in enumerate(names) if n not in hidden)
 
     def _with_roofline(self, X: pd.DataFrame) -> pd.DataFrame:
         if "t_roofline_ms" in X and X["t_roofline_ms"].notna().all():
@@ -216,4 +243,18 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         cols.append(variant_keys(self.kind, X).map(codes).fillna(-1).to_numpy(dtype=float))
         if self.kind == "gemm":
             cols += _tile_features(X, n)
+        if getattr(self, "with_prior_", False):
+            cols += self._transfer_columns(X, col, lg)
         return np.column_stack(cols)
+
+    def _transfer_columns(self, X: pd.DataFrame, col, lg) -> list[np.ndarray]:
+        """``log_t_base`` (plus, for collectives, alpha over bus time and the PCIe class)."""
+        t_roof = col("t_roofline_ms")
+        if self.kind != "collective":
+            return [lg(t_roof)]
+        world = np.nan_to_num(col("world", 2.0), nan=2.0)
+        link = col("hw_link_bw_gb_s", 0.0)
+        pcie = (link <= self._pcie_gb_s(X)).astype(float)  # no NVLink-class link: ring over PCIe
+        t_bus = t_roof * np.where(pcie > 0, np.maximum(world / 2, 1.0), 1.0)
+        alpha = col("hw_link_latency_us", 0.0) * 1e-3
+        return [lg(alpha + t_bus), lg(alpha) - lg(t_bus), pcie]

@@ -2,9 +2,12 @@
 
 Per kind it keeps two pipelines: ``seen`` (with the absolute hardware numbers, best on
 GPUs in the training data) and ``transfer`` (roofline-normalised features only, used
-for a GPU with no training data, predicted from its spec sheet). Prediction intervals
-are split-conformal quantiles of log residuals: on held-out *shapes* for seen GPUs and
-on leave-one-GPU-out residuals for the transfer model.
+for a GPU with no training data, predicted from its spec sheet). On a seen GPU the
+``seen`` prediction is refined by a local residual correction (``residual.py``: kNN of
+the model's residuals on measured shapes of the same kernel variant). Prediction
+intervals are split-conformal quantiles of log residuals: on held-out *shapes* for seen
+GPUs, widened to the leave-models-out quantile for rows measured per model (Vidur) or of
+an unknown kernel, and on leave-one-GPU-out residuals for the transfer model.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from profiling.roofline import add_roofline_features
 from .compiled import RooflinePredictor
 from .estimators import make_surrogate
 from .features import SHAPE_FEATURES, attach_roofline
+from .residual import ResidualCorrector, variant_ids
 
 PROVENANCE = ("trained", "extrapolated", "roofline-fallback")
 MODEL_FILE, MANIFEST_FILE = "surrogate.joblib", "manifest.json"
@@ -33,6 +37,15 @@ TRAINABLE = tuple(SHAPE_FEATURES)
 # GEMM is the bulk of step time and has the most kernel variants on the same shapes: it
 # gets twice the row budget so each variant's shape grid stays dense.
 KIND_ROW_SCALE = {"gemm": 2.0}
+# Local residual correction (``residual.py``): measured shapes kept per kernel variant, and
+# the estimators it corrects (the rf baseline stays what Vidur does).
+# Only kinds measured on dense shape grids (AIConfigurator) gain from it; on Vidur's
+# elementwise rows an unseen model's errors are not local and the correction hurt.
+RESIDUAL_ROWS_PER_VARIANT = 4000
+CORRECTED = ("xgboost", "linear")
+CORRECTED_KINDS = ("gemm", "attn_prefill", "attn_decode")
+# Folds of the leave-models-out calibration (when rows carry a ``model``).
+MODEL_FOLDS = 3
 
 
 def shape_groups(df: pd.DataFrame, kind: str) -> np.ndarray:
@@ -56,7 +69,8 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     if len(df) <= n:
         return df
     keys = [c for c in ("hardware", "dtype", "kernel", "name") if c in df]
-    strata = df[keys].astype(str).agg("|".join, axis=1)
+    # ngroup, not a row-wise string join: the join cost seconds per 100k rows.
+    strata = df.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, index=df.index)
     sizes = strata.value_counts()
     # Water-filling: small strata keep all rows, the rest share what is left equally.
     per, left, k = n / len(sizes), n, len(sizes)
@@ -65,8 +79,25 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         if s > per:
             break
         left, k = left - s, k - 1
-    order = df.sample(frac=1.0, random_state=seed)
-    return order.groupby(strata.loc[order.index].to_numpy(), sort=False).head(max(int(per), 1))
+    # Rank rows within their stratum in a random order; keep the first ``per`` of each
+    # (index arithmetic only: shuffling a wide frame costs seconds).
+    perm = np.random.default_rng(seed).permutation(len(df))
+    codes = strata.to_numpy()[perm]
+    rank = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy()
+    return df.iloc[np.sort(perm[rank < max(int(per), 1)])]
+
+
+def _n_strata(df: pd.DataFrame) -> int:
+    keys = [c for c in ("hardware", "dtype", "kernel", "name") if c in df]
+    return int(df.groupby(keys, dropna=False, sort=False).ngroups) if keys else 1
+
+
+def _seen_ms(pipe: Pipeline, residual: ResidualCorrector | None, frame: pd.DataFrame) -> np.ndarray:
+    """Seen-GPU prediction with the local residual correction, never below the roofline."""
+    ms = pipe.predict(frame)
+    if residual is None:
+        return ms
+    return np.maximum(ms * np.exp(residual.predict(frame)), frame["t_roofline_ms"].to_numpy(dtype=float))
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,22 @@ class KindModel:
     q_seen: float
     q_transfer: float
     n_train: int
+    # Added with the local correction; a model pickled before has none of these (getattr).
+    residual: ResidualCorrector | None = None
+    q_model: float = float("nan")  # leave-models-out quantile (rows carrying a ``model``)
+    shape_variants: frozenset[str] = frozenset()  # variants never measured per model
+    q_model_hw: dict[str, float] = field(default_factory=dict)  # per GPU, where enough rows
+
+    def quantile(self, variants: np.ndarray, hardware: str = "") -> np.ndarray:
+        """Per-row interval half-width (log). Variants measured only as shape grids get the
+        shape quantile; the others (measured per model, or a kernel never seen, which a new
+        model's layers could be) the larger of the shape and leave-models-out quantiles."""
+        qm = getattr(self, "q_model_hw", {}).get(hardware, getattr(self, "q_model", float("nan")))
+        if not np.isfinite(qm):
+            return np.full(len(variants), self.q_seen)
+        shape_only = getattr(self, "shape_variants", frozenset())
+        narrow = np.array([v in shape_only for v in variants], dtype=bool)
+        return np.where(narrow, self.q_seen, max(self.q_seen, qm))
 
 
 @dataclass
@@ -102,6 +149,7 @@ class SurrogateModel:
     interval: float = 0.9
     random_state: int = 0
     transfer: bool = True
+    local_correction: bool = True
     kinds_: dict[str, KindModel] = field(default_factory=dict)
     skipped_: dict[str, int] = field(default_factory=dict)
 
@@ -111,14 +159,15 @@ class SurrogateModel:
         self.kinds_, self.skipped_ = {}, {}
         for kind in [k for k in TRAINABLE if (table["op"] == k).any()]:
             rows = table[table["op"] == kind]
-            known = rows["hardware"].map(lambda h: h in cat)
+            hws = rows["hardware"].unique()  # per distinct name: a per-row lookup costs seconds
+            known = rows["hardware"].map({h: h in cat for h in hws}).astype(bool)
             for h, n in rows.loc[~known, "hardware"].value_counts().items():
                 self.skipped_[f"{kind}@{h}"] = int(n)  # no spec sheet: cannot normalise
             rows = add_roofline_features(rows[known], cat)
             rows = rows[(rows["t_roofline_ms"] > 0) & (rows["latency_ms"] > 0)]
             if len(rows) < 20:
                 continue
-            rows = rows.assign(hardware=rows["hardware"].map(lambda h: cat.get(h).name))
+            rows = rows.assign(hardware=rows["hardware"].map({h: cat.get(h).name for h in hws if h in cat}))
             if progress:
                 progress(f"{kind}: {len(rows)} rows on {rows['hardware'].nunique()} device(s)")
             self.kinds_[kind] = self._fit_kind(kind, rows)
@@ -136,8 +185,10 @@ class SurrogateModel:
         budget = int(self.max_rows * KIND_ROW_SCALE.get(kind, 1.0))
         train = _sample(rows[~is_cal], budget, self.random_state)
         cal = _sample(rows[is_cal], self.max_rows // 4, self.random_state) if is_cal.any() else train
-        seen = make_surrogate(kind, self.estimator, **self.params).fit(train, train["latency_ms"].to_numpy())
-        q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / seen.predict(cal))), self.interval)
+        seen, residual = self._fit_seen(kind, train, rows[~is_cal])
+        q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / _seen_ms(seen, residual, cal))),
+                             self.interval)
+        q_model, shape_variants, q_model_hw = self._model_quantile(kind, rows[~is_cal], budget)
         transfer, q_transfer = None, float("nan")
         hws = sorted(train["hardware"].unique())
         if self.transfer and self.estimator in ("xgboost", "linear"):
@@ -155,7 +206,47 @@ class SurrogateModel:
         ranges = {c: (float(np.nanmin(train[c])), float(np.nanmax(train[c])))
                   for c in SHAPE_FEATURES[kind] if c in train and train[c].notna().any()}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
-                         ranges, q_seen, q_transfer, len(train))
+                         ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw)
+
+    def _fit_seen(self, kind: str, train: pd.DataFrame, pool: pd.DataFrame
+                  ) -> tuple[Pipeline, ResidualCorrector | None]:
+        """The seen-GPU pipeline on ``train``, and its residual corrector on a capped sample of
+        ``pool`` (all non-calibration rows: more shapes than the regressor's row budget)."""
+        seen = make_surrogate(kind, self.estimator, **self.params).fit(train, train["latency_ms"].to_numpy())
+        if not (self.local_correction and self.estimator in CORRECTED and kind in CORRECTED_KINDS):
+            return seen, None
+        store = _sample(pool, RESIDUAL_ROWS_PER_VARIANT * _n_strata(pool), self.random_state)
+        resid = np.log(store["latency_ms"].to_numpy() / seen.predict(store))
+        corr = ResidualCorrector(kind, max_rows_per_variant=RESIDUAL_ROWS_PER_VARIANT,
+                                 random_state=self.random_state).fit(store, resid)
+        return seen, corr
+
+    def _model_quantile(self, kind: str, rows: pd.DataFrame, budget: int
+                        ) -> tuple[float, frozenset[str], dict[str, float]]:
+        """Interval quantile for the use case 'a model never profiled': leave-models-out
+        residuals over ``MODEL_FOLDS`` folds of the rows' ``model`` names (NaN when fewer
+        than 3 models), the variants measured only without a model (shape grids), and the
+        quantile per GPU with at least 50 residuals (a GPU profiled for few models, such
+        as Vidur's A30, has much wider errors on a new model than the pool)."""
+        models = rows["model"].dropna().unique() if "model" in rows else np.array([])
+        if len(models) < 3:
+            return float("nan"), frozenset(), {}
+        rng = np.random.default_rng(self.random_state)
+        fold_of = dict(zip(rng.permutation(models), np.arange(len(models)) % MODEL_FOLDS))
+        fold = rows["model"].map(fold_of).to_numpy()
+        resid, hw = [], []
+        for f in range(MODEL_FOLDS):  # half the rows: these fits only size the interval
+            out = fold == f
+            tr = _sample(rows[~out], budget // 2, self.random_state)
+            te = _sample(rows[out], self.max_rows // 4, self.random_state)
+            seen, corr = self._fit_seen(kind, tr, rows[~out])
+            resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / _seen_ms(seen, corr, te))))
+            hw.append(te["hardware"].to_numpy())
+        resid, hw = np.concatenate(resid), np.concatenate(hw)
+        by_hw = {h: conformal_q(resid[hw == h], self.interval) for h in np.unique(hw) if (hw == h).sum() >= 50}
+        per_model = set(variant_ids(kind, rows[rows["model"].notna()]))
+        shape_only = set(variant_ids(kind, rows[rows["model"].isna()])) - per_model
+        return conformal_q(resid, self.interval), frozenset(shape_only), by_hw
 
     # ---- prediction ---------------------------------------------------
     def predict(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> Prediction:
@@ -170,8 +261,12 @@ class SurrogateModel:
                               f"no '{kind}' training data: spec-sheet roofline")
         seen = hw.name in km.hardware or km.transfer is None
         pipe, q = (km.seen, km.q_seen) if seen else (km.transfer, km.q_transfer)
-        ms = pipe.predict(frame)
         floor = frame["t_roofline_ms"].to_numpy(dtype=float)
+        if seen:  # the local correction only knows variants measured on this GPU
+            ms = _seen_ms(pipe, getattr(km, "residual", None), frame)
+            qs = km.quantile(variant_ids(kind, frame), hw.name)
+        else:
+            ms, qs = pipe.predict(frame), np.full(n, q)
         inside = np.full(n, hw.name in km.hardware)
         for c, (lo, hi) in km.ranges.items():
             if c in frame:
@@ -182,7 +277,7 @@ class SurrogateModel:
         prov = np.where(inside, "trained", "extrapolated").astype(object)
         note = "" if hw.name in km.hardware else (
             f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet")
-        return Prediction(ms, np.maximum(ms * np.exp(-q), floor), ms * np.exp(q), prov, note)
+        return Prediction(ms, np.maximum(ms * np.exp(-qs), floor), ms * np.exp(qs), prov, note)
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
         return self.predict(kind, shapes, hw).ms
@@ -204,7 +299,10 @@ class SurrogateModel:
         joblib.dump(self, d / MODEL_FILE, compress=3)
         info = {"estimator": self.estimator, "params": self.params, "interval": self.interval,
                 "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware), "dtypes": sorted(m.dtypes),
-                              "q_seen": m.q_seen, "q_transfer": m.q_transfer}
+                              "q_seen": m.q_seen, "q_transfer": m.q_transfer,
+                              "q_model": getattr(m, "q_model", float("nan")),
+                              "q_model_hw": getattr(m, "q_model_hw", {}),
+                              "residual_rows": m.residual.n_stored() if getattr(m, "residual", None) else 0}
                           for k, m in self.kinds_.items()},
                 "skipped_rows": self.skipped_, **(manifest or {})}
         (d / MANIFEST_FILE).write_text(json.dumps(info, indent=2, default=str))
