@@ -22,10 +22,11 @@ from optuna.trial import TrialState
 
 from .objective import params_hash
 from .space import Param, SearchSpace
-from .storage import FINISHED, counts
+from .storage import FINISHED, counts, free
 
 LOCAL_AFTER = 5  # a few random trials first, so there is an incumbent
 LOCAL_EVERY = 2  # then every other trial is a local move (every 3rd: 14/20 seeds vs 16/20)
+GUIDED_EVERY = 2  # with branch and bound: every other trial is a best-first move
 
 
 def _alternatives(p: Param, current: Any) -> list[Any]:
@@ -86,19 +87,23 @@ def space_size(space: SearchSpace) -> int | None:
 
 
 def plan_local_move(study: optuna.Study, space: SearchSpace, n_trials: int, *,
-                    duplicate: bool, seed: int) -> bool:
-    """After a trial: enqueue one unevaluated neighbour of the best feasible trial when due.
+                    duplicate: bool, seed: int, guide: Any = None) -> bool:
+    """After a trial: enqueue one move when due; returns True when it enqueued one.
 
-    Due on every ``LOCAL_EVERY``-th trial past ``LOCAL_AFTER``, or right after the
-    sampler re-proposed an evaluated configuration. Never past the budget, never when a
-    move is already queued. Returns True when it enqueued one.
+    With branch and bound (``guide``, single objective at a fixed load) every other trial
+    is a best-first move (``guide.py``); otherwise, and on the trials in between past
+    ``LOCAL_AFTER``, every ``LOCAL_EVERY``-th is an unevaluated neighbour of the best
+    feasible trial. Right after the sampler re-proposed an evaluated configuration one is
+    always due. Never past the budget, never when a move is already queued.
     """
     trials = study.get_trials(deepcopy=False)
     live = [t for t in trials if t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-            and "duplicate_of" not in t.user_attrs]
+            and not free(t)]
     done = sum(counts(t) for t in trials)
     if len(live) >= n_trials or any(t.state == TrialState.WAITING for t in trials):
         return False
+    if guide is not None and (duplicate or done % GUIDED_EVERY == 1) and guide.plan(study, seed):
+        return True
     if not duplicate and (done < LOCAL_AFTER or (done - LOCAL_AFTER) % LOCAL_EVERY):
         return False
     ok = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")
@@ -111,6 +116,8 @@ def plan_local_move(study: optuna.Study, space: SearchSpace, n_trials: int, *,
     fresh = [nb for nb in neighbours(space, dict(best.params), rng) if params_hash(nb) not in seen]
     if not fresh and duplicate:  # neighbourhood exhausted and the sampler repeats itself
         fresh = [v for v in _grid(space) if params_hash(v) not in seen]
+    if guide is not None:  # a move that cannot beat the incumbent would only be bounded out
+        fresh = [v for v in fresh if not guide.cannot_win(study, trials, v)]
     if not fresh:
         return False
     move = rng.choice(fresh)
@@ -118,10 +125,10 @@ def plan_local_move(study: optuna.Study, space: SearchSpace, n_trials: int, *,
     return True
 
 
-def local_move_callback(space: SearchSpace, n_trials: int, seed: int | None):
-    """Optuna callback: after each finished trial, queue a local move when one is due."""
+def local_move_callback(space: SearchSpace, n_trials: int, seed: int | None, guide: Any = None):
+    """Optuna callback: after each finished trial, queue a move when one is due."""
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             plan_local_move(study, space, n_trials, duplicate="duplicate_of" in trial.user_attrs,
-                            seed=0 if seed is None else seed)
+                            seed=0 if seed is None else seed, guide=guide)
     return callback

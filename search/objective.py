@@ -91,7 +91,7 @@ def rejected(space: SearchSpace, reason: str) -> Outcome:
 def _metrics(summary: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for k in ("output_tokens_per_dollar", "throughput_req_s", "output_tokens_per_s",
-              "goodput_req_s", "cost_usd", "energy_j", "sim_wall_s", "requests", "completed",
+              "goodput_req_s", "cost_usd", "makespan_s", "energy_j", "sim_wall_s", "requests", "completed",
               "rejected", "preemptions"):
         v = summary.get(k)
         if isinstance(v, dict):  # e.g. rejected: {count, reasons}

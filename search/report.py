@@ -50,7 +50,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row.update({f"param:{k}": v for k, v in t.params.items()})
         for i, v in enumerate(t.values or []):
             row[f"objective_{i}"] = v
-        for k in ("feasible", "reason", "params_hash", "duplicate_of", "worker_pid", "surplus"):
+        for k in ("feasible", "reason", "params_hash", "duplicate_of", "bounded", "upper_bound",
+                  "guided", "worker_pid", "surplus"):
             if k in t.user_attrs:
                 row[k] = t.user_attrs[k]
         row.update({f"metric:{k}": v for k, v in (t.user_attrs.get("metrics") or {}).items()})

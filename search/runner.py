@@ -21,7 +21,9 @@ from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plo
                      plot_pareto, trials_table)
 from .space import SearchSpace
 from .storage import counts, make_storage, quiet_optuna, redact
-from .study import open_study, run_worker
+from .bounds import unsupported
+from .guide import OFF_ATTR
+from .study import PROVEN_ATTR, open_study, run_worker
 from .tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker, trial_callback
 
 
@@ -38,6 +40,11 @@ class SearchOutcome:
     mlflow_parent_run_id: str | None
     outdir: str
     pareto: list[dict[str, Any]] = field(default_factory=list)
+    # branch and bound (guide.py): distinct configurations skipped without simulating, and
+    # whether every configuration of the space was simulated or bounded out
+    bounded_out: int = 0
+    optimum_proven: bool = False
+    bounding: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -65,9 +72,29 @@ def _progress(console: Console, total: int, enabled: bool) -> Progress:
                     console=console, disable=not enabled, transient=False)
 
 
+def bounded_out(study: Any) -> int:
+    """Distinct configurations branch and bound skipped without simulating."""
+    return len({t.user_attrs.get("params_hash") for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("bounded")})
+
+
 def _best_text(study: Any) -> str:
     b = best_trial(finished(study))
-    return f"best {b.values[0]:,.0f} tok/$" if b else "no feasible yet"
+    n = bounded_out(study)
+    text = f"best {b.values[0]:,.0f} tok/$" if b else "no feasible yet"
+    return text + (f", {n} bounded out" if n else "")
+
+
+def bounding_note(space: SearchSpace, study: Any, trials: int) -> str:
+    """One line for the log: what branch and bound did (or why it was not used)."""
+    why = unsupported(space) or study.user_attrs.get(OFF_ATTR)
+    if why:
+        return f"branch and bound off: {why}"
+    n = bounded_out(study)
+    proven = (f"; every other configuration simulated or bounded out: the best of {trials} "
+              "trials is the optimum of the space") if study.user_attrs.get(PROVEN_ATTR) else ""
+    return (f"branch and bound: {n} configuration{'s' if n != 1 else ''} bounded out without "
+            f"simulating (their fleet $/h cannot beat the best tokens/$ at this load){proven}")
 
 
 def _spawn(storage: str, study: str, trials: int, seed: int | None, index: int,
@@ -130,16 +157,22 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
                 run_worker(url, name, n_trials=trials, seed=seed, index=workers,
                            heartbeat_s=heartbeat_s, callbacks=callbacks)
         prog.update(task, completed=min(done(), trials), best=_best_text(study))
+    note = bounding_note(space, study, done())
+    if show_progress:
+        console.print(note, highlight=False)
 
     out = Path(outdir or Path.cwd() / "search-results" / name)
     out.mkdir(parents=True, exist_ok=True)
     result = _finalize(space, study, out, name, url)
+    result.bounded_out, result.bounding = bounded_out(study), note
+    result.optimum_proven = bool(study.user_attrs.get(PROVEN_ATTR))
     result.mlflow_experiment = exp_name if track else None
     result.mlflow_parent_run_id = parent if track else None
     if track:
         b = result.best or {}
         metrics = {"best_output_tokens_per_dollar": b.get("output_tokens_per_dollar") or 0.0,
-                   "trials": float(result.trials)}
+                   "trials": float(result.trials), "bounded_out": float(result.bounded_out),
+                   "optimum_proven": float(result.optimum_proven)}
         if result.baseline.get("output_tokens_per_dollar"):
             metrics["baseline_output_tokens_per_dollar"] = result.baseline["output_tokens_per_dollar"]
         if result.baseline.get("gain"):

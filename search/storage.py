@@ -23,13 +23,20 @@ DEFAULT_DB = "hermes-search.db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
+def free(trial: FrozenTrial) -> bool:
+    """True for a trial that cost no simulation: a re-proposal answered from an earlier
+    trial (``duplicate_of``) or a candidate bounded out by branch and bound (``bounded``)."""
+    return "duplicate_of" in trial.user_attrs or bool(trial.user_attrs.get("bounded"))
+
+
 def counts(trial: FrozenTrial) -> bool:
     """True for a trial that uses the budget: a distinct configuration, evaluated.
 
-    A re-proposal of an evaluated configuration is answered from that trial (it costs no
-    simulation) and does not count: ``--trials N`` means N distinct configurations.
+    A re-proposal of an evaluated configuration is answered from that trial, and a
+    candidate that cannot beat the incumbent is bounded out (neither is simulated): they
+    do not count, ``--trials N`` means N distinct configurations evaluated.
     """
-    return trial.state in FINISHED and "duplicate_of" not in trial.user_attrs
+    return trial.state in FINISHED and not free(trial)
 
 
 def default_url() -> str:

@@ -15,13 +15,16 @@ from optuna.trial import TrialState
 
 from profiling.errors import HermesError
 
+from .guide import Guide
 from .local import local_move_callback, space_size
 from .objective import Outcome, directions, evaluate, params_hash
 from .space import SearchSpace, parse_space
-from .storage import FINISHED, TRIAL_CONSTRAINTS, counts, make_sampler, make_storage, quiet_optuna, worker_seed
+from .storage import (FINISHED, TRIAL_CONSTRAINTS, counts, free, make_sampler, make_storage, quiet_optuna,
+                      worker_seed)
 
 LIVE = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 MAX_DUPLICATES = 10  # per budgeted trial: a safety stop for a sampler that only re-proposes
+PROVEN_ATTR = "optimum_proven"  # study attr: every configuration simulated or bounded out
 
 
 class _Surplus(Exception):
@@ -69,14 +72,16 @@ def _cached(study: optuna.Study, h: str) -> optuna.trial.FrozenTrial | None:
 
 
 def make_objective(space: SearchSpace, n_trials: int,
-                   evaluator: Callable[[SearchSpace, dict], Outcome] = evaluate):
-    """The Optuna objective: budget guard, dedup by params hash, evaluate, store attrs,
-    a callback then queues a local move around the incumbent (``local.py``)."""
+                   evaluator: Callable[[SearchSpace, dict], Outcome] = evaluate,
+                   guide: Guide | None = None):
+    """The Optuna objective: budget guard, dedup by params hash, branch and bound (a
+    candidate that cannot beat the incumbent is PRUNED unsimulated, ``guide.py``),
+    evaluate, store attrs; a callback then queues the next move (``local.py``)."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr("worker_pid", os.getpid())
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=LIVE)
-                 if t.number < trial.number and "duplicate_of" not in t.user_attrs]
+                 if t.number < trial.number and not free(t)]
         if len(ahead) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus()
@@ -90,9 +95,16 @@ def make_objective(space: SearchSpace, n_trials: int,
             trial.set_user_attr("duplicate_of", hit.number)
             _set_constraints(trial, hit.user_attrs.get("constraints") or [])
             return tuple(hit.values) if len(hit.values) > 1 else hit.values[0]
+        why = guide.bounded_reason(trial.study, values) if guide is not None else None
+        if why:  # cannot be the optimum: recorded, not simulated, not counted
+            trial.set_user_attr("bounded", True)
+            trial.set_user_attr("reason", why)
+            raise optuna.TrialPruned(why)
         out = evaluator(space, values)
         for k, v in out.attrs().items():
             trial.set_user_attr(k, v)
+        if guide is not None and out.feasible and out.simulated:
+            guide.self_check(trial.study, values, out.metrics)
         _set_constraints(trial, out.constraints)
         return out.values if len(out.values) > 1 else out.values[0]
 
@@ -123,19 +135,24 @@ def run_worker(storage_url: str | None, study_name: str, *, n_trials: int, seed:
     space = parse_space(probe.user_attrs["space"], source=f"study {study_name}")
     study = optuna.load_study(study_name=study_name, storage=storage,
                               sampler=make_sampler(worker_seed(seed, index), len(space.params)))
-    objective = make_objective(space, n_trials, evaluator)
-    local = local_move_callback(space, n_trials, seed)
+    guide = Guide(space)
+    guide = guide if guide.enabled else None
+    objective = make_objective(space, n_trials, evaluator, guide)
+    local = local_move_callback(space, n_trials, seed, guide)
     budget = min(n_trials, space_size(space) or n_trials)  # a tiny space ends when exhausted
     ran = 0
     while True:
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         finished = sum(counts(t) for t in trials)
-        dups = sum("duplicate_of" in t.user_attrs for t in trials)
-        if finished >= budget or dups > MAX_DUPLICATES * n_trials:
+        unsimulated = sum(free(t) for t in trials)
+        if finished >= budget or unsimulated > MAX_DUPLICATES * n_trials:
+            return ran
+        if guide is not None and guide.exhausted(study):
+            study.set_user_attr(PROVEN_ATTR, True)  # all simulated or bounded out
             return ran
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        live = sum(t.state in LIVE and "duplicate_of" not in t.user_attrs for t in trials)
+        live = sum(t.state in LIVE and not free(t) for t in trials)
         if live >= n_trials and not waiting:
             time.sleep(max(0.2, heartbeat_s / 4))
             continue

@@ -33,6 +33,9 @@ def small_space(*, requests: int = 120, rate: float = 6.0, objective: str = "tok
             "deployments.0.scheduler.policy": {"choices": ["continuous", "chunked"]},
             "deployments.0.scheduler.chunk_size": {
                 "choices": [256, 1024], "when": {"deployments.0.scheduler.policy": "chunked"}},
+            # price-neutral knob: branch and bound cannot prove the optimum (and stop) within
+            # the few trials these tests ask for, so they see exactly N trials
+            "deployments.0.scheduler.max_batch_size": {"choices": [64, 128, 256]},
         },
     }
 

@@ -12,7 +12,8 @@ import simulator
 from search import evaluate, parse_space, run_search
 from search.objective import params_hash
 from search.storage import counts, make_storage
-from search.study import open_study, run_worker
+from search.bounds import Bounder
+from search.study import PROVEN_ATTR, open_study, run_worker
 
 from search_helpers import run_cli, small_space
 
@@ -53,8 +54,9 @@ def test_pruning_stops_a_lost_simulation_early():
 
 
 def test_duplicates_are_not_resimulated(tmp_path):
-    """A space of 2 configurations asked for 5 trials simulates each once and stops when the
-    space is exhausted; re-proposals reuse their first trial's values and do not count."""
+    """A space of 2 configurations asked for 5 trials simulates each at most once (the dearer one
+    may be bounded out instead) and stops when the space is exhausted; re-proposals reuse their
+    first trial's values and do not count."""
     sp = parse_space(small_space(params={"deployments.0.hardware": {"choices": ["H100-SXM", "L40S"]}}))
     url = f"sqlite:///{tmp_path / 'd.db'}"
     study = open_study(sp, make_storage(url, heartbeat_s=2), "dup", 0)
@@ -66,10 +68,15 @@ def test_duplicates_are_not_resimulated(tmp_path):
 
     run_worker(url, "dup", n_trials=5, seed=0, heartbeat_s=2, evaluator=counted)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(calls) == len(set(calls)) == 2
-    assert sum(counts(t) for t in trials) == 2
+    assert 1 <= len(calls) == len(set(calls)) <= 2
+    best = max(t.values[0] for t in trials if t.user_attrs.get("feasible"))
+    bounder = Bounder(sp)
+    for hw in ("H100-SXM", "L40S"):  # each simulated once, or provably unable to beat the best
+        v = {"deployments.0.hardware": hw}
+        assert params_hash(v) in calls or (study.user_attrs[PROVEN_ATTR] and bounder.bound(v).value <= best)
+    assert sum(counts(t) for t in trials) == len(calls)
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert len(dups) == len(trials) - 2
+    assert len(dups) == len(trials) - len(calls)
     for t in dups:
         src = study.trials[t.user_attrs["duplicate_of"]]
         assert src.params == t.params and src.values == t.values
@@ -113,6 +120,7 @@ def test_cli_json_best_is_runnable_and_tracked(tmp_path, space_file):
     assert res["baseline"]["gain"] == pytest.approx(
         best["output_tokens_per_dollar"] / res["baseline"]["output_tokens_per_dollar"])
     assert res["mlflow_experiment"] == "hermes-search/cli"
+    assert res["bounded_out"] >= 0 and "branch and bound:" in r.stderr  # the log says what it skipped
 
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(res["mlflow_experiment"])
@@ -144,7 +152,7 @@ def test_unreachable_mlflow_does_not_break_the_search(tmp_path, space_file):
     mentions = [x for x in r.stderr.splitlines() if "mlflow" in x.lower()]
     assert len(mentions) == 1 and "Optuna storage" in mentions[0], r.stderr
     study = optuna.load_study(study_name="dead", storage=f"sqlite:///{db}")
-    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    assert sum(counts(t) for t in study.trials) == 3
 
 
 def test_pareto_objective_reports_a_front(tmp_path):
@@ -154,6 +162,7 @@ def test_pareto_objective_reports_a_front(tmp_path):
                      show_progress=False, outdir=tmp_path / "o")
     front = res.pareto
     assert front, "expected at least one feasible trial on the front"
+    assert res.bounding.startswith("branch and bound off: Pareto") and res.bounded_out == 0
     for a in front:
         assert not any(b["output_tokens_per_dollar"] >= a["output_tokens_per_dollar"]
                        and b["ttft_p90_s"] <= a["ttft_p90_s"] and b is not a
