@@ -1,15 +1,22 @@
 """End-to-end fidelity against real serving benchmarks (AIConfigurator silicon_sample.csv).
 
 Dense-model rows (Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B; aggregated serving) each become
-a closed-loop scenario at concurrency = batch_size, replaying the row's benchmark client
-(InferenceMAX rows: 10 x concurrency prompts, lengths uniform in [0.8 L, L]; other rows:
-fixed lengths, 10 requests per client). ONLY the framework overhead (kernel-replay factor,
-per step, per sequence, per request; one set per serving stack = framework + version or
-benchmark setup, and GPU) is calibrated, on a seeded random 25% of each group's rows;
-TTFT and TPOT MAPE are reported on the other 75%. Rows the catalog cannot serve are listed
-with the reason.
+a closed-loop scenario at concurrency = batch_size replaying the row's benchmark setup
+(``simulator.silicon.bench_protocol``): InferenceMAX rows use 10 x concurrency prompts
+with lengths uniform in [0.8 L, L] and an 8192-token budget; AIConfigurator-harness rows
+use fixed lengths, 10 requests per client, and for TRT-LLM whole prompts with
+``max_num_tokens`` = 4 x isl. Every request is measured (the first wave included), as the
+benchmark clients report. ONLY the framework overhead (kernel-replay factor, per step,
+per sequence, per request; one set per serving stack and GPU) is calibrated, on a seeded
+random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
+group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 
-    python benchmarks/silicon_fidelity.py [--surrogate builtin] [--processes 2]
+    python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
+        [--legacy-budget] [--warmup 0] [--no-kernel-scale] [--rows-out FILE]
+
+``--legacy-budget`` replays TRT-LLM rows with the flat 8192-token budget (the previous
+model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
+requests out (the steady-state client model).
 """
 from __future__ import annotations
 
@@ -29,6 +36,31 @@ TRACES = Path(os.environ.get("HERMES_TRACES", REPO.parent / "shared" / "traces")
 DENSE = r"Llama-3\.1-8B|Llama-3\.1-70B|Qwen3-32B"
 
 
+def split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded random ``fraction`` of each calibration group for fitting, the rest held out."""
+    rng = np.random.default_rng(seed)
+    calib, held = [], []
+    for g in sorted({r.group for r in rows}):
+        mine = [r for r in rows if r.group == g]
+        k = max(1, int(round(fraction * len(mine))))
+        pick = set(rng.choice(len(mine), size=k, replace=False).tolist())
+        calib += [r for i, r in enumerate(mine) if i in pick]
+        held += [r for i, r in enumerate(mine) if i not in pick]
+    return calib, held
+
+
+def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
+    res = pd.DataFrame(rep["rows"])
+    m = meta.loc[res.id]
+    res["model"] = m.model_path.str.split("/").str[-1].str.replace("-Instruct", "").to_numpy()
+    res["system"] = m.system.to_numpy()
+    res["tp"] = m.tp_size.astype(int).to_numpy()
+    res["stack"] = res.group.str.split("/").str[0]
+    res["ttft_ape"] = (res.ttft_pred - res.ttft_meas).abs() / res.ttft_meas * 100
+    res["tpot_ape"] = (res.tpot_pred - res.tpot_meas).abs() / res.tpot_meas * 100
+    return res
+
+
 def main() -> None:
     from simulator.calibrate import fit_overhead, report, run_rows
     from simulator.silicon import read_silicon, silicon_rows
@@ -39,56 +71,60 @@ def main() -> None:
     ap.add_argument("--calib-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1, help="use every k-th row (quick look)")
-    ap.add_argument("--requests-per-client", type=int, default=None,
-                    help="override the protocol's (InferenceMAX rows: 10 x concurrency prompts)")
+    ap.add_argument("--legacy-budget", action="store_true",
+                    help="TRT-LLM rows with the flat 8192-token budget (the previous model)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up generations left out")
+    ap.add_argument("--no-kernel-scale", action="store_true", help="fit additive overhead only")
     ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
     a = ap.parse_args()
     t0 = time.perf_counter()
     df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
     df = df[df.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
     df = df.iloc[::a.every].reset_index(drop=True)
-    rows = silicon_rows(df, surrogate=a.surrogate, requests_per_client=a.requests_per_client)
+    rows = silicon_rows(df, surrogate=a.surrogate, warmup_generations=a.warmup,
+                        prompts_per_step=None if a.legacy_budget else True)
     ok = [r for r in rows if r.scenario is not None]
     for r in rows:
         if r.unsupported:
             print(f"unsupported {r.id}: {r.unsupported}")
-    rng = np.random.default_rng(a.seed)
-    calib, held = [], []
-    for b in sorted({r.group for r in ok}):
-        mine = [r for r in ok if r.group == b]
-        pick = set(rng.choice(len(mine), size=max(1, int(round(a.calib_fraction * len(mine)))), replace=False).tolist())
-        calib += [r for i, r in enumerate(mine) if i in pick]
-        held += [r for i, r in enumerate(mine) if i not in pick]
+    calib, held = split(ok, a.calib_fraction, a.seed)
     history: list = []
-    theta = fit_overhead(calib, processes=a.processes, history=history)
-    before = report(history[0])
+    theta = fit_overhead(calib, processes=a.processes, history=history,
+                         kernel_scale=not a.no_kernel_scale)
+    before_held = report(run_rows(held, None, processes=a.processes))
     after_calib = report(run_rows(calib, theta, processes=a.processes))
     after = report(run_rows(held, theta, processes=a.processes))
-    res = pd.DataFrame(after["rows"])
     meta = df.set_index(df["id"].astype(str))
-    res["model"] = meta.loc[res.id, "model_path"].str.split("/").str[-1].to_numpy()
-    res["system"] = meta.loc[res.id, "system"].to_numpy()
-    res["ttft_ape"] = (res.ttft_pred - res.ttft_meas).abs() / res.ttft_meas * 100
-    res["tpot_ape"] = (res.tpot_pred - res.tpot_meas).abs() / res.tpot_meas * 100
-    print(f"rows: {len(rows)} dense-model rows, {len(ok)} simulated, {len(calib)} calibration, "
+    res = frame(after, meta)
+    res0 = frame(before_held, meta)
+    print(f"rows: {len(rows)} dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
+          f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
+    print(f"engine budget for TRT-LLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
+          f"warm-up generations: {a.warmup or 0}; kernel scale {'fixed 1' if a.no_kernel_scale else 'fitted'}")
     for b, th in theta.items():
         print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "
               f"per seq {th.per_seq_s * 1e6:.2f} us, per request {th.request_s * 1e3:.1f} ms")
-    res["backend"] = res.group.str.split("/").str[0]
     if a.rows_out:
         res.to_csv(a.rows_out, index=False)
-    g = res.groupby(["model", "system", "backend"])[["ttft_ape", "tpot_ape"]].agg(["mean", "size"])
-    print(g.round(1).to_string())
-    print(f"calibration rows with the default overhead: TTFT {before['ttft_mape']:.1f}%, "
-          f"TPOT {before['tpot_mape']:.1f}%")
+    keys = ["model", "system", "stack", "tp"]
+    g = res.groupby(keys).agg(n=("id", "size"), ttft_mape=("ttft_ape", "mean"), tpot_mape=("tpot_ape", "mean"))
+    g0 = res0.groupby(keys).agg(ttft_default=("ttft_ape", "mean"), tpot_default=("tpot_ape", "mean"))
+    print("held-out MAPE % per group (default overhead -> calibrated):")
+    print(g0.join(g)[["n", "ttft_default", "ttft_mape", "tpot_default", "tpot_mape"]].round(1).to_string())
+    s = res.groupby(["model", "system", "stack"]).agg(n=("id", "size"), ttft_mape=("ttft_ape", "mean"),
+                                                    tpot_mape=("tpot_ape", "mean"))
+    print(s.round(1).to_string())
+    print(f"held-out rows with the default overhead: TTFT {before_held['ttft_mape']:.1f}%, "
+          f"TPOT {before_held['tpot_mape']:.1f}%")
     print(f"calibration rows after fit: TTFT {after_calib['ttft_mape']:.1f}%, TPOT {after_calib['tpot_mape']:.1f}%")
     print(f"held-out MAPE after calibration: TTFT {after['ttft_mape']:.1f}%, TPOT {after['tpot_mape']:.1f}% "
           f"(target <= 15% each) in {time.perf_counter() - t0:.0f} s")
     print(json.dumps({"surrogate": a.surrogate, "held_out_rows": len(held), "calibration_rows": len(calib),
+                      "legacy_budget": a.legacy_budget, "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
-                      "ttft_mape_uncalibrated": round(before["ttft_mape"], 2),
-                      "tpot_mape_uncalibrated": round(before["tpot_mape"], 2),
+                      "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),
+                      "tpot_mape_uncalibrated": round(before_held["tpot_mape"], 2),
                       "overhead": {b: th.model_dump() for b, th in theta.items()}}))
 
 

@@ -5,10 +5,12 @@ Step time is ``kernel_scale * kernels + step_s + per_seq_s * seqs``, so a reques
 is linear in the three parameters given the step mix it lived through:
 ``tpot ~ kernel_scale * K + step_s + per_seq_s * seqs`` with ``K`` the kernel-only TPOT.
 ``kernel_scale`` stands for what the isolated (AIConfigurator-style) kernel timings miss
-when the engine replays them fused and back-to-back in a CUDA graph. Non-negative least
+when the engine replays them fused and back-to-back in a CUDA graph; ``kernel_scale=False``
+keeps it at 1 so only the additive terms are fitted. Non-negative least
 squares on the calibration rows' TPOT (relative error), re-simulated a few times until the
 step mix settles. The per-token term is not identifiable from decode steps and stays 0;
-the front-end ``request_s`` is the (relative-error) median TTFT shortfall.
+the front-end ``request_s`` is the (relative-error) median TTFT shortfall. Each group keeps the simulated round that scored best (TTFT + TPOT
+relative error on its calibration rows), so the defaults win when no fit improves on them.
 """
 from __future__ import annotations
 
@@ -45,10 +47,13 @@ def _with_overhead(r: SiliconRow, overhead: dict[str, OverheadConfig] | None):
 
 def run_row(r: SiliconRow, overhead: dict[str, OverheadConfig] | None = None) -> RowResult:
     """Simulate one supported row; also the mean step mix the overhead model multiplies.
-    Means are over all requests, the first wave (all clients at t=0) included, as a
-    benchmark client reports them."""
+    Means are over the measured requests: all of them, the first wave (all clients at t=0)
+    included, as a benchmark client reports them, unless the row's protocol names warm-up
+    requests (the first ``r.warmup`` by arrival), which are left out."""
     res = simulate(_with_overhead(r, overhead))
     df = res.requests
+    if r.warmup:
+        df = df.sort_values("arrival_s", kind="stable").iloc[r.warmup:]
     steps = np.concatenate(list(res.steps.values()))
     dec = steps[steps[:, 2] > 0]
     seqs = dec[:, 2] + (dec[:, 3] > 0)
@@ -78,29 +83,51 @@ def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None 
 
 
 def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1,
-                 history: list | None = None) -> dict[str, OverheadConfig]:
+                 history: list | None = None, kernel_scale: bool = True) -> dict[str, OverheadConfig]:
     """Overhead parameters per ``group`` (stack/GPU) from the TPOT and TTFT of ``rows``
-    (each iteration's row results are appended to ``history``; the first uses defaults)."""
+    (each iteration's row results are appended to ``history``; the first uses defaults).
+    ``kernel_scale=False`` keeps the kernel times as the surrogate gives them (factor 1)
+    and fits only the additive per-step / per-sequence / per-request terms."""
     groups = sorted({r.group for r in rows if r.scenario is not None})
     theta = {g: OverheadConfig() for g in groups}
+    best: dict[str, tuple[float, OverheadConfig]] = {}
     for _ in range(iterations):
         results = run_rows(rows, theta, processes=processes)
         if history is not None:
             history.append(results)
-        theta = {g: _fit_group([r for r in results if r.group == g], theta[g]) for g in groups}
-    return theta
+        for g in groups:   # keep each group's best simulated parameter set (TTFT + TPOT error)
+            mine = [r for r in results if r.group == g]
+            score = _score(mine)
+            if g not in best or score < best[g][0]:
+                best[g] = (score, theta[g])
+        theta = {g: _fit_group([r for r in results if r.group == g], theta[g], kernel_scale) for g in groups}
+    return {g: best[g][1] for g in groups}
 
 
-def _fit_group(rs: list[RowResult], th: OverheadConfig) -> OverheadConfig:
+def _score(rs: list[RowResult]) -> float:
+    """Mean relative TTFT error + mean relative TPOT error of simulated rows."""
+    t = np.mean([abs(r.ttft_pred - r.ttft_meas) / r.ttft_meas for r in rs])
+    p = np.mean([abs(r.tpot_pred - r.tpot_meas) / r.tpot_meas for r in rs])
+    return float(t + p)
+
+
+def _fit_group(rs: list[RowResult], th: OverheadConfig, fit_scale: bool = True) -> OverheadConfig:
     x = np.array([r.x for r in rs])
     over = x @ np.array([th.step_s, th.per_seq_s, th.per_token_s])
     kern = (np.array([r.tpot_pred for r in rs]) - over) / th.kernel_scale   # kernel-only TPOT
     y = np.array([r.tpot_meas for r in rs])
-    A = np.column_stack([kern, x[:, 0], x[:, 1]])
     w = 1.0 / y                                                           # relative error
-    coef, _ = nnls(A * w[:, None], y * w)
-    ks = float(coef[0]) if coef[0] > 0 else th.kernel_scale
-    # front-end latency: the median TTFT shortfall, never negative
+    if fit_scale:
+        A = np.column_stack([kern, x[:, 0], x[:, 1]])
+        coef, _ = nnls(A * w[:, None], y * w)
+        ks = float(coef[0]) if coef[0] > 0 else th.kernel_scale
+    else:   # kernels as given: only the additive terms absorb the gap
+        coef, _ = nnls(x[:, :2] * w[:, None], (y - kern) * w)
+        coef, ks = np.concatenate([[1.0], coef]), 1.0
+    # front-end latency: the median TTFT shortfall, never negative. In a closed loop with
+    # fixed lengths the delay also shifts arrivals against the step grid (prompts that
+    # would have joined a running step wait for the next), so TTFT can move by more than
+    # the delay; the best-round selection in ``fit_overhead`` guards against that.
     gap = np.array([r.ttft_meas - (r.ttft_pred - th.request_s) for r in rs])
     req = max(_weighted_median(gap, 1.0 / np.array([r.ttft_meas for r in rs])), 0.0)
     return OverheadConfig(step_s=float(coef[1]), per_seq_s=float(coef[2]), per_token_s=0.0,

@@ -2,16 +2,18 @@
 concurrency), per-request CSVs, and vLLM ``benchmark_serving`` result JSON.
 
 Each silicon row becomes its own closed-loop scenario (model, system, precision, TP/PP,
-concurrency = ``batch_size``) replaying the row's benchmark client (``bench_protocol``):
-how many prompts per client and how spread the lengths are decide whether the closed
-loop's waves stay synchronized, which dominates TTFT. Rows the catalog cannot serve
+concurrency = ``batch_size``) replaying the row's benchmark setup (``bench_protocol``):
+the client (how many prompts per client, how spread the lengths, whether warm-up requests
+count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
+With identical lengths the closed loop runs in waves of prompts that arrive together, so
+how many prompts one engine step may take decides TTFT. Rows the catalog cannot serve
 (unknown model or GPU, disaggregated rows) are returned with the reason, never dropped.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ BACKEND_POLICY = {"vllm": "chunked", "sglang": "continuous", "trtllm": "mixed"}
 SILICON_COLUMNS = ("model_path", "system", "backend", "precision", "mode", "isl", "osl",
                    "batch_size", "tp_size", "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
 REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
-TOKEN_BUDGET = 8192         # vLLM max_num_batched_tokens / TRT-LLM max_num_tokens as benchmarked
+TOKEN_BUDGET = 8192         # vLLM max_num_batched_tokens / TRT-LLM max_num_tokens defaults
 # InferenceMAX rows (the dated DB dump in ``silicon_data_source``) are measured with
 # ``benchmark_serving --dataset-name random --random-range-ratio 0.8 --num-prompts 10*CONC
 # --max-concurrency CONC --request-rate inf --ignore-eos``: prompt and output lengths are
@@ -37,20 +39,42 @@ TOKEN_BUDGET = 8192         # vLLM max_num_batched_tokens / TRT-LLM max_num_toke
 _INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 
 
+# AIConfigurator's own gap-analysis harness (source paths ``.../aic-auto-gap-analysis/...``):
+# fixed lengths, every request counted. Its TRT-LLM rows run AIC-generated engine configs
+# whose ``max_num_tokens`` is a multiple of isl (AIC's agg search adds k x isl candidates)
+# and no chunked prefill, so a step takes at most k whole prompts (decode tokens count
+# against the same budget). k = 4: measured TTFT at concurrency 8 grows in proportion to
+# isl (Qwen3-32B TP1: 272/506/1124 ms at isl 1k/2k/4k), which a fixed 8192-token budget
+# cannot produce (it takes 8, 4, then 2 prompts per step); see benchmarks/silicon_fidelity.py.
+_AIC_HARNESS = re.compile(r"aic-auto-gap-analysis")
+AIC_TRTLLM_PROMPTS_PER_STEP = 4
+
+
 @dataclass(frozen=True)
 class BenchProtocol:
-    """How a row's client drove the server: length spread and requests per client."""
+    """How a row's client drove the server and how its engine was configured."""
 
     name: str
     range_ratio: float          # lengths uniform in [range_ratio * L, L]; 1.0 = fixed
     requests_per_client: int
+    prompts_per_step: int | None = None   # engine budget = this x isl (None: TOKEN_BUDGET)
+    warmup_generations: int = 0           # first C x this many requests are not measured
 
 
-def bench_protocol(source: object) -> BenchProtocol:
-    """The benchmark client a ``silicon_data_source`` string points to."""
+def bench_protocol(source: object, backend: str | None = None) -> BenchProtocol:
+    """The benchmark setup a ``silicon_data_source`` string (and backend) points to."""
     if isinstance(source, str) and _INFERENCEMAX.search(source):
         return BenchProtocol("inferencemax", 0.8, 10)
+    if isinstance(source, str) and _AIC_HARNESS.search(source) and backend == "trtllm":
+        return BenchProtocol("fixed", 1.0, REQUESTS_PER_CLIENT, AIC_TRTLLM_PROMPTS_PER_STEP)
     return BenchProtocol("fixed", 1.0, REQUESTS_PER_CLIENT)
+
+
+def token_budget(proto: BenchProtocol, isl: int) -> int:
+    """Tokens one engine step may take (prefill + decode) under the row's engine config."""
+    if proto.prompts_per_step is None:
+        return max(TOKEN_BUDGET, int(isl))
+    return proto.prompts_per_step * int(isl)
 
 
 def _stack(r, proto: BenchProtocol) -> str:
@@ -76,6 +100,7 @@ class SiliconRow:
     unsupported: str | None = None
     system: str = ""
     stack: str = ""             # framework and benchmark setup, e.g. "vllm-inferencemax"
+    warmup: int = 0             # leading requests left out of the measured means
 
     @property
     def group(self) -> str:
@@ -109,8 +134,16 @@ def _dtype(precision, backend: str) -> tuple[str, str | None]:
 
 
 def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = None,
-                 surrogate: str | None = "builtin", requests_per_client: int | None = None) -> list[SiliconRow]:
-    """One closed-loop scenario per row (or the reason it cannot be simulated)."""
+                 surrogate: str | None = "builtin", requests_per_client: int | None = None,
+                 warmup_generations: int | None = None,
+                 prompts_per_step: int | None | bool = True) -> list[SiliconRow]:
+    """One closed-loop scenario per row (or the reason it cannot be simulated).
+
+    ``warmup_generations`` overrides the protocol's (0: every request is measured, as the
+    clients of these rows report; n: the first n x concurrency requests are warm-up, the
+    steady state AIConfigurator's closed-loop estimator reports). ``prompts_per_step``
+    ``True`` keeps the protocol's engine budget, ``None`` forces the flat TOKEN_BUDGET, an
+    int forces k x isl."""
     models, hw = load_models(), load_catalog()
     out = []
     for r in df.itertuples(index=False):
@@ -125,13 +158,19 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
             reason = f"backend '{r.backend}' has no batching policy mapping"
         elif any(pd.isna(getattr(r, c)) for c in ("isl", "osl", "batch_size", "tp_size")):
             reason = "missing isl/osl/batch_size/tp_size"
+        proto = bench_protocol(getattr(r, "silicon_data_source", None), str(r.backend))
+        if prompts_per_step is not True:
+            proto = replace(proto, prompts_per_step=prompts_per_step)
+        if warmup_generations is not None:
+            proto = replace(proto, warmup_generations=warmup_generations)
         sc = None
+        conc = 0
         if reason is None:
             dtype, kv = _dtype(r.precision, r.backend)
             conc = int(r.batch_size)
-            proto = bench_protocol(getattr(r, "silicon_data_source", None))
             k = requests_per_client or proto.requests_per_client
             oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()
+            budget = token_budget(proto, int(r.isl))
             try:
                 sc = Scenario.model_validate({
                     "name": str(r.id), "surrogate": surrogate,
@@ -140,8 +179,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                         "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
-                                      "max_tokens_per_step": max(TOKEN_BUDGET, int(r.isl)),
-                                      "chunk_size": TOKEN_BUDGET},
+                                      "max_tokens_per_step": budget, "chunk_size": budget},
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
                                  "num_requests": conc * k,
@@ -151,7 +189,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                 reason = f"invalid row ({str(e).splitlines()[0]})"
         out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
                               float(r.silicon_tpot_ms) / 1e3, reason, str(r.system),
-                              _stack(r, bench_protocol(getattr(r, "silicon_data_source", None)))))
+                              _stack(r, proto), proto.warmup_generations * conc))
     return out
 
 

@@ -1,0 +1,99 @@
+"""How silicon rows are replayed: the benchmark client (who is measured) and the engine
+configuration of the harness (how many whole prompts one TRT-LLM step may take)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator.calibrate import _fit_group, run_row, RowResult
+from simulator.scenario import OverheadConfig
+from simulator.silicon import (AIC_TRTLLM_PROMPTS_PER_STEP, TOKEN_BUDGET, bench_protocol,
+                               read_silicon, silicon_rows, token_budget)
+from simulator.simulate import simulate
+
+AIC_TRT = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/trtllm/1.0.0rc3/Qwen_Qwen3-32B.csv"
+IMAX = "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=8"
+
+
+@pytest.fixture(scope="module")
+def aic_row(traces_dir) -> pd.DataFrame:
+    """One real AIConfigurator-harness TRT-LLM row: Qwen3-32B fp8, TP8, 1024/128, c=16."""
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    sel = df[(df.model_path == "Qwen/Qwen3-32B") & (df.backend == "trtllm") & (df.tp_size == 8)
+             & (df.isl == 1024) & (df.osl == 128) & (df.batch_size == 16) & (df["mode"] == "agg")
+             & df.silicon_data_source.str.contains("aic-auto-gap-analysis")]
+    assert len(sel) >= 1
+    return sel.iloc[:1].reset_index(drop=True)
+
+
+def test_protocol_follows_the_harness_and_backend():
+    """InferenceMAX rows keep the flat 8192-token budget; AIC-harness TRT-LLM rows get
+    max_num_tokens = 4 x isl (whole prompts); AIC-harness vLLM rows keep the flat budget."""
+    assert bench_protocol(IMAX, "trtllm").prompts_per_step is None
+    trt = bench_protocol(AIC_TRT, "trtllm")
+    assert trt.prompts_per_step == AIC_TRTLLM_PROMPTS_PER_STEP == 4
+    assert token_budget(trt, 2048) == 8192 and token_budget(trt, 4096) == 16384
+    assert bench_protocol(AIC_TRT.replace("trtllm", "vllm"), "vllm").prompts_per_step is None
+    assert token_budget(bench_protocol(IMAX, "vllm"), 1024) == TOKEN_BUDGET
+    assert token_budget(bench_protocol(IMAX, "vllm"), 9000) == 9000   # a whole prompt must fit
+    assert bench_protocol(None).name == "fixed" and bench_protocol(IMAX).warmup_generations == 0
+
+
+def _first_wave(row) -> tuple[np.ndarray, np.ndarray]:
+    sc = row.scenario.model_copy(update={"surrogate": "roofline", "workload": row.scenario.workload.model_copy(
+        update={"num_requests": 2 * row.scenario.workload.concurrency})})
+    res = simulate(sc)
+    steps = np.concatenate(list(res.steps.values()))
+    c = row.scenario.workload.concurrency
+    return np.sort(res.requests.ttft_s.to_numpy()[:c]), steps[:, 3]
+
+
+def test_trtllm_harness_step_takes_at_most_k_prompts(aic_row):
+    """With 16 clients starting together, an engine step prefills at most 4 whole
+    1024-token prompts; decode tokens count against the same max_num_tokens, so once the
+    first 4 decode only 3 more fit per step: first tokens come in groups 4, 3, 3, 3, 3.
+    With the legacy flat 8192-token budget the wave runs as 8, 7, 1."""
+    (row,) = silicon_rows(aic_row)
+    dep = row.scenario.deployments[0]
+    assert (dep.scheduler.policy, dep.scheduler.max_tokens_per_step) == ("mixed", 4096)
+    ttft, prefill = _first_wave(row)
+    assert prefill.max() == 4096
+    groups = np.unique(np.round(ttft, 9), return_counts=True)[1]
+    assert groups.tolist() == [4, 3, 3, 3, 3]
+
+    (legacy,) = silicon_rows(aic_row, prompts_per_step=None)
+    assert legacy.scenario.deployments[0].scheduler.max_tokens_per_step == TOKEN_BUDGET
+    ttft8, prefill8 = _first_wave(legacy)
+    assert prefill8.max() == 8192
+    assert np.unique(np.round(ttft8, 9), return_counts=True)[1].tolist() == [8, 7, 1]
+
+
+def test_warmup_generations_leave_the_first_requests_out(aic_row):
+    """``warmup_generations=n`` measures only the requests after the first n x C by arrival
+    (the steady-state client); by default every request, the first wave included, counts."""
+    (row,) = silicon_rows(aic_row, requests_per_client=3, surrogate="roofline")
+    (warm,) = silicon_rows(aic_row, requests_per_client=3, surrogate="roofline", warmup_generations=1)
+    c = row.scenario.workload.concurrency
+    assert (row.warmup, warm.warmup) == (0, c)
+    df = simulate(row.scenario).requests.sort_values("arrival_s", kind="stable")
+    all_rr, warm_rr = run_row(row), run_row(warm)
+    assert all_rr.ttft_pred == pytest.approx(df.ttft_s.mean())
+    assert warm_rr.ttft_pred == pytest.approx(df.ttft_s.iloc[c:].mean())
+    assert warm_rr.ttft_pred < all_rr.ttft_pred     # the first wave queues behind 3 others
+
+
+def test_fit_without_kernel_scale_keeps_kernels_as_given():
+    """``kernel_scale=False``: the factor stays 1 and the additive per-step / per-sequence
+    terms solve the TPOT gap exactly when it is additive (rows built with step 2 ms and
+    30 us per sequence on top of the kernel time)."""
+    th = OverheadConfig(step_s=0.0, per_seq_s=0.0, per_token_s=0.0, request_s=0.0, kernel_scale=1.0)
+    rows = []
+    for i, (kern, seqs) in enumerate([(0.010, 8), (0.020, 32), (0.030, 64), (0.015, 16)]):
+        meas = kern + 0.002 + 30e-6 * seqs
+        rows.append(RowResult(str(i), "g", 0.1, kern, 0.1, meas, (1.0, float(seqs), float(seqs))))
+    fit = _fit_group(rows, th, fit_scale=False)
+    assert fit.kernel_scale == 1.0
+    assert fit.step_s == pytest.approx(0.002, rel=1e-6) and fit.per_seq_s == pytest.approx(30e-6, rel=1e-6)
+    scaled = _fit_group(rows, th, fit_scale=True)
+    assert scaled.kernel_scale == pytest.approx(1.0, rel=1e-6)
