@@ -26,6 +26,7 @@ from profiling.hardware import HardwareSpec, load_catalog
 from profiling.roofline import add_roofline_features
 
 from .compiled import RooflinePredictor
+from .engine_kernel import choose_engine_kernels, with_engine_kernel
 from .estimators import make_surrogate
 from .features import SHAPE_FEATURES, attach_roofline
 from .residual import ResidualCorrector, variant_ids
@@ -126,6 +127,8 @@ class KindModel:
     q_model: float = float("nan")  # leave-models-out quantile (rows carrying a ``model``)
     shape_variants: frozenset[str] = frozenset()  # variants never measured per model
     q_model_hw: dict[str, float] = field(default_factory=dict)  # per GPU, where enough rows
+    # (hardware, dtype) -> (stack, kernel) a query naming no kernel runs (engine_kernel.py)
+    engine_kernels: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     def quantile(self, variants: np.ndarray, hardware: str = "") -> np.ndarray:
         """Per-row interval half-width (log). Variants measured only as shape grids get the
@@ -206,7 +209,8 @@ class SurrogateModel:
         ranges = {c: (float(np.nanmin(train[c])), float(np.nanmax(train[c])))
                   for c in SHAPE_FEATURES[kind] if c in train and train[c].notna().any()}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
-                         ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw)
+                         ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw,
+                         choose_engine_kernels(kind, seen, train, self.random_state))
 
     def _fit_seen(self, kind: str, train: pd.DataFrame, pool: pd.DataFrame
                   ) -> tuple[Pipeline, ResidualCorrector | None]:
@@ -263,6 +267,7 @@ class SurrogateModel:
         pipe, q = (km.seen, km.q_seen) if seen else (km.transfer, km.q_transfer)
         floor = frame["t_roofline_ms"].to_numpy(dtype=float)
         if seen:  # the local correction only knows variants measured on this GPU
+            frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), hw.name)
             ms = _seen_ms(pipe, getattr(km, "residual", None), frame)
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
@@ -302,7 +307,9 @@ class SurrogateModel:
                               "q_seen": m.q_seen, "q_transfer": m.q_transfer,
                               "q_model": getattr(m, "q_model", float("nan")),
                               "q_model_hw": getattr(m, "q_model_hw", {}),
-                              "residual_rows": m.residual.n_stored() if getattr(m, "residual", None) else 0}
+                              "residual_rows": m.residual.n_stored() if getattr(m, "residual", None) else 0,
+                              "engine_kernels": {f"{h} {d}": f"{st} {k}".strip()
+                                                 for (h, d), (st, k) in getattr(m, "engine_kernels", {}).items()}}
                           for k, m in self.kinds_.items()},
                 "skipped_rows": self.skipped_, **(manifest or {})}
         (d / MANIFEST_FILE).write_text(json.dumps(info, indent=2, default=str))
