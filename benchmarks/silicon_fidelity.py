@@ -6,13 +6,14 @@ a closed-loop scenario at concurrency = batch_size replaying the row's benchmark
 with lengths uniform in [0.8 L, L] and an 8192-token budget; AIConfigurator-harness rows
 use fixed lengths, 10 requests per client, and for TRT-LLM whole prompts with
 ``max_num_tokens`` = 4 x isl. Every request is measured (the first wave included), as the
-benchmark clients report. ONLY the framework overhead (kernel-replay factor, per step,
-per sequence, per request; one set per serving stack and GPU) is calibrated, on a seeded
+benchmark clients report. ONLY the framework overhead (per step, per sequence, per
+request; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
+factor) is calibrated, on a seeded
 random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
-        [--legacy-budget] [--warmup 0] [--no-kernel-scale] [--rows-out FILE]
+        [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
 
 ``--legacy-budget`` replays TRT-LLM rows with the flat 8192-token budget (the previous
 model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
@@ -74,7 +75,8 @@ def main() -> None:
     ap.add_argument("--legacy-budget", action="store_true",
                     help="TRT-LLM rows with the flat 8192-token budget (the previous model)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up generations left out")
-    ap.add_argument("--no-kernel-scale", action="store_true", help="fit additive overhead only")
+    ap.add_argument("--kernel-scale", action="store_true",
+                    help="also fit a kernel-replay factor (default: additive overhead only)")
     ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -90,7 +92,7 @@ def main() -> None:
     calib, held = split(ok, a.calib_fraction, a.seed)
     history: list = []
     theta = fit_overhead(calib, processes=a.processes, history=history,
-                         kernel_scale=not a.no_kernel_scale)
+                         kernel_scale=a.kernel_scale)
     before_held = report(run_rows(held, None, processes=a.processes))
     after_calib = report(run_rows(calib, theta, processes=a.processes))
     after = report(run_rows(held, theta, processes=a.processes))
@@ -101,7 +103,7 @@ def main() -> None:
           f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
     print(f"engine budget for TRT-LLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
-          f"warm-up generations: {a.warmup or 0}; kernel scale {'fixed 1' if a.no_kernel_scale else 'fitted'}")
+          f"warm-up generations: {a.warmup or 0}; kernel scale {'fitted' if a.kernel_scale else 'fixed 1'}")
     for b, th in theta.items():
         print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "
               f"per seq {th.per_seq_s * 1e6:.2f} us, per request {th.request_s * 1e3:.1f} ms")

@@ -83,11 +83,12 @@ def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None 
 
 
 def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1,
-                 history: list | None = None, kernel_scale: bool = True) -> dict[str, OverheadConfig]:
+                 history: list | None = None, kernel_scale: bool = False) -> dict[str, OverheadConfig]:
     """Overhead parameters per ``group`` (stack/GPU) from the TPOT and TTFT of ``rows``
     (each iteration's row results are appended to ``history``; the first uses defaults).
-    ``kernel_scale=False`` keeps the kernel times as the surrogate gives them (factor 1)
-    and fits only the additive per-step / per-sequence / per-request terms."""
+    By default the kernel times stay as the surrogate gives them (factor 1) and only the
+    additive per-step / per-sequence / per-request terms are fitted; ``kernel_scale=True``
+    also fits the kernel-replay factor (for a surrogate known to be biased on a GPU)."""
     groups = sorted({r.group for r in rows if r.scenario is not None})
     theta = {g: OverheadConfig() for g in groups}
     best: dict[str, tuple[float, OverheadConfig]] = {}
