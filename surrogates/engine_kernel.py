@@ -20,21 +20,26 @@ ENGINE_KINDS = ("gemm", "attn_prefill", "attn_decode", "collective")
 _PROBE_ROWS = 400
 
 
-def choose_engine_kernels(kind: str, pipe: Pipeline, train: pd.DataFrame,
-                          seed: int = 0) -> dict[tuple[str, str], tuple[str, str]]:
+def choose_engine_kernels(kind: str, pipe: Pipeline, train: pd.DataFrame, seed: int = 0,
+                          per_gpu: bool = True) -> dict[tuple[str, str], tuple[str, str]]:
     """``{(hardware, dtype): (stack, kernel)}``: per group of ``train``, the measured variant
-    with the lowest mean predicted log latency over a sample of that group's shapes."""
+    with the lowest mean predicted log latency over a sample of that group's shapes.
+    ``per_gpu=False`` pools the GPUs (key ``("*", dtype)``): the choice for a GPU never
+    measured, made with the transfer pipeline."""
     if kind not in ENGINE_KINDS or "kernel" not in train:
         return {}
     rows = train.assign(stack=train["stack"] if "stack" in train else "",
                         dtype=train["dtype"].fillna("bf16").astype(str))
     rows = rows.assign(_variant=variant_keys(kind, rows).to_numpy())
+    if not per_gpu:
+        rows = rows.assign(_gpu="*")
     out: dict[tuple[str, str], tuple[str, str]] = {}
-    for (hw, dt), group in rows.groupby(["hardware", "dtype"], sort=True):
+    for (hw, dt), group in rows.groupby(["hardware" if per_gpu else "_gpu", "dtype"], sort=True):
         reps = group.drop_duplicates("_variant")[["stack", "kernel"]]
         if len(reps) < 2:
             continue  # one measured variant: nothing to choose, queries already get it
-        probe = group.sample(min(len(group), _PROBE_ROWS), random_state=seed).drop(columns="_variant")
+        probe = group.sample(min(len(group), _PROBE_ROWS), random_state=seed)
+        probe = probe.drop(columns=[c for c in ("_variant", "_gpu") if c in probe])
         best, best_cost = None, np.inf
         for stack, kernel in reps.itertuples(index=False):
             cost = float(np.mean(np.log(pipe.predict(probe.assign(stack=stack, kernel=kernel)))))

@@ -210,7 +210,16 @@ class SurrogateModel:
                   for c in SHAPE_FEATURES[kind] if c in train and train[c].notna().any()}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
                          ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw,
-                         choose_engine_kernels(kind, seen, train, self.random_state))
+                         self._engine_kernels(kind, seen, transfer, train))
+
+    def _engine_kernels(self, kind: str, seen: Pipeline, transfer: Pipeline | None,
+                        train: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
+        """Per (GPU, dtype) the kernel a kernel-less query runs; ("*", dtype) for a GPU never
+        measured, chosen with the transfer pipeline (``engine_kernel.py``)."""
+        out = choose_engine_kernels(kind, seen, train, self.random_state)
+        if transfer is not None:
+            out.update(choose_engine_kernels(kind, transfer, train, self.random_state, per_gpu=False))
+        return out
 
     def _fit_seen(self, kind: str, train: pd.DataFrame, pool: pd.DataFrame
                   ) -> tuple[Pipeline, ResidualCorrector | None]:
@@ -271,6 +280,7 @@ class SurrogateModel:
             ms = _seen_ms(pipe, getattr(km, "residual", None), frame)
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
+            frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
             ms, qs = pipe.predict(frame), np.full(n, q)
         inside = np.full(n, hw.name in km.hardware)
         for c, (lo, hi) in km.ranges.items():

@@ -61,3 +61,32 @@ def test_kernel_less_query_tracks_the_fastest_measured_kernel(fitted, b200_fp8):
     mape = lambda p: float(np.mean(np.abs(p - y) / y))  # noqa: E731
     assert mape(chosen) < mape(averaged)
     assert np.median(chosen / averaged) < 1.0  # the average is pulled up by slow fallbacks
+
+
+@pytest.fixture(scope="module")
+def h100_fp8_fastest(traces_dir) -> pd.DataFrame:
+    """Fastest measured latency per H100 fp8 GEMM shape over TensorRT-LLM's and vLLM's kernels."""
+    base = "aiconfigurator/data/h100_sxm/gemm"
+    t = pd.concat([read_traces(traces_dir / f"{base}/{s}", "aiconfigurator").table for s in ("trtllm", "vllm")])
+    t = t[(t["dtype"] == "fp8") & (t["latency_ms"] > 0)]
+    return t.groupby(["m", "n", "k"], as_index=False)["latency_ms"].min().sample(1500, random_state=2)
+
+
+def test_unseen_gpu_query_runs_the_pooled_engine_kernel(b200_fp8, h100_fp8_fastest, fast):
+    """A GPU with no training rows (H100 here, trained on B200 only) gets the transfer
+    pipeline's fastest variant for the dtype: closer to H100's fastest measured kernels than
+    the average over all variants."""
+    model = SurrogateModel(params=fast, max_rows=8000, transfer=True, local_correction=False).fit(b200_fp8)
+    km = model.kinds_["gemm"]
+    assert ("*", "fp8") in km.engine_kernels and "H100-SXM" not in km.hardware
+    hw = load_catalog().get("H100-SXM")
+    q = h100_fp8_fastest[["m", "n", "k"]].assign(dtype="fp8")
+    y = h100_fp8_fastest["latency_ms"].to_numpy()
+    chosen = model.predict_ms("gemm", q, hw)
+    saved, km.engine_kernels = km.engine_kernels, {}
+    try:
+        averaged = model.predict_ms("gemm", q, hw)
+    finally:
+        km.engine_kernels = saved
+    mape = lambda p: float(np.mean(np.abs(p - y) / y))  # noqa: E731
+    assert mape(chosen) < mape(averaged)
