@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from profiling.models import resolve_model
+from simulator.stepcost import with_overhead
 from surrogates.compiled import RooflinePredictor, compile_step_table
 
 from .expr import catalog
@@ -62,12 +63,10 @@ def _step_fn(dep: Any, hardware: str, tp: int):
     """Step seconds of one replica: the roofline step table plus the framework overhead."""
     table = compile_step_table(resolve_model(dep.model), catalog().get(hardware), RooflinePredictor(),
                                dtype=dep.dtype, kv_dtype=dep.kv_dtype, tp=tp, pp=dep.pp)
-    o = dep.overhead
 
     def step(tokens: int, seqs: int, kv_sum: float, prefill=()) -> float:
         stage = table.step_time(tokens, seqs, kv_sum, list(prefill))
-        return (stage * dep.pp * o.kernel_scale + o.step_s
-                + o.per_seq_s * (seqs + len(prefill)) + o.per_token_s * tokens)
+        return with_overhead(stage, dep.pp, dep.overhead, tokens, seqs + len(prefill))
     return step
 
 

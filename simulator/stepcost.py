@@ -58,6 +58,12 @@ def step_table(surrogate: str | None, model: ModelSpec, hw: HardwareSpec, *, dty
     return table
 
 
+def with_overhead(stage_s: float, pp: int, o: Overhead, tokens: int, seqs: int) -> float:
+    """Replica step seconds from one stage's kernel time: ``pp`` stages in sequence, the
+    kernel-replay factor and the framework overhead (per step, sequence and token)."""
+    return stage_s * pp * o.kernel_scale + o.step_s + o.per_seq_s * seqs + o.per_token_s * tokens
+
+
 class StepCost:
     """Seconds of one step of a replica (all ``pp`` stages in sequence, plus overhead)."""
 
@@ -145,7 +151,5 @@ class StepCost:
 
     def exact(self, tokens: int, decode_seqs: int, decode_kv_sum: float, prefill=()) -> float:
         """Reference path through ``StepTable.step_time`` (used beyond the lookup range)."""
-        o = self.overhead
         stage = self.table.step_time(tokens, decode_seqs, decode_kv_sum, list(prefill))
-        return (stage * self.pp * o.kernel_scale + o.step_s + o.per_seq_s * (decode_seqs + len(prefill))
-                + o.per_token_s * tokens)
+        return with_overhead(stage, self.pp, self.overhead, tokens, decode_seqs + len(prefill))

@@ -25,14 +25,21 @@ def b200_fp8(traces_dir) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _averaged_ms(model: SurrogateModel, q: pd.DataFrame, hw) -> np.ndarray:
-    """GEMM prediction as before the engine-kernel choice: the average over all variants."""
+def _against_fastest(model: SurrogateModel, fastest: pd.DataFrame, hardware: str):
+    """Kernel-less fp8 GEMM predictions for the shapes of ``fastest`` with the engine-kernel
+    choice and as before it (the average over all variants), and their MAPE function
+    against the fastest measured latency."""
+    hw = load_catalog().get(hardware)
+    q = fastest[["m", "n", "k"]].assign(dtype="fp8")
+    y = fastest["latency_ms"].to_numpy()
+    chosen = model.predict_ms("gemm", q, hw)
     km = model.kinds_["gemm"]
     saved, km.engine_kernels = km.engine_kernels, {}
     try:
-        return model.predict_ms("gemm", q, hw)
+        averaged = model.predict_ms("gemm", q, hw)
     finally:
         km.engine_kernels = saved
+    return chosen, averaged, lambda p: float(np.mean(np.abs(p - y) / y))
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +65,7 @@ def test_kernel_less_query_tracks_the_fastest_measured_kernel(fitted, b200_fp8):
     kernel-less predictions err less than the old average over all variants."""
     fastest = b200_fp8.groupby(["m", "n", "k"], as_index=False)["latency_ms"].min()
     fastest = fastest[fastest["latency_ms"] > 0].sample(min(len(fastest), 1500), random_state=1)
-    hw = load_catalog().get("B200")
-    q = fastest[["m", "n", "k"]].assign(dtype="fp8")
-    y = fastest["latency_ms"].to_numpy()
-    chosen = fitted.predict_ms("gemm", q, hw)
-    averaged = _averaged_ms(fitted, q, hw)
-    mape = lambda p: float(np.mean(np.abs(p - y) / y))  # noqa: E731
+    chosen, averaged, mape = _against_fastest(fitted, fastest, "B200")
     assert mape(chosen) < mape(averaged)
     assert np.median(chosen / averaged) < 1.0  # the average is pulled up by slow fallbacks
 
@@ -84,10 +86,5 @@ def test_unseen_gpu_query_runs_the_pooled_engine_kernel(b200_fp8, h100_fp8_faste
     model = SurrogateModel(params=fast, max_rows=8000, transfer=True, local_correction=False).fit(b200_fp8)
     km = model.kinds_["gemm"]
     assert ("*", "fp8") in km.engine_kernels and "H100-SXM" not in km.hardware
-    hw = load_catalog().get("H100-SXM")
-    q = h100_fp8_fastest[["m", "n", "k"]].assign(dtype="fp8")
-    y = h100_fp8_fastest["latency_ms"].to_numpy()
-    chosen = model.predict_ms("gemm", q, hw)
-    averaged = _averaged_ms(model, q, hw)
-    mape = lambda p: float(np.mean(np.abs(p - y) / y))  # noqa: E731
+    chosen, averaged, mape = _against_fastest(model, h100_fp8_fastest, "H100-SXM")
     assert mape(chosen) < mape(averaged)
