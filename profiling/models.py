@@ -5,7 +5,6 @@ the model's Hugging Face config that matters, so they can be checked against the
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .dtypes import dtype_bytes, normalize_dtype
 from .errors import HermesError, InputError
 from .hardware import canonical_name
+from .jsonfile import read_json
 
 
 class ModelSpec(BaseModel):
@@ -121,12 +121,7 @@ class ModelSpec(BaseModel):
         src = None
         if not isinstance(config, dict):
             src = Path(config)
-            try:
-                config = json.loads(src.read_text())
-            except FileNotFoundError:
-                raise InputError("config.json not found", file=src) from None
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg} at line {e.lineno})", file=src) from None
+            config = read_json(src, "config.json")
         if not isinstance(config, dict):
             raise InputError("config.json must hold a JSON object", file=src)
         try:

@@ -11,7 +11,6 @@ how many prompts one engine step may take decides TTFT. Rows the catalog cannot 
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from profiling.errors import HermesError, InputError
 from profiling.hardware import load_catalog
+from profiling.jsonfile import read_json
 from profiling.models import load_models
 
 from .scenario import OverheadConfig, Scenario
@@ -226,12 +226,7 @@ def read_vllm_bench(result: str | Path, trace: str | Path) -> pd.DataFrame:
     """vLLM ``benchmark_serving`` result JSON (``input_lens, output_lens, ttfts, e2els``) and
     the replayed trace (``arrival_timestamp, prompt_size, token_size``) as a request CSV."""
     rp, tp = Path(result), Path(trace)
-    try:
-        doc = json.loads(rp.read_text())
-    except FileNotFoundError:
-        raise InputError("result file not found", file=rp) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg})", file=rp) from None
+    doc = read_json(rp, "result file")
     for k in ("input_lens", "output_lens", "ttfts"):
         if not isinstance(doc.get(k), list):
             raise InputError(f"missing list field '{k}'", file=rp)

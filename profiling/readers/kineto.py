@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..jsonfile import read_json
 from ..schema import quarantine_rows
 from .base import FormatReader, ReadOptions, ReadOutput, source_label
 
@@ -94,13 +95,7 @@ def shape_of(name: str, dims: list, types: list) -> dict | None:
 
 
 def _load(path: Path) -> list[dict]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("file not found", file=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not a PyTorch profiler JSON trace ({getattr(e, 'msg', type(e).__name__)})",
-                         file=path) from None
+    doc = read_json(path, kind="PyTorch profiler JSON trace")
     events = doc.get("traceEvents") if isinstance(doc, dict) else None
     if not isinstance(events, list):
         raise InputError("not a PyTorch profiler JSON trace: no 'traceEvents' list", file=path)
