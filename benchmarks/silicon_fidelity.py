@@ -4,20 +4,20 @@ Dense-model rows (Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B; aggregated serving) ea
 a closed-loop scenario at concurrency = batch_size replaying the row's benchmark setup
 (``simulator.silicon.bench_protocol``): InferenceMAX rows use 10 x concurrency prompts
 with lengths uniform in [0.8 L, L] and an 8192-token budget; AIConfigurator-harness rows
-use fixed lengths, 10 requests per client, and for TRT-LLM whole prompts with
-``max_num_tokens`` = 4 x isl. Every request is measured (the first wave included), as the
-benchmark clients report. ONLY the framework overhead (per step, per sequence, per
-request; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
-factor) is calibrated, on a seeded
-random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
+use fixed lengths, 10 requests per client, and for TRT-LLM (whole prompts) and vLLM
+(chunked) an engine token budget of 4 x isl (AIC's generated ``max_num_tokens``). Every
+request is measured (the first wave included), as the benchmark clients report. ONLY the
+framework overhead (per step, per sequence, per request; one set per serving stack and
+GPU; ``--kernel-scale`` adds a kernel-replay factor) is calibrated, on a seeded random 25%
+of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
 
-``--legacy-budget`` replays TRT-LLM rows with the flat 8192-token budget (the previous
-model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
-requests out (the steady-state client model).
+``--legacy-budget`` replays AIC-harness TRT-LLM/vLLM rows with the flat 8192-token budget
+(the previous model) for a before/after comparison; ``--warmup n`` leaves the first
+n x concurrency requests out (the steady-state client model).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1, help="use every k-th row (quick look)")
     ap.add_argument("--legacy-budget", action="store_true",
-                    help="TRT-LLM rows with the flat 8192-token budget (the previous model)")
+                    help="AIC-harness rows with the flat 8192-token budget (the previous model)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up generations left out")
     ap.add_argument("--kernel-scale", action="store_true",
                     help="also fit a kernel-replay factor (default: additive overhead only)")
@@ -102,7 +102,7 @@ def main() -> None:
     print(f"rows: {len(rows)} dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
           f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
-    print(f"engine budget for TRT-LLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
+    print(f"engine budget for TRT-LLM/vLLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
           f"warm-up generations: {a.warmup or 0}; kernel scale {'fitted' if a.kernel_scale else 'fixed 1'}")
     for b, th in theta.items():
         print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "

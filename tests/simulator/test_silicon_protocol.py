@@ -8,7 +8,7 @@ import pytest
 
 from simulator.calibrate import _fit_group, run_row, RowResult
 from simulator.scenario import OverheadConfig
-from simulator.silicon import (AIC_TRTLLM_PROMPTS_PER_STEP, TOKEN_BUDGET, bench_protocol,
+from simulator.silicon import (AIC_PROMPTS_PER_STEP, TOKEN_BUDGET, bench_protocol,
                                read_silicon, silicon_rows, token_budget)
 from simulator.simulate import simulate
 
@@ -28,13 +28,16 @@ def aic_row(traces_dir) -> pd.DataFrame:
 
 
 def test_protocol_follows_the_harness_and_backend():
-    """InferenceMAX rows keep the flat 8192-token budget; AIC-harness TRT-LLM rows get
-    max_num_tokens = 4 x isl (whole prompts); AIC-harness vLLM rows keep the flat budget."""
+    """InferenceMAX rows keep the flat 8192-token budget; AIC-harness TRT-LLM and vLLM rows
+    get a 4 x isl budget (AIC's generated max_num_tokens); AIC-harness SGLang rows keep the
+    flat budget."""
     assert bench_protocol(IMAX, "trtllm").prompts_per_step is None
     trt = bench_protocol(AIC_TRT, "trtllm")
-    assert trt.prompts_per_step == AIC_TRTLLM_PROMPTS_PER_STEP == 4
+    assert trt.prompts_per_step == AIC_PROMPTS_PER_STEP == 4
     assert token_budget(trt, 2048) == 8192 and token_budget(trt, 4096) == 16384
-    assert bench_protocol(AIC_TRT.replace("trtllm", "vllm"), "vllm").prompts_per_step is None
+    vllm = bench_protocol(AIC_TRT.replace("trtllm", "vllm"), "vllm")
+    assert vllm.prompts_per_step == 4 and token_budget(vllm, 1024) == 4096
+    assert bench_protocol(AIC_TRT.replace("trtllm", "sglang"), "sglang").prompts_per_step is None
     assert token_budget(bench_protocol(IMAX, "vllm"), 1024) == TOKEN_BUDGET
     assert token_budget(bench_protocol(IMAX, "vllm"), 9000) == 9000   # a whole prompt must fit
     assert bench_protocol(None).name == "fixed" and bench_protocol(IMAX).warmup_generations == 0
