@@ -144,21 +144,32 @@ def _shard(x: int, tp: int, what: str, model: ModelSpec) -> int:
     return max(1, x // tp)
 
 
+def elementwise_rows(tokens: int, tp: int) -> dict[str, int]:
+    """Shape columns of an elementwise op beyond elements/bytes, as the Vidur reader writes
+    them: its token rows (batch 1 x q_len) and the TP degree of the step around it."""
+    return {"batch": 1, "q_len": tokens, "tp": tp}
+
+
 def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operator]:
     """Token-wise operators of one transformer layer (no attention core), TP-sharded."""
     h, b = model.hidden_size, dtype_bytes(dtype)
+    rows = elementwise_rows(tokens, tp)
     qkv = _shard(model.q_dim + 2 * model.kv_dim, tp, "q+kv width", model)
     q_local = _shard(model.q_dim, tp, "q width", model)
+    rope_w = q_local + (qkv - q_local) // 2
     ops = [
-        Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b}, dtype),
+        Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows}, dtype),
         Operator(GEMM, "attn_qkv_proj", {"m": tokens, "n": qkv, "k": h}, dtype),
-        Operator(ELEMENTWISE, "attn_rope", {"elements": tokens * qkv, "io_bytes": 2 * tokens * qkv * b}, dtype),
+        # RoPE rotates q and k in place (not v) and reads one int64 position per token.
+        Operator(ELEMENTWISE, "attn_rope", {"elements": tokens * rope_w,
+                                            "io_bytes": 2 * tokens * rope_w * b + 8 * tokens, **rows}, dtype),
         Operator(GEMM, "attn_out_proj", {"m": tokens, "n": h, "k": q_local}, dtype),
     ]
     if tp > 1:
         ops.append(Operator(COLLECTIVE, "attn_all_reduce",
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
-    ops.append(Operator(ELEMENTWISE, "post_attn_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b}, dtype))
+    ops.append(Operator(ELEMENTWISE, "post_attn_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows},
+                        dtype))
     inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
     if model.is_moe:
@@ -166,20 +177,24 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operat
         # E experts (one token touches only its top_k experts, not all E).
         picks = tokens * model.experts_per_token
         e = min(model.num_experts, picks)
-        rows = -(-picks // e)
+        per_expert = -(-picks // e)
         ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, dtype),
-                Operator(GEMM, "mlp_up_proj", {"m": rows, "n": up, "k": h}, dtype, count=e),
-                Operator(ELEMENTWISE, "mlp_act", {"elements": rows * inter, "io_bytes": 3 * rows * inter * b}, dtype, count=e),
-                Operator(GEMM, "mlp_down_proj", {"m": rows, "n": h, "k": inter}, dtype, count=e)]
+                Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up, "k": h}, dtype, count=e),
+                Operator(ELEMENTWISE, "mlp_act", {"elements": per_expert * inter,
+                                                  "io_bytes": 3 * per_expert * inter * b,
+                                                  **elementwise_rows(per_expert, tp)}, dtype, count=e),
+                Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h, "k": inter}, dtype, count=e)]
     else:
         ops += [Operator(GEMM, "mlp_up_proj", {"m": tokens, "n": up, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": tokens * inter,
-                                                  "io_bytes": (3 if model.gated_mlp else 2) * tokens * inter * b}, dtype),
+                                                  "io_bytes": (3 if model.gated_mlp else 2) * tokens * inter * b,
+                                                  **rows}, dtype),
                 Operator(GEMM, "mlp_down_proj", {"m": tokens, "n": h, "k": inter}, dtype)]
     if tp > 1:
         ops.append(Operator(COLLECTIVE, "mlp_all_reduce",
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
-    ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b}, dtype))
+    ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b, **rows},
+                        dtype))
     return ops
 
 
@@ -219,7 +234,8 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
         vocab = _shard(model.vocab_size, tp, "vocab", model) if model.vocab_size >= tp else model.vocab_size
         ops.append(Operator(GEMM, "lm_head", {"m": batch.sequences, "n": vocab, "k": h}, dtype))
     ops.append(Operator(ELEMENTWISE, "embedding_lookup",
-                        {"elements": batch.tokens * h, "io_bytes": 2 * batch.tokens * h * b}, dtype))
+                        {"elements": batch.tokens * h, "io_bytes": 2 * batch.tokens * h * b + 8 * batch.tokens,
+                         **elementwise_rows(batch.tokens, tp)}, dtype))  # + int64 token ids
     if pp > 1:
         ops.append(Operator(COLLECTIVE, "pp_send_recv",
                             {"collective": "send_recv", "msg_bytes": batch.tokens * h * b, "world": 2}, dtype))

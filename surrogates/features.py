@@ -24,7 +24,11 @@ SHAPE_FEATURES: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
     "attn_prefill": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "window"),
     "attn_decode": ("batch", "kv_len", "heads", "kv_heads", "head_dim", "window"),
-    "elementwise": ("elements", "io_bytes"),
+    # batch x q_len = the rows (tokens) an elementwise kernel works on: with the row width
+    # it sets the thread-block layout, which elements alone cannot tell. TP: Vidur measures
+    # the same unsharded add/norm up to 40% apart across TP degrees (what the neighbouring
+    # sharded kernels leave in L2), identically for every model.
+    "elementwise": ("elements", "io_bytes", "batch", "q_len", "tp"),
     "collective": ("msg_bytes", "world", "nodes"),
     "vector_search": ("batch", "corpus", "dim", "topk", "nprobe"),
     "embedding": ("batch", "q_len", "params"),
@@ -40,6 +44,11 @@ ROOFLINE_FEATURES = ("log_t_roofline", "log_t_compute", "log_t_memory", "log_ai"
 # ring runs over NVLink-class links or PCIe (both ratios transfer to an unseen GPU).
 COLLECTIVE_EXTRA = ("collective_code", "log_alpha_over_beta", "log_link_over_pcie")
 GEMM_TILE_FEATURES = ("m_waste64", "m_waste128", "n_waste128", "log_tiles128", "m_mod16")
+# Elementwise: token rows, row width (elements per row) and bytes per element (how many
+# tensors the kernel streams); 0 where the row count is unknown.
+ELEMENTWISE_FEATURES = ("log_tokens", "log_width", "bytes_per_element")
+# Shape columns of pipelines pickled before a kind's columns changed (the shipped bundle).
+_LEGACY_SHAPE = {"elementwise": ("elements", "io_bytes")}
 HARDWARE_FEATURES = ("log_peak", "log_mem_bw", "log_link_bw", "link_latency_us")
 # Transfer-only columns. ``log_t_base`` is the spec-sheet prior the transfer regressor's
 # target is relative to: the roofline for compute kinds; for collectives an alpha-beta
@@ -138,6 +147,25 @@ def elementwise_family(names: pd.Series) -> pd.Series:
     return out
 
 
+def elementwise_tokens(X: pd.DataFrame) -> np.ndarray:
+    """Rows (tokens) of each elementwise op, batch x q_len; NaN where not given."""
+    n = len(X)
+    col = lambda c, d: (X[c].to_numpy(dtype=float) if c in X else np.full(n, d))  # noqa: E731
+    return np.nan_to_num(col("batch", 1.0), nan=1.0) * col("q_len", np.nan)
+
+
+def elementwise_features(X: pd.DataFrame) -> list[np.ndarray]:
+    """``ELEMENTWISE_FEATURES`` of elementwise rows."""
+    n = len(X)
+    el = np.maximum(X["elements"].to_numpy(dtype=float), 1.0) if "elements" in X else np.ones(n)
+    io = X["io_bytes"].to_numpy(dtype=float) if "io_bytes" in X else np.full(n, np.nan)
+    tok = elementwise_tokens(X)
+    known = np.isfinite(tok) & (tok > 0)
+    t = np.where(known, tok, 1.0)
+    return [np.where(known, np.log(t), 0.0), np.where(known, np.log(np.maximum(el / t, 1.0)), 0.0),
+            np.nan_to_num(io / el, nan=0.0)]
+
+
 def _tile_features(X: pd.DataFrame, n: int) -> list[np.ndarray]:
     """GEMM tile quantisation: padding waste of m and n to 64/128-wide tiles, tile count."""
     m = np.maximum(X["m"].to_numpy(dtype=float), 1.0) if "m" in X else np.ones(n)
@@ -175,12 +203,21 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         # Fitted with the transfer columns (pipelines pickled before they existed lack this).
         self.with_prior_ = not self.hardware_features
+        # Shape columns fitted on (pickles from before the elementwise token columns lack it).
+        self.shape_columns_ = SHAPE_FEATURES[self.kind]
         return self
 
+    def _shape_columns(self) -> tuple[str, ...]:
+        return getattr(self, "shape_columns_", _LEGACY_SHAPE.get(self.kind, SHAPE_FEATURES[self.kind]))
+
+    def _token_features(self) -> bool:
+        return self.kind == "elementwise" and "q_len" in self._shape_columns()
+
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        shape = [f"log_{c}" for c in SHAPE_FEATURES[self.kind]]
+        shape = [f"log_{c}" for c in self._shape_columns()]
         extra = list(COLLECTIVE_EXTRA) if self.kind == "collective" else []
         extra += ["variant"] + (list(GEMM_TILE_FEATURES) if self.kind == "gemm" else [])
+        extra += list(ELEMENTWISE_FEATURES) if self._token_features() else []
         hw = list(HARDWARE_FEATURES) if self.hardware_features else []
         if not self.hardware_features:
             extra += list(TRANSFER_FEATURES) + (list(COLLECTIVE_TRANSFER) if self.kind == "collective" else [])
@@ -229,7 +266,7 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
                 kernel_code(X["kernel"] if "kernel" in X else None, n)]
         if self.hardware_features:  # absolute spec numbers: identify a seen GPU, hurt transfer
             cols += [lg(peak), lg(bw), lg(col("hw_link_bw_gb_s", 0.0)), col("hw_link_latency_us", 0.0)]
-        for c in SHAPE_FEATURES[self.kind]:
+        for c in self._shape_columns():
             v = col(c)
             cols.append(np.where(np.isnan(v), 0.0, np.log1p(np.maximum(v, 0.0))))
         if self.kind == "collective":
@@ -243,6 +280,8 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         cols.append(variant_keys(self.kind, X).map(codes).fillna(-1).to_numpy(dtype=float))
         if self.kind == "gemm":
             cols += _tile_features(X, n)
+        if self._token_features():
+            cols += elementwise_features(X)
         if getattr(self, "with_prior_", False):
             cols += self._transfer_columns(X, col, lg)
         return np.column_stack(cols)

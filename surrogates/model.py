@@ -27,8 +27,8 @@ from profiling.roofline import add_roofline_features
 
 from .compiled import RooflinePredictor
 from .engine_kernel import choose_engine_kernels, with_engine_kernel
-from .estimators import make_surrogate
-from .features import SHAPE_FEATURES, attach_roofline
+from .estimators import StreamPrior, make_surrogate
+from .features import SHAPE_FEATURES, attach_roofline, variant_keys
 from .residual import ResidualCorrector, variant_ids
 
 PROVENANCE = ("trained", "extrapolated", "roofline-fallback")
@@ -40,11 +40,16 @@ TRAINABLE = tuple(SHAPE_FEATURES)
 KIND_ROW_SCALE = {"gemm": 2.0}
 # Local residual correction (``residual.py``): measured shapes kept per kernel variant, and
 # the estimators it corrects (the rf baseline stays what Vidur does).
-# Only kinds measured on dense shape grids (AIConfigurator) gain from it; on Vidur's
-# elementwise rows an unseen model's errors are not local and the correction hurt.
+# Only kinds measured on dense shape grids (AIConfigurator) gain from it. Elementwise: in
+# (elements, bytes) the correction hurt an unseen model; with token count and TP it helps
+# a little (MAPE 7.97% -> 7.75%, 7.87% at 1500 rows per variant) for 0.2-0.35 MB of
+# bundle, which is near its 5 MB cap: left out.
 RESIDUAL_ROWS_PER_VARIANT = 4000
 CORRECTED = ("xgboost", "linear")
 CORRECTED_KINDS = ("gemm", "attn_prefill", "attn_decode")
+# Kinds whose variants are different ops (not implementations of one): a variant never
+# trained on is priced by a memory-stream prior (``StreamPrior``), not by the regressor.
+STREAM_PRIOR_KINDS = ("elementwise",)
 # Folds of the leave-models-out calibration (when rows carry a ``model``).
 MODEL_FOLDS = 3
 
@@ -93,12 +98,38 @@ def _n_strata(df: pd.DataFrame) -> int:
     return int(df.groupby(keys, dropna=False, sort=False).ngroups) if keys else 1
 
 
-def _seen_ms(pipe: Pipeline, residual: ResidualCorrector | None, frame: pd.DataFrame) -> np.ndarray:
-    """Seen-GPU prediction with the local residual correction, never below the roofline."""
+def _seen_ms(pipe: Pipeline, residual: ResidualCorrector | None, frame: pd.DataFrame,
+             prior: StreamPrior | None = None) -> np.ndarray:
+    """Seen-GPU prediction with the local residual correction, never below the roofline;
+    with a ``prior``, rows of a variant the pipeline never saw get the prior instead."""
     ms = pipe.predict(frame)
-    if residual is None:
-        return ms
-    return np.maximum(ms * np.exp(residual.predict(frame)), frame["t_roofline_ms"].to_numpy(dtype=float))
+    floor = frame["t_roofline_ms"].to_numpy(dtype=float)
+    if residual is not None:
+        ms = np.maximum(ms * np.exp(residual.predict(frame)), floor)
+    if prior is not None:
+        feats = pipe.named_steps["features"]
+        unseen = ~variant_keys(feats.kind, frame).isin(feats.variants_).to_numpy()
+        if unseen.any():
+            ms = np.where(unseen, np.maximum(prior.predict(frame), floor), ms)
+    return ms
+
+
+def _default_stacks(train: pd.DataFrame) -> dict[str, str]:
+    """Most common ``stack`` of the training rows per GPU and over all ("*")."""
+    if "stack" not in train or train["stack"].isna().all():
+        return {}
+    st = train["stack"].dropna().astype(str)
+    out = {str(h): str(g.mode().iloc[0]) for h, g in st.groupby(train.loc[st.index, "hardware"].astype(str))}
+    return {**out, "*": str(st.mode().iloc[0])}
+
+
+def with_default_stack(frame: pd.DataFrame, stacks: dict[str, str], hardware: str) -> pd.DataFrame:
+    """A query naming no stack (the simulator's ops) gets the stack its kernels were measured
+    in on ``hardware``: elementwise variants are keyed by stack and op family, and an
+    unmatched key would be priced as an unknown op."""
+    if not stacks or "stack" in frame:
+        return frame
+    return frame.assign(stack=stacks.get(hardware, stacks["*"]))
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,9 @@ class KindModel:
     q_model_hw: dict[str, float] = field(default_factory=dict)  # per GPU, where enough rows
     # (hardware, dtype) -> (stack, kernel) a query naming no kernel runs (engine_kernel.py)
     engine_kernels: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    stream_prior: StreamPrior | None = None  # elementwise ops of a family never trained on
+    # hardware -> stack of its training rows ("*": all GPUs), for queries naming no stack
+    default_stack: dict[str, str] = field(default_factory=dict)
 
     def quantile(self, variants: np.ndarray, hardware: str = "") -> np.ndarray:
         """Per-row interval half-width (log). Variants measured only as shape grids get the
@@ -189,7 +223,8 @@ class SurrogateModel:
         train = _sample(rows[~is_cal], budget, self.random_state)
         cal = _sample(rows[is_cal], self.max_rows // 4, self.random_state) if is_cal.any() else train
         seen, residual = self._fit_seen(kind, train, rows[~is_cal])
-        q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / _seen_ms(seen, residual, cal))),
+        prior = StreamPrior().fit(rows[~is_cal]) if kind in STREAM_PRIOR_KINDS else None
+        q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / _seen_ms(seen, residual, cal, prior))),
                              self.interval)
         q_model, shape_variants, q_model_hw = self._model_quantile(kind, rows[~is_cal], budget)
         transfer, q_transfer = None, float("nan")
@@ -210,7 +245,8 @@ class SurrogateModel:
                   for c in SHAPE_FEATURES[kind] if c in train and train[c].notna().any()}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
                          ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw,
-                         self._engine_kernels(kind, seen, transfer, train))
+                         self._engine_kernels(kind, seen, transfer, train), prior,
+                         _default_stacks(train) if kind in STREAM_PRIOR_KINDS else {})
 
     def _engine_kernels(self, kind: str, seen: Pipeline, transfer: Pipeline | None,
                         train: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
@@ -251,9 +287,13 @@ class SurrogateModel:
         for f in range(MODEL_FOLDS):  # half the rows: these fits only size the interval
             out = fold == f
             tr = _sample(rows[~out], budget // 2, self.random_state)
-            te = _sample(rows[out], self.max_rows // 4, self.random_state)
+            # Only GPUs the fold still trains on: a new model on a GPU without any data is
+            # the transfer case, whose interval is sized separately.
+            te = rows[out & rows["hardware"].isin(set(rows.loc[~out, "hardware"])).to_numpy()]
+            te = _sample(te, self.max_rows // 4, self.random_state)
             seen, corr = self._fit_seen(kind, tr, rows[~out])
-            resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / _seen_ms(seen, corr, te))))
+            prior = StreamPrior().fit(rows[~out]) if kind in STREAM_PRIOR_KINDS else None
+            resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / _seen_ms(seen, corr, te, prior))))
             hw.append(te["hardware"].to_numpy())
         resid, hw = np.concatenate(resid), np.concatenate(hw)
         by_hw = {h: conformal_q(resid[hw == h], self.interval) for h in np.unique(hw) if (hw == h).sum() >= 50}
@@ -275,9 +315,10 @@ class SurrogateModel:
         seen = hw.name in km.hardware or km.transfer is None
         pipe, q = (km.seen, km.q_seen) if seen else (km.transfer, km.q_transfer)
         floor = frame["t_roofline_ms"].to_numpy(dtype=float)
+        frame = with_default_stack(frame, getattr(km, "default_stack", {}), hw.name if seen else "*")
         if seen:  # the local correction only knows variants measured on this GPU
             frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), hw.name)
-            ms = _seen_ms(pipe, getattr(km, "residual", None), frame)
+            ms = _seen_ms(pipe, getattr(km, "residual", None), frame, getattr(km, "stream_prior", None))
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
             frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")

@@ -12,6 +12,7 @@ attn_post_proj        gemm m=T, n=h, k=n_head d / tp
 mlp_up_proj           gemm m=T, n=(2 if gated else 1) I / tp, k=h
 mlp_down_proj         gemm m=T, n=h, k=I / tp
 emb                   elementwise T h; reads T int64 ids and T rows of h, writes T h
+                      (every elementwise op carries its T rows as batch 1 x q_len T)
 input_layernorm,      elementwise T h; reads T h, writes T h (weights negligible)
 post_attention_layernorm
 attn_rope             elementwise T (n_head + n_kv_head) d / tp; q and k read and
@@ -26,7 +27,8 @@ add                   elementwise T h; residual + x: reads 2 T h, writes T h; mo
 ``attention.csv`` (A30 fork): ``batch_size`` sequences; prefill rows process
 ``prefill_chunk_size`` new tokens on top of ``kv_cache_size`` cached ones (q_len = chunk,
 kv_len = cache + chunk), decode rows one token over ``kv_cache_size`` (kv_len = cache).
-``attn_kv_cache_save`` writes the new tokens' K and V into the paged cache (elementwise).
+``attn_kv_cache_save`` writes the new tokens' K and V into the paged cache (elementwise;
+batch x q_len = new tokens, as every elementwise op's token count: the rows it works on).
 ``attn_input_reshape``/``attn_output_reshape`` are views (no kernel, always 0): not read.
 
 ``network/<net>/{all_reduce,send_recv}.csv``: ``size`` in BYTES over ``num_workers`` GPUs
@@ -157,8 +159,8 @@ def _attention(df: pd.DataFrame, path: Path) -> tuple[list[pd.DataFrame], list[s
     shapes = {
         "attn_prefill": ({"op": "attn_prefill", **heads, "q_len": chunk, "kv_len": cache + chunk}, prefill),
         "attn_decode": ({"op": "attn_decode", **heads, "q_len": 1.0, "kv_len": cache}, ~prefill),
-        "attn_kv_cache_save": ({"op": "elementwise", "tp": tp, "batch": bs, "elements": kv_el,
-                                "io_bytes": 2 * kv_el * BYTES}, np.ones(len(df), bool)),
+        "attn_kv_cache_save": ({"op": "elementwise", "tp": tp, "batch": bs, "q_len": np.where(prefill, chunk, 1.0),
+                                "elements": kv_el, "io_bytes": 2 * kv_el * BYTES}, np.ones(len(df), bool)),
     }
     frames, unknown = [], []
     for op in _ops(df):

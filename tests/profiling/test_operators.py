@@ -87,6 +87,24 @@ def test_vidur_named_ops_have_true_shapes_at_tp4():
     assert ops["attn_prefill"].shape["heads"] == 16 and ops["attn_prefill"].shape["kv_heads"] == 2
 
 
+def test_elementwise_ops_have_vidur_shape_columns():
+    """Elementwise ops carry what the Vidur reader writes for the same op: token rows as batch 1
+    x q_len, the TP degree, and the same elements/bytes (RoPE on q and k only, plus int64
+    positions; the embedding also reads int64 ids); MoE activations run per expert's rows."""
+    m = MODELS.get("Llama-2-70B")
+    b = BatchShape(prefill=((128, 128),), decode_kv=(50, 60, 70))
+    ew = {o.name: o.shape for o in expand_step(m, b, tp=4, dtype="fp16") if o.kind == "elementwise"}
+    assert set(ew) == {"input_norm", "attn_rope", "post_attn_norm", "mlp_act", "residual_add", "embedding_lookup"}
+    assert all((s["batch"], s["q_len"], s["tp"]) == (1, 131, 4) for s in ew.values())
+    d = 128
+    assert ew["attn_rope"]["elements"] == 131 * (64 + 8) * d // 4
+    assert ew["attn_rope"]["io_bytes"] == 2 * 131 * (64 + 8) * d // 4 * 2 + 8 * 131
+    assert ew["embedding_lookup"]["io_bytes"] == 2 * 131 * 8192 * 2 + 8 * 131
+    moe = MODELS.get("Mixtral-8x7B")
+    act = [o for o in expand_step(moe, BatchShape(decode_kv=(10,) * 16), tp=2) if o.name == "mlp_act"][0]
+    assert (act.count, act.shape["q_len"]) == (8 * moe.num_layers, 16 * 2 // 8)  # 32 picks, 8 experts
+
+
 def test_pipeline_parallel_splits_layers_and_sends_activations():
     """Under PP each stage runs layers/PP of every layer op and sends tokens x hidden to the next stage."""
     m = MODELS.get("Llama-2-70B")

@@ -111,3 +111,25 @@ def test_json_given_as_vidur_is_one_clear_error(tmp_path):
     f.write_text('{"traceEvents": []}\n')
     with pytest.raises(InputError, match=r"mlp\.csv.*no time_stats"):
         read_traces(f, "vidur")
+
+
+def test_elementwise_rows_carry_token_count(vidur):
+    """Every elementwise row says how many token rows it works on (batch x q_len): T for the
+    mlp.csv ops, and for the A30 KV-cache write the new tokens (batch x chunk in prefill,
+    batch in decode)."""
+    root, res = vidur
+    t = res.table
+    ew = t[t["op"] == "elementwise"]
+    assert ew["q_len"].notna().all() and ew["batch"].notna().all() and ew["tp"].notna().all()
+    f = root / "compute" / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"
+    src = pd.read_csv(f)
+    norm = _rows(res, f, "input_layernorm")
+    assert (norm["batch"] == 1).all()
+    np.testing.assert_array_equal(norm["q_len"].to_numpy(), src.loc[norm.index.astype(int), "num_tokens"].to_numpy())
+    kv = t[t["name"] == "attn_kv_cache_save"]
+    att = pd.read_csv(root / "compute" / "a30" / "Qwen" / "Qwen-2-7B" / "attention.csv")
+    assert len(kv) == len(att)
+    new = np.where(att["is_prefill"].astype(str).str.lower() == "true", att["batch_size"] * att["prefill_chunk_size"],
+                   att["batch_size"])
+    src_rows = kv["source_row"].astype(int).to_numpy()
+    np.testing.assert_array_equal((kv["batch"] * kv["q_len"]).to_numpy(), new[src_rows])
