@@ -208,7 +208,11 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def _shape_columns(self) -> tuple[str, ...]:
-        return getattr(self, "shape_columns_", _LEGACY_SHAPE.get(self.kind, SHAPE_FEATURES[self.kind]))
+        if hasattr(self, "shape_columns_"):
+            return self.shape_columns_
+        if hasattr(self, "feature_names_"):  # fitted and pickled before shape_columns_ existed
+            return _LEGACY_SHAPE.get(self.kind, SHAPE_FEATURES[self.kind])
+        return SHAPE_FEATURES[self.kind]
 
     def _token_features(self) -> bool:
         return self.kind == "elementwise" and "q_len" in self._shape_columns()
