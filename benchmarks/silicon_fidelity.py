@@ -6,18 +6,18 @@ a closed-loop scenario at concurrency = batch_size replaying the row's benchmark
 with lengths uniform in [0.8 L, L] and an 8192-token budget; AIConfigurator-harness rows
 use fixed lengths, 10 requests per client, and for TRT-LLM (whole prompts) and vLLM
 (chunked) an engine token budget of 4 x isl (AIC's generated ``max_num_tokens``). Every
-request is measured (the first wave included), as the benchmark clients report. ONLY the
-framework overhead (per step, per sequence, per request; one set per serving stack and
-GPU; ``--kernel-scale`` adds a kernel-replay factor) is calibrated, on a seeded random 25%
-of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
+request is measured (the first wave included), as the benchmark clients report. ONLY the framework overhead (per step, per sequence, per
+request, per token the front end streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
+factor) is calibrated, on a seeded
+random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
 
 ``--legacy-budget`` replays AIC-harness TRT-LLM/vLLM rows with the flat 8192-token budget
-(the previous model) for a before/after comparison; ``--warmup n`` leaves the first
-n x concurrency requests out (the steady-state client model).
+(the previous model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
+requests out (the steady-state client model).
 """
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def main() -> None:
           f"warm-up generations: {a.warmup or 0}; kernel scale {'fitted' if a.kernel_scale else 'fixed 1'}")
     for b, th in theta.items():
         print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "
-              f"per seq {th.per_seq_s * 1e6:.2f} us, per request {th.request_s * 1e3:.1f} ms")
+              f"per seq {th.per_seq_s * 1e6:.2f} us, per request {th.request_s * 1e3:.1f} ms, "
+              f"front end {th.stream_token_s * 1e6:.0f} us per streamed token")
     if a.rows_out:
         res.to_csv(a.rows_out, index=False)
     keys = ["model", "system", "stack", "tp"]

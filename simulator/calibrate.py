@@ -9,7 +9,10 @@ when the engine replays them fused and back-to-back in a CUDA graph; ``kernel_sc
 keeps it at 1 so only the additive terms are fitted. Non-negative least
 squares on the calibration rows' TPOT (relative error), re-simulated a few times until the
 step mix settles. The per-token term is not identifiable from decode steps and stays 0;
-the front-end ``request_s`` is the (relative-error) median TTFT shortfall. Each group keeps the simulated round that scored best (TTFT + TPOT
+the front-end ``request_s`` is the (relative-error) median TTFT shortfall. The front end's
+per-streamed-token time ``stream_token_s`` shows only in TTFT once the token rate nears
+its capacity, so it is not solved for: a few values (``STREAM_GRID``) are simulated on top
+of the best fit. Each group keeps the simulated round that scored best (TTFT + TPOT
 relative error on its calibration rows), so the defaults win when no fit improves on them.
 """
 from __future__ import annotations
@@ -23,6 +26,10 @@ from scipy.optimize import nnls
 from .scenario import OverheadConfig
 from .silicon import SiliconRow, mape
 from .simulate import simulate
+
+# Front-end seconds per streamed token tried per group (0, the fitted rounds, included):
+# 1/rate at which a single Python API-server process saturates, 8k-25k tokens/s.
+STREAM_GRID = (40e-6, 80e-6, 120e-6)
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,14 @@ def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None 
 
 
 def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1,
-                 history: list | None = None, kernel_scale: bool = False) -> dict[str, OverheadConfig]:
+                 history: list | None = None, kernel_scale: bool = False,
+                 stream_grid: tuple[float, ...] = STREAM_GRID) -> dict[str, OverheadConfig]:
     """Overhead parameters per ``group`` (stack/GPU) from the TPOT and TTFT of ``rows``
     (each iteration's row results are appended to ``history``; the first uses defaults).
     By default the kernel times stay as the surrogate gives them (factor 1) and only the
     additive per-step / per-sequence / per-request terms are fitted; ``kernel_scale=True``
-    also fits the kernel-replay factor (for a surrogate known to be biased on a GPU)."""
+    also fits the kernel-replay factor (for a surrogate known to be biased on a GPU).
+    Then each ``stream_grid`` value is simulated on top of each group's best set."""
     groups = sorted({r.group for r in rows if r.scenario is not None})
     theta = {g: OverheadConfig() for g in groups}
     best: dict[str, tuple[float, OverheadConfig]] = {}
@@ -102,6 +111,16 @@ def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1
             if g not in best or score < best[g][0]:
                 best[g] = (score, theta[g])
         theta = {g: _fit_group([r for r in results if r.group == g], theta[g], kernel_scale) for g in groups}
+    fitted = {g: best[g][1] for g in groups}
+    for c in stream_grid:
+        trial = {g: th.model_copy(update={"stream_token_s": c}) for g, th in fitted.items()}
+        results = run_rows(rows, trial, processes=processes)
+        if history is not None:
+            history.append(results)
+        for g in groups:
+            score = _score([r for r in results if r.group == g])
+            if score < best[g][0]:
+                best[g] = (score, trial[g])
     return {g: best[g][1] for g in groups}
 
 

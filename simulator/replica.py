@@ -54,6 +54,12 @@ class Replica:
         self._chunks: list[tuple[list[int], int]] = []
         self._extra = 0.0
         self._last_dec_end = 0.0
+        # Front end (API server) that streams every emitted token and admits new requests
+        # in one process, in order: a request reaches the scheduler once the token work
+        # queued before it is done. 0 = no such bottleneck (the common, fast path).
+        self.stream_s = cost.overhead.stream_token_s
+        self._fe_busy = 0.0                         # the front end is busy until then
+        self._fe_seen = 0                           # entries of ``steps`` already streamed
 
     # ---- entry points ---------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -63,7 +69,28 @@ class Replica:
         return self.blocks_for(tokens) <= self.total_blocks - self.watermark
 
     def submit(self, rid: int, t: float) -> None:
-        """A request to prefill (and decode) here."""
+        """A request to prefill (and decode) here (after the front end's queued work)."""
+        if self.stream_s > 0:
+            t_in = self._frontend_free(t)
+            if t_in > t:
+                self.env.schedule(t_in, self._enqueue, rid, t_in)
+                return
+        self._enqueue(rid, t)
+
+    def _frontend_free(self, t: float) -> float:
+        """When the front end gets to a request arriving at ``t``: every decode token of
+        the steps ended by ``t`` costs it ``stream_s`` after its step ends (first tokens,
+        a few per step, are left out). Saturates near 1 / ``stream_s`` tokens per second,
+        so new requests queue there while running streams continue."""
+        s, i, busy, c = self.steps, self._fe_seen, self._fe_busy, self.stream_s
+        while i + 6 <= len(s) and s[i + 1] <= t:
+            t1 = s[i + 1]
+            busy = (busy if busy > t1 else t1) + s[i + 2] * c
+            i += 6
+        self._fe_seen, self._fe_busy = i, busy
+        return busy if busy > t else t
+
+    def _enqueue(self, rid: int, t: float) -> None:
         self.waiting.append(rid)
         self.outstanding += self.store.prompt[rid] + self.store.output[rid]
         self._kick(t)

@@ -61,6 +61,9 @@ class OverheadConfig(_Frozen):
     per_seq_s: float = Field(default=2.0e-5, ge=0)
     per_token_s: float = Field(default=5.0e-7, ge=0)
     request_s: float = Field(default=0.0, ge=0)
+    # One front-end process streams every output token (detokenize, send) before it admits
+    # the next request: new requests queue behind that work as the token rate nears 1/this.
+    stream_token_s: float = Field(default=0.0, ge=0, description="front-end time per streamed token")
     # Isolated kernel timings (AIConfigurator-style microbenchmarks) vs the same kernels
     # replayed back-to-back in a CUDA graph with the engine's fusions: a per-stack factor.
     kernel_scale: float = Field(default=1.0, gt=0, description="multiplier on surrogate kernel time")
