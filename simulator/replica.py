@@ -146,6 +146,7 @@ class Replica:
         env, queue, c = self.env, self.env._queue, self.cost
         if not self.n or not self.policy.decodes:
             return t
+        # The sums are grouped as StepCost groups them, so both paths round alike.
         xs, dec, tok, seq = c._kv, c._dec, c._tok, c._seq
         top, max_n = len(xs) - 1, c.max_seqs
         res, bs, total, fin = self.res, self.bs, self.total_blocks, self.fin
@@ -171,7 +172,7 @@ class Replica:
             row = dec[n]
             x0 = xs[k - 1]
             ty = (x - x0) / (xs[k] - x0)
-            t_end = t + (tok[n] + seq[n] + row[k - 1] + (row[k] - row[k - 1]) * (ty if ty > 0 else 0.0))
+            t_end = t + (tok[n] + seq[n] + (row[k - 1] + (row[k] - row[k - 1]) * (ty if ty > 0 else 0.0)))
             if t_end >= horizon:
                 self.used, self.D, self._last_dec_end = used, D, last
                 self.busy += t_end - t_start
