@@ -116,6 +116,11 @@ def _folds(table: pd.DataFrame, holdout: str, seed: int):
         raise ValueError(f"unknown hold-out '{holdout}' (known: {', '.join(HOLDOUTS)})")
 
 
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Shape keys that merge: missing values as -1 (NaN never equals NaN), kept as objects."""
+    return frame.astype(object).where(frame.notna(), -1)
+
+
 def nearest_gpu(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     """Baseline: the same shape's latency on the training GPU closest in spec sheet."""
     cat = load_catalog()
@@ -125,10 +130,10 @@ def nearest_gpu(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     keys = [c for c in ("op", "m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim",
                         "window", "msg_bytes", "world", "collective", "dtype", "kv_dtype") if c in test]
     pred = np.full(len(test), np.nan)
-    t = test[keys].astype(object).fillna(-1).reset_index(drop=True)
+    t = _keyed(test[keys]).reset_index(drop=True)
     for h in order:
         ref = train[train["hardware"] == h]
-        ref = ref[keys + ["latency_ms"]].astype({k: object for k in keys}).fillna(-1).groupby(keys, as_index=False)["latency_ms"].median()
+        ref = _keyed(ref[keys]).assign(latency_ms=ref["latency_ms"]).groupby(keys, as_index=False)["latency_ms"].median()
         got = t.merge(ref, on=keys, how="left")["latency_ms"].to_numpy()
         pred = np.where(np.isnan(pred), got, pred)
     return pred

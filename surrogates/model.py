@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from profiling.dtypes import normalize_dtype
 from profiling.errors import HermesError
 from profiling.hardware import HardwareSpec, load_catalog
 from profiling.roofline import add_roofline_features
@@ -45,13 +46,22 @@ KIND_ROW_SCALE = {"gemm": 2.0, "elementwise": 2.5}
 # Only kinds measured on dense shape grids (AIConfigurator) gain from it. Elementwise: in
 # (elements, bytes) the correction hurt an unseen model; with token count and TP it helps
 # a little (MAPE 7.97% -> 7.75%, 7.87% at 1500 rows per variant) for 0.2-0.35 MB of
-# bundle, which is near its 5 MB cap: left out.
-RESIDUAL_ROWS_PER_VARIANT = 4000
+# bundle, which is near its 5 MB cap: left out. Every measured shape is kept (no variant
+# has more rows than this): over 4000 per variant, unseen-shape MAPE of gemm 7.0 -> 6.4%,
+# attn_prefill 6.3 -> 5.3%, attn_decode 9.8 -> 8.2%, in a bundle that xz keeps small.
+RESIDUAL_ROWS_PER_VARIANT = 100_000
 CORRECTED = ("xgboost", "linear")
 CORRECTED_KINDS = ("gemm", "attn_prefill", "attn_decode")
 # Kinds whose variants are different ops (not implementations of one): a variant never
 # trained on is priced by a memory-stream prior (``StreamPrior``), not by the regressor.
 STREAM_PRIOR_KINDS = ("elementwise",)
+# Kinds whose prediction on a GPU never measured is capped by that of a measured GPU it
+# dominates on spec (``_dominance_cap``). Leave-one-GPU-out MAPE, uncapped -> capped:
+# gemm 18.1 -> 17.6%, attn_decode 36.3 -> 33.1%, all-reduce 32.1 -> 29.7%; not prefill
+# (37.3 -> 39.2%: the engines' prefill kernels differ more across GPU generations than the
+# spec sheets do). Gating the cap on kernels measured on the reference GPU lost half the
+# decode gain (35.4%). Elementwise: B200 norms were priced above H100's measured ones.
+DOMINANCE_KINDS = ("gemm", "attn_decode", "collective", "elementwise")
 # Folds of the leave-models-out calibration (when rows carry a ``model``).
 MODEL_FOLDS = 3
 
@@ -116,6 +126,18 @@ def _seen_ms(pipe: Pipeline, residual: ResidualCorrector | None, frame: pd.DataF
     return ms
 
 
+def _dominates(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> bool:
+    """``a`` has at least ``b``'s memory bandwidth and native peak FLOP/s in every dtype (a
+    dtype ``b`` only emulates does not count), and with ``link`` at least its link."""
+    for d in dtypes:
+        d = normalize_dtype(d)
+        if d not in b.peak_tflops or a.peak_tflops.get(d, 0.0) < b.peak_tflops[d]:
+            return False
+    if link and (a.intra_node_bw_gb_s < b.intra_node_bw_gb_s or a.intra_node_latency_us > b.intra_node_latency_us):
+        return False
+    return a.mem_bw_gb_s >= b.mem_bw_gb_s
+
+
 def _default_stacks(train: pd.DataFrame) -> dict[str, str]:
     """Most common ``stack`` of the training rows per GPU and over all ("*")."""
     if "stack" not in train or train["stack"].isna().all():
@@ -165,6 +187,8 @@ class KindModel:
     stream_prior: StreamPrior | None = None  # elementwise ops of a family never trained on
     # hardware -> stack of its training rows ("*": all GPUs), for queries naming no stack
     default_stack: dict[str, str] = field(default_factory=dict)
+    # variant ids (GPU, dtypes, kernel) with measurements: any other is an extrapolation
+    variants: frozenset[str] = frozenset()
 
     def quantile(self, variants: np.ndarray, hardware: str = "") -> np.ndarray:
         """Per-row interval half-width (log). Variants measured only as shape grids get the
@@ -191,6 +215,7 @@ class SurrogateModel:
     local_correction: bool = True
     kinds_: dict[str, KindModel] = field(default_factory=dict)
     skipped_: dict[str, int] = field(default_factory=dict)
+    specs_: dict[str, HardwareSpec] = field(default_factory=dict)  # spec sheets of the trained GPUs
 
     # ---- training -----------------------------------------------------
     def fit(self, table: pd.DataFrame, progress: Callable[[str], None] | None = None) -> "SurrogateModel":
@@ -213,6 +238,7 @@ class SurrogateModel:
         if not self.kinds_:
             raise HermesError("no trainable rows (need gemm/attention/elementwise/collective rows "
                               "on hardware the catalog knows)")
+        self.specs_ = {h: cat.get(h) for h in self.trained_hardware()}
         return self
 
     def _fit_kind(self, kind: str, rows: pd.DataFrame) -> KindModel:
@@ -248,7 +274,8 @@ class SurrogateModel:
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
                          ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw,
                          self._engine_kernels(kind, seen, transfer, train), prior,
-                         _default_stacks(train) if kind in STREAM_PRIOR_KINDS else {})
+                         _default_stacks(train) if kind in STREAM_PRIOR_KINDS else {},
+                         frozenset(np.unique(variant_ids(kind, rows)).tolist()))
 
     def _engine_kernels(self, kind: str, seen: Pipeline, transfer: Pipeline | None,
                         train: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
@@ -324,7 +351,7 @@ class SurrogateModel:
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
             frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
-            ms, qs = pipe.predict(frame), np.full(n, q)
+            ms, qs = self._dominance_cap(kind, km, shapes, hw, pipe.predict(frame)), np.full(n, q)
         inside = np.full(n, hw.name in km.hardware)
         for c, (lo, hi) in km.ranges.items():
             if c in frame:
@@ -332,10 +359,32 @@ class SurrogateModel:
                 inside &= np.isnan(v) | ((v >= lo) & (v <= hi))
         if "dtype" in frame:
             inside &= frame["dtype"].fillna("bf16").astype(str).isin(km.dtypes).to_numpy()
+        if seen and getattr(km, "variants", None):  # a named kernel must have run on this GPU
+            named = np.zeros(n, bool)
+            for c in ("stack", "kernel"):
+                if c in frame:
+                    named |= frame[c].notna().to_numpy()
+            inside &= ~named | np.isin(variant_ids(kind, frame), list(km.variants))
         prov = np.where(inside, "trained", "extrapolated").astype(object)
         note = "" if hw.name in km.hardware else (
             f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet")
         return Prediction(ms, np.maximum(ms * np.exp(-qs), floor), ms * np.exp(qs), prov, note)
+
+    def _dominance_cap(self, kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec,
+                       ms: np.ndarray) -> np.ndarray:
+        """A GPU never measured is no slower than a measured one it beats on every spec the
+        kernel can use (memory bandwidth, peak FLOP/s of each dtype the rows run, and for
+        collectives the link): physics the transfer regressor does not know, since it
+        extrapolates hardware features it saw only a few values of."""
+        if kind not in DOMINANCE_KINDS:
+            return ms
+        dtypes = shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else ["bf16"]
+        for name in sorted(km.hardware):
+            ref = getattr(self, "specs_", {}).get(name)  # absent in bundles pickled before
+            if ref is None or not _dominates(hw, ref, dtypes, kind == "collective"):
+                continue
+            ms = np.minimum(ms, self.predict(kind, shapes, ref).ms)
+        return ms
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
         return self.predict(kind, shapes, hw).ms
@@ -354,7 +403,8 @@ class SurrogateModel:
     def save(self, directory: str | Path, manifest: dict | None = None) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, d / MODEL_FILE, compress=3)
+        # xz: the residual store is float tables, a third smaller than zlib level 3; loads in ~0.3 s
+        joblib.dump(self, d / MODEL_FILE, compress=("xz", 6))
         info = {"estimator": self.estimator, "params": self.params, "interval": self.interval,
                 "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware), "dtypes": sorted(m.dtypes),
                               "q_seen": m.q_seen, "q_transfer": m.q_transfer,

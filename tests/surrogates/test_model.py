@@ -1,6 +1,8 @@
 """SurrogateModel: provenance, transfer to unseen GPUs, intervals, persistence."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +30,15 @@ def test_provenance_tags(fitted):
     v = pd.DataFrame({"batch": [8], "corpus": [10**6], "dim": [768], "topk": [10], "index": ["flat"]})
     fb = fitted.predict("vector_search", v, load_catalog().get("Xeon-8480+"))
     assert fb.provenance[0] == "roofline-fallback" and fb.ms[0] > 0
+
+
+def test_kernel_never_measured_on_the_gpu_is_extrapolated(fitted):
+    """A kernel variant the GPU never ran in training is flagged 'extrapolated' even at an
+    in-range shape (there is no measurement of it to interpolate); the engine kernel is not."""
+    h100 = load_catalog().get("H100-SXM")
+    assert list(fitted.predict("gemm", _shapes([64]), h100).provenance) == ["trained"]
+    odd = _shapes([64]).assign(stack="trtllm", kernel="never-measured-kernel")
+    assert list(fitted.predict("gemm", odd, h100).provenance) == ["extrapolated"]
 
 
 def test_unseen_gpu_uses_spec_sheet_transfer(fitted, gpu_table):
@@ -82,3 +93,18 @@ def test_sampling_is_stratified_by_kernel_variant(gpu_table):
     counts = s.groupby(["hardware", "dtype", "kernel"]).size()
     assert len(s) <= 2100 and counts.loc["L40S"].sum() == 100
     assert counts.drop("L40S", level=0).max() - counts.drop("L40S", level=0).min() <= 1
+
+
+def test_unseen_gpu_is_never_slower_than_a_measured_gpu_it_dominates(fitted):
+    """B200 (never trained on) has more bandwidth and bf16 FLOP/s than A100 and H100: its
+    transfer predictions never exceed theirs. L40S has less bandwidth than both, so its
+    predictions are the transfer model's alone (equal to a model without spec sheets)."""
+    cat = load_catalog()
+    shapes = _shapes([1, 16, 256, 4096, 65536])
+    b200 = fitted.predict("gemm", shapes, cat.get("B200")).ms
+    for seen in ("A100-80GB", "H100-SXM"):
+        assert (b200 <= fitted.predict("gemm", shapes, cat.get(seen)).ms).all(), seen
+    bare = copy.copy(fitted)
+    bare.specs_ = {}
+    l40s = cat.get("L40S")
+    assert np.array_equal(fitted.predict("gemm", shapes, l40s).ms, bare.predict("gemm", shapes, l40s).ms)
