@@ -37,6 +37,12 @@ class Replica:
         self.total_blocks = mem.num_blocks
         self.watermark = max(1, self.total_blocks // 100)
         self.used = 0
+        # Full KV reservation: blocks held for output not generated yet (counted in
+        # ``used``); decode growth draws on them first. ``_resv`` = each holder's final
+        # block count. Both stay empty with on-demand KV.
+        self.reserve = getattr(policy, "reserve_output", False)
+        self.spare = 0
+        self._resv: dict[int, int] = {}
         self.waiting: deque[int] = deque()          # (re)prefill queue, preempted at the front
         self.ready: deque[tuple[int, int, bool]] = deque()  # (rid, kv, swapped): KV present or arriving
         self.prefilling: list[list[int]] = []       # [rid, done, total]
@@ -151,7 +157,7 @@ class Replica:
         top, max_n = len(xs) - 1, c.max_seqs
         res, bs, total, fin = self.res, self.bs, self.total_blocks, self.fin
         ext = self.steps.extend
-        n, B, D, used, last = self.n, self.B, self.D, self.used, self._last_dec_end
+        n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
         t_start = t
         # Nothing else can change until a request finishes here: no event fires inside
         # the burst, so the horizon, the queues and the next finish are cached.
@@ -160,9 +166,11 @@ class Replica:
         while n and n < max_n:
             j = D + 1
             need = res[(1 - j) % bs]
-            if used + need > total:
+            take = need if need < spare else spare  # reserved blocks first (full reservation)
+            if used + need - take > total:
                 break                       # preemption: general path
-            used += need
+            spare -= take
+            used += need - take
             x = (B + n * j) / n
             k = bisect_right(xs, x)
             if k < 1:
@@ -174,7 +182,7 @@ class Replica:
             ty = (x - x0) / (xs[k] - x0)
             t_end = t + (tok[n] + seq[n] + (row[k - 1] + (row[k] - row[k - 1]) * (ty if ty > 0 else 0.0)))
             if t_end >= horizon:
-                self.used, self.D, self._last_dec_end = used, D, last
+                self.used, self.D, self._last_dec_end, self.spare = used, D, last, spare
                 self.busy += t_end - t_start
                 self._dec, self._chunks, self._ptok = True, (), 0
                 env.schedule(t_end, self._step_end, t, t_end)
@@ -182,10 +190,10 @@ class Replica:
             D = j
             if next_fin <= j:
                 env.now = t_end
-                self.used, self.D, self._last_dec_end = used, D, t_end
+                self.used, self.D, self._last_dec_end, self.spare = used, D, t_end, spare
                 self._finish(j, t_end)
                 ext((t, t_end, n, 0, self.used, t_end - last))
-                n, B, used = self.n, self.B, self.used
+                n, B, used, spare = self.n, self.B, self.used, self.spare
                 last = t = t_end
                 next_fin = fin[0][0] if fin else inf
                 if queue and queue[0][0] <= t:
@@ -199,7 +207,7 @@ class Replica:
                 ext((t, t_end, n, 0, used, t_end - last))
                 last = t = t_end
         env.now = t
-        self.used, self.D, self._last_dec_end = used, D, last
+        self.used, self.D, self._last_dec_end, self.spare = used, D, last, spare
         self.busy += t - t_start
         return t
 
@@ -250,7 +258,10 @@ class Replica:
                 continue
             base = st.base[rid]
             self._leave(rid, base)
-            self.used -= -(-(base + j) // self.bs) - st.shared[rid]
+            held = -(-(base + j) // self.bs)
+            self.used -= held - st.shared[rid]
+            if self._resv:
+                self._unreserve(rid, held)
             st.left[rid] = 0
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.done(rid, t)
@@ -264,6 +275,8 @@ class Replica:
         st.cached[rid] = 0
         if st.left[rid] <= 0:
             self.used -= self.blocks_for(kv)
+            if self._resv:
+                self._unreserve(rid, self.blocks_for(kv))
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.done(rid, t)
         elif self.handoff is not None:
@@ -303,6 +316,8 @@ class Replica:
         st.ver[rid] += 1
         kv = base + self.D                      # KV held after the last iteration
         self.used -= self.blocks_for(kv) - st.shared[rid]
+        if self._resv:
+            self._unreserve(rid, self.blocks_for(kv))
         st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
         st.preemptions[rid] += 1
         self.preemptions += 1
@@ -321,10 +336,13 @@ class Replica:
             return 0
         j = self.D + 1
         need = self.res[(1 - j) % self.bs]
-        while self.used + need > self.total_blocks and self.n:
+        take = min(need, self.spare)
+        while self.used + need - take > self.total_blocks and self.n:
             self._preempt_last()
             need = self.res[(1 - j) % self.bs]
-        self.used += need
+            take = min(need, self.spare)
+        self.spare -= take
+        self.used += need - take
         return self.n
 
     def admit_ready(self) -> None:
@@ -333,10 +351,12 @@ class Replica:
         while self.ready and self.n + len(self.prefilling) < self.max_batch:
             rid, kv, swapped = self.ready[0]
             need = self.blocks_for(kv) - st.shared[rid]   # a branch shares its sibling's prompt blocks
-            if self.used + need > self.total_blocks - self.watermark:
+            extra = self._output_blocks(rid, kv)
+            if self.used + need + extra > self.total_blocks - self.watermark:
                 break
             self.ready.popleft()
             self.used += need
+            self._reserve(rid, kv, extra)
             if swapped:
                 self._extra += kv * self.mem.kv_per_token / self.swap_bw
             self._join(rid, kv, self.env.now)
@@ -364,10 +384,12 @@ class Replica:
             if whole and p - c > budget - used and (used or self._chunks):
                 break                           # whole prompts only; an oversize one goes alone
             need = self.blocks_for(p)
-            if self.used + need > self.total_blocks - self.watermark:
+            extra = self._output_blocks(rid, p)
+            if self.used + need + extra > self.total_blocks - self.watermark:
                 break
             self.waiting.popleft()
             self.used += need
+            self._reserve(rid, p, extra)
             st.start(rid, self.env.now)
             e = [rid, c, p]
             self.prefilling.append(e)
@@ -375,6 +397,26 @@ class Replica:
             self._chunks.append((e, q))
             used += q
         return used
+
+    def _output_blocks(self, rid: int, kv: int) -> int:
+        """Blocks a full reservation holds beyond ``kv`` tokens: room for every output
+        token still to come (0 with on-demand KV)."""
+        if not self.reserve:
+            return 0
+        return self.blocks_for(kv + self.store.left[rid]) - self.blocks_for(kv)
+
+    def _reserve(self, rid: int, kv: int, extra: int) -> None:
+        if self.reserve:
+            self.used += extra
+            self.spare += extra
+            self._resv[rid] = self.blocks_for(kv) + extra
+
+    def _unreserve(self, rid: int, held: int) -> None:
+        """A holder leaves with ``held`` blocks in use: its unused reservation is freed."""
+        total = self._resv.pop(rid, None)
+        if total is not None and total > held:
+            self.used -= total - held
+            self.spare -= total - held
 
     def free(self, blocks: int) -> None:
         self.used -= blocks
@@ -388,5 +430,11 @@ class Replica:
         assert self.B == sum(st.base[r] for r in self.running)
         held = sum(self.blocks_for(st.base[r] + self.D) - st.shared[r] for r in self.running)
         held += sum(self.blocks_for(e[2]) for e in self.prefilling)
-        assert held <= self.used, (held, self.used)
+        assert held + self.spare <= self.used, (held, self.spare, self.used)
+        # reservations are exact: spare = what holders reserved minus what they use, with
+        # the decoders' blocks for this step's iteration already drawn (check runs after plan)
+        j = self.D + (1 if self._dec and self.n else 0)
+        in_use = sum(self.blocks_for(st.base[r] + j) for r in self.running if r in self._resv)
+        in_use += sum(self.blocks_for(e[2]) for e in self.prefilling if e[0] in self._resv)
+        assert self.spare == sum(self._resv.values()) - in_use, (self.spare, self._resv, in_use)
         assert self.n + len(self.prefilling) <= self.max_batch or not self.prefilling

@@ -35,6 +35,11 @@ class SchedulerConfig(_Frozen):
     chunk_size: int = Field(default=512, ge=1, description="largest prefill chunk of one request")
     block_size: int = Field(default=16, ge=1, description="tokens per paged KV block")
     preemption: Literal["recompute", "swap"] = "recompute"
+    # on_demand (vLLM, SGLang): KV grows a block at a time and the newest decoders are
+    # preempted when it runs out. full (TensorRT-LLM's default GUARANTEED_NO_EVICT): a
+    # request starts only once KV for its prompt and all its output tokens is free, and
+    # holds it, so nothing is ever preempted but fewer requests run at once.
+    kv_reservation: Literal["on_demand", "full"] = "on_demand"
     # disaggregated prefill/decode
     prefill_replicas: int = Field(default=1, ge=1)
     decode_replicas: int = Field(default=1, ge=1)

@@ -21,6 +21,8 @@ class Policy:
     def __init__(self, cfg: SchedulerConfig) -> None:
         self.max_tokens = cfg.max_tokens_per_step
         self.chunk = cfg.chunk_size
+        # a pool that never decodes hands its requests on: nothing to reserve for output
+        self.reserve_output = cfg.kv_reservation == "full" and self.decodes
 
     def plan(self, rep) -> bool:  # pragma: no cover - interface
         raise NotImplementedError

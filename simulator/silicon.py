@@ -28,6 +28,13 @@ from .workload import Requests
 
 # Serving stacks and the batching each uses by default.
 BACKEND_POLICY = {"vllm": "chunked", "sglang": "continuous", "trtllm": "mixed"}
+# TensorRT-LLM's default capacity scheduler (GUARANTEED_NO_EVICT) starts a request only
+# when KV for its prompt and max_tokens is free; vLLM and SGLang grow KV on demand and
+# preempt. Seen in the rows: B200 Llama-3.1-70B TP1, isl 1k / osl 8k, TTFT 0.24-0.35 s at
+# concurrency 64 (64 x 9.2k tokens fit the KV pool) but 137 s (fp8) and 67 s (fp4) at 128
+# (they do not: clients wait for whole requests to finish). On-demand KV simulates those
+# two at 8.3 s and 0.6 s, full reservation at 143 s and 54 s (benchmarks/silicon_fidelity.py).
+BACKEND_KV_RESERVATION = {"trtllm": "full"}
 SILICON_COLUMNS = ("model_path", "system", "backend", "precision", "mode", "isl", "osl",
                    "batch_size", "tp_size", "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
 REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
@@ -188,7 +195,8 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                         "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
-                                      "max_tokens_per_step": budget, "chunk_size": budget},
+                                      "max_tokens_per_step": budget, "chunk_size": budget,
+                                      "kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")},
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
                                  "num_requests": conc * k,

@@ -50,6 +50,40 @@ def test_conservation_and_kv_bound_under_memory_pressure(policy, preemption):
         assert res.summary["preemptions"] > 0
 
 
+@pytest.mark.parametrize("policy", ["continuous", "chunked", "mixed", "disaggregated"])
+def test_full_kv_reservation_never_preempts_and_runs_fewer_at_once(policy):
+    """TensorRT-LLM's GUARANTEED_NO_EVICT: under the memory pressure that makes on-demand
+    KV preempt, a request starts only when KV for all its tokens is free, so nothing is
+    preempted, every invariant holds (debug re-counts the reservations every step) and
+    fewer sequences decode at once."""
+    on = simulate(make({**PRESSURE, "scheduler": {"policy": policy}}))
+    full = simulate(make({**PRESSURE, "scheduler": {"policy": policy, "kv_reservation": "full"}}))
+    assert_accounted(full)
+    assert full.summary["preemptions"] == 0
+    peak = lambda res: max(a[:, 2].max() for a in res.steps.values())  # noqa: E731
+    if policy != "disaggregated":   # its decode pool has room: no pressure to compare
+        assert on.summary["preemptions"] > 0
+        assert peak(full) < peak(on)
+
+
+def test_full_kv_reservation_admits_exactly_what_fits():
+    """With fixed lengths and full reservation, the most sequences decoding at once is the
+    usable blocks divided by the blocks of prompt + output (not of the prompt alone)."""
+    p, o = 700, 300
+    res = simulate(make({**PRESSURE, "scheduler": {"policy": "chunked", "kv_reservation": "full",
+                                                   "max_batch_size": 256}},
+                        workload={"arrival": "closed_loop", "concurrency": 200, "num_requests": 400,
+                                  "prompt_tokens": {"dist": "fixed", "mean": p},
+                                  "output_tokens": {"dist": "fixed", "mean": o}}))
+    (name, steps), = res.steps.items()
+    total = res.kv_blocks[name]
+    usable = total - max(1, total // 100)
+    per_request = -(-(p + o) // 16)
+    assert usable // per_request < 200 // 2          # memory, not concurrency, is the limit
+    assert steps[:, 2].max() == usable // per_request
+    assert_accounted(res)
+
+
 def test_requests_that_can_never_fit_are_reported():
     """Requests larger than the KV pool or the context are rejected with the reason."""
     res = simulate(make({**PRESSURE, "max_model_len": 3000},
@@ -71,11 +105,13 @@ def test_same_seed_gives_byte_identical_summary():
 
 
 @pytest.mark.parametrize("policy", ["chunked", "continuous", "disaggregated"])
-def test_inlined_decode_loop_equals_checked_path(policy):
+@pytest.mark.parametrize("kv_reservation", ["on_demand", "full"])
+def test_inlined_decode_loop_equals_checked_path(policy, kv_reservation):
     """The hot inlined decode loop (debug off) gives exactly the per-request results of the
     general step path that debug mode takes."""
-    fast = simulate(make({**PRESSURE, "scheduler": {"policy": policy}}, debug=False))
-    slow = simulate(make({**PRESSURE, "scheduler": {"policy": policy}}, debug=True))
+    sched = {"policy": policy, "kv_reservation": kv_reservation}
+    fast = simulate(make({**PRESSURE, "scheduler": sched}, debug=False))
+    slow = simulate(make({**PRESSURE, "scheduler": sched}, debug=True))
     cols = ["first_token_s", "finish_s", "preemptions"]
     assert fast.requests[cols].equals(slow.requests[cols])
 
@@ -87,14 +123,14 @@ def test_inlined_decode_loop_equals_checked_path(policy):
        arrival=st.sampled_from(["poisson", "gamma", "bursty", "closed_loop"]),
        prompt=st.integers(1, 3000), output=st.integers(1, 600), batch=st.integers(1, 32),
        budget=st.integers(64, 4096), chunk=st.integers(16, 1024), seed=st.integers(0, 10_000),
-       preemption=st.sampled_from(["recompute", "swap"]))
+       preemption=st.sampled_from(["recompute", "swap"]), reservation=st.sampled_from(["on_demand", "full"]))
 def test_random_scenarios_keep_every_invariant(policy, replicas, router, util, rate, n, arrival, prompt,
-                                               output, batch, budget, chunk, seed, preemption):
+                                               output, batch, budget, chunk, seed, preemption, reservation):
     """Property: any small scenario accounts for every request and token, keeps KV within
     the pool, satisfies Little's law, and never has negative latencies."""
     sc = make({"replicas": replicas, "router": router, "gpu_memory_utilization": util,
                "scheduler": {"policy": policy, "max_batch_size": batch, "max_tokens_per_step": budget,
-                             "chunk_size": chunk, "preemption": preemption,
+                             "chunk_size": chunk, "preemption": preemption, "kv_reservation": reservation,
                              "prefill_replicas": max(1, replicas - 1), "decode_replicas": replicas}},
               seed=seed, workload={"arrival": arrival, "rate_rps": rate, "num_requests": n, "concurrency": 4,
                                    "prompt_tokens": {"dist": "lognormal", "mean": prompt, "max": 6000},
