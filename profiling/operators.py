@@ -7,7 +7,7 @@ numpy arrays alike); ``expand_step`` turns one forward step of a model into oper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -150,8 +150,34 @@ def elementwise_rows(tokens: int, tp: int) -> dict[str, int]:
     return {"batch": 1, "q_len": tokens, "tp": tp}
 
 
-def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operator]:
-    """Token-wise operators of one transformer layer (no attention core), TP-sharded."""
+# Kernels a serving engine fuses into a neighbour, so they cost no time of their own:
+# fusion name -> (operators it removes, whether it needs tensor parallelism).
+FUSIONS: dict[str, tuple[frozenset[str], bool]] = {
+    # RoPE applied inside the attention kernel's QKV preprocessing (TensorRT-LLM)
+    "rope_into_attention": (frozenset({"attn_rope"}), False),
+    # residual add done by the next RMSNorm kernel (fused_add_rms_norm: vLLM, SGLang, TRT-LLM)
+    "residual_into_norm": (frozenset({"residual_add"}), False),
+    # add + RMSNorm done by the all-reduce kernel before it (TRT-LLM AllReduce fusion, TP > 1)
+    "norm_into_allreduce": (frozenset({"input_norm", "post_attn_norm"}), True),
+}
+
+
+def fused_away(fusions: Iterable[str], tp: int) -> frozenset[str]:
+    """Names of the operators that ``fusions`` remove at tensor parallelism ``tp``."""
+    out: set[str] = set()
+    for f in fusions:
+        if f not in FUSIONS:
+            raise HermesError(f"unknown fusion '{f}' (known: {', '.join(FUSIONS)})")
+        names, needs_tp = FUSIONS[f]
+        if tp > 1 or not needs_tp:
+            out |= names
+    return frozenset(out)
+
+
+def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
+              fusions: Iterable[str] = ()) -> list[Operator]:
+    """Token-wise operators of one transformer layer (no attention core), TP-sharded,
+    without those the engine's ``fusions`` (``FUSIONS``) fold into a neighbour."""
     h, b = model.hidden_size, dtype_bytes(dtype)
     rows = elementwise_rows(tokens, tp)
     qkv = _shard(model.q_dim + 2 * model.kv_dim, tp, "q+kv width", model)
@@ -195,7 +221,8 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str) -> list[Operat
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
     ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b, **rows},
                         dtype))
-    return ops
+    gone = fused_away(fusions, tp) if fusions else frozenset()
+    return [o for o in ops if o.name not in gone] if gone else ops
 
 
 def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,
@@ -214,7 +241,7 @@ def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,
 
 
 def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None, tp: int = 1,
-                pp: int = 1, kv_dtype: str | None = None) -> list[Operator]:
+                pp: int = 1, kv_dtype: str | None = None, fusions: Iterable[str] = ()) -> list[Operator]:
     """Operators of one forward step on one pipeline stage (the one holding the LM head).
 
     Per-layer operators carry ``count`` = layers in the stage.
@@ -227,7 +254,7 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
     if batch.tokens <= 0:
         return []
     layers = model.num_layers // pp
-    per_layer = layer_ops(model, batch.tokens, tp, dtype) + attention_ops(model, batch, tp, dtype, kv_dtype)
+    per_layer = layer_ops(model, batch.tokens, tp, dtype, fusions) + attention_ops(model, batch, tp, dtype, kv_dtype)
     ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers) for o in per_layer]
     h, b = model.hidden_size, dtype_bytes(dtype)
     if model.arch == "decoder":

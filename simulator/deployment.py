@@ -73,7 +73,8 @@ def build_pool(dep: Deployment, surrogate: str | None, hardware: str | None = No
     model, hw = resolve(dep, hardware, tp)
     mem = memory_plan(dep, model, hw, tp)
     try:
-        table = step_table(surrogate, model, hw, dtype=dep.dtype, kv_dtype=dep.kv_dtype, tp=tp, pp=dep.pp)
+        table = step_table(surrogate, model, hw, dtype=dep.dtype, kv_dtype=dep.kv_dtype, tp=tp, pp=dep.pp,
+                           fusions=tuple(dep.fusions))
     except HermesError as e:
         raise HermesError(f"deployment '{dep.name}': {e}") from None
     s = dep.scheduler

@@ -88,6 +88,10 @@ class Deployment(_Frozen):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     reserve_gb: float = Field(default=1.0, ge=0, description="CUDA context, graphs, NCCL buffers per device")
     max_model_len: int | None = Field(default=None, ge=1)
+    # Kernels the serving engine folds into a neighbour (profiling.operators.FUSIONS); the
+    # operator tables time each kernel alone. TensorRT-LLM does all three; vLLM and SGLang
+    # residual_into_norm.
+    fusions: list[Literal["rope_into_attention", "residual_into_norm", "norm_into_allreduce"]] = []
     scheduler: SchedulerConfig = SchedulerConfig()
     router: RouterConfig = RouterConfig()
     overhead: OverheadConfig = OverheadConfig()

@@ -35,6 +35,16 @@ BACKEND_POLICY = {"vllm": "chunked", "sglang": "continuous", "trtllm": "mixed"}
 # (they do not: clients wait for whole requests to finish). On-demand KV simulates those
 # two at 8.3 s and 0.6 s, full reservation at 143 s and 54 s (benchmarks/silicon_fidelity.py).
 BACKEND_KV_RESERVATION = {"trtllm": "full"}
+# Kernels each stack fuses into a neighbour (profiling.operators.FUSIONS). Evidence for
+# TRT-LLM: on B200 Llama-3.1-70B its fitted per-step and per-sequence overheads sit at
+# zero, i.e. the isolated kernels alone are slower than the measured TPOT (TP8 c4 7.9 vs
+# 6.0 ms); without RoPE, add and RMSNorm kernels the TPOT bias of those rows goes from
+# +10.5% to +1.0%.
+# vLLM and SGLang fuse the residual add into RMSNorm too, but dropping its kernel did not
+# help their rows (held-out TTFT without -> with: H100 vLLM InferenceMAX 13.8 -> 16.4%,
+# vLLM harness 24.2 -> 23.6%, SGLang 21.0 -> 20.3%), so they keep every kernel until a
+# trace shows which is right.
+BACKEND_FUSIONS = {"trtllm": ["rope_into_attention", "residual_into_norm", "norm_into_allreduce"]}
 SILICON_COLUMNS = ("model_path", "system", "backend", "precision", "mode", "isl", "osl",
                    "batch_size", "tp_size", "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
 REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
@@ -194,6 +204,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                         "name": "llm", "model": r.model_path, "hardware": r.system,
                         "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
+                        "fusions": BACKEND_FUSIONS.get(r.backend, []),
                         "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
                                       "max_tokens_per_step": budget, "chunk_size": budget,
                                       "kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")},

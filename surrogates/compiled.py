@@ -158,14 +158,16 @@ class StepTable:
 def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyModel, *,
                        dtype: str | None = None, kv_dtype: str | None = None, tp: int = 1,
                        pp: int = 1, max_tokens: int = 65536, max_batch: int = 2048,
-                       max_kv: int | None = None, points: int = 40) -> StepTable:
-    """Evaluate ``predictor`` on the grids a simulation of this deployment will query."""
+                       max_kv: int | None = None, points: int = 40,
+                       fusions: tuple[str, ...] = ()) -> StepTable:
+    """Evaluate ``predictor`` on the grids a simulation of this deployment will query
+    (without the kernels the engine's ``fusions`` fold into their neighbours)."""
     dtype = dtype or model.dtype
     max_kv = max_kv or max(model.max_context, 2048)
     layers = model.num_layers // pp
     expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)  # validates TP/PP
     tok = _grid(1, max_tokens, points)
-    tok_y = [_ops_ms(layer_ops(model, int(t), tp, dtype), hw, predictor) * layers * 1e-3 for t in tok]
+    tok_y = [_ops_ms(layer_ops(model, int(t), tp, dtype, fusions), hw, predictor) * layers * 1e-3 for t in tok]
     seq = _grid(1, max_batch, points // 2)
     head = [o for o in expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)
             if o.name == "lm_head"]

@@ -162,3 +162,20 @@ def test_cost_monotone_and_positive(name, n, kv, q, tp):
     assert all(o.bytes > 0 and o.flops >= 0 for o in ops)
     assert step_cost(expand_step(m, more_seq, tp=tp))[0] >= f0
     assert step_cost(expand_step(m, more_tok, tp=tp))[0] >= f0
+
+
+def test_fusions_remove_exactly_the_fused_kernels():
+    """Each engine fusion drops its kernels and nothing else; the all-reduce fusion needs
+    TP > 1 (no all-reduce to fold the norms into otherwise); an unknown name is an error."""
+    from profiling.operators import FUSIONS, fused_away, layer_ops
+    m = MODELS.get("Llama-2-70B")
+    for tp in (1, 4):
+        plain = [o.name for o in layer_ops(m, 256, tp, "bf16")]
+        every = [o.name for o in layer_ops(m, 256, tp, "bf16", list(FUSIONS))]
+        gone = {"attn_rope", "residual_add"} | ({"input_norm", "post_attn_norm"} if tp > 1 else set())
+        assert every == [n for n in plain if n not in gone]
+        assert set(plain) - set(every) == gone == fused_away(FUSIONS, tp)
+    assert [o.name for o in layer_ops(m, 256, 1, "bf16", ["norm_into_allreduce"])] == \
+        [o.name for o in layer_ops(m, 256, 1, "bf16")]
+    with pytest.raises(HermesError, match="unknown fusion 'bogus'"):
+        layer_ops(m, 256, 2, "bf16", ["bogus"])

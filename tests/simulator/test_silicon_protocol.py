@@ -120,3 +120,15 @@ def test_trtllm_rows_reserve_kv_for_all_output(traces_dir):
     others = df[(df.backend.isin(["vllm", "sglang"])) & (df["mode"] == "agg")].head(20)
     assert all(r.scenario.deployments[0].scheduler.kv_reservation == "on_demand"
                for r in silicon_rows(others) if r.scenario is not None)
+
+
+def test_trtllm_rows_fuse_rope_add_and_norms(aic_row):
+    """TRT-LLM rows price the engine's fused kernels (RoPE in attention, add + RMSNorm in
+    the all-reduce) as free: the row's fused scenario is faster than the same scenario
+    with every kernel, by less than the kernels' share of a step."""
+    (r,) = silicon_rows(aic_row)
+    dep = r.scenario.deployments[0]
+    assert set(dep.fusions) == {"rope_into_attention", "residual_into_norm", "norm_into_allreduce"}
+    unfused = r.scenario.model_copy(update={"deployments": [dep.model_copy(update={"fusions": []})]})
+    fast, slow = simulate(r.scenario).summary["tpot_s"]["mean"], simulate(unfused).summary["tpot_s"]["mean"]
+    assert 0.7 * slow < fast < slow

@@ -33,3 +33,28 @@ def test_overhead_adds_linearly_and_tables_are_memoized():
     a = StepCost(t1, OverheadConfig(step_s=0, per_seq_s=0, per_token_s=0), 1024, 64)
     b = StepCost(t1, OverheadConfig(step_s=0, per_seq_s=2e-4, per_token_s=0), 1024, 64)
     assert b(32, 32, 32 * 100.0) - a(32, 32, 32 * 100.0) == pytest.approx(32 * 2e-4)
+
+
+def test_fused_kernels_cost_nothing_and_the_scenario_knows_every_fusion():
+    """A table compiled with fusions is cheaper per token by exactly the fused kernels'
+    predicted time (x layers); the scenario field accepts every fusion the operator
+    taxonomy defines and nothing else."""
+    import typing
+
+    import pandas as pd
+
+    from profiling.operators import FUSIONS, layer_ops
+    from simulator.scenario import Deployment
+    from surrogates.compiled import RooflinePredictor
+    model, hw = resolve_model("Llama-3.1-8B"), load_catalog().get("H100-SXM")
+    plain = step_table("roofline", model, hw, dtype="bf16", kv_dtype=None, tp=2, pp=1)
+    fused = step_table("roofline", model, hw, dtype="bf16", kv_dtype=None, tp=2, pp=1, fusions=tuple(FUSIONS))
+    assert fused is not plain
+    gone = [o for o in layer_ops(model, int(plain.tok_x[10]), 2, "bf16")
+            if o.name in {"attn_rope", "residual_add", "input_norm", "post_attn_norm"}]
+    frame = pd.DataFrame([o.shape for o in gone]).assign(dtype="bf16", kv_dtype=None, name=[o.name for o in gone])
+    saved = RooflinePredictor().predict_ms("elementwise", frame, hw).sum() * 1e-3 * model.num_layers
+    assert saved > 0
+    assert plain.tok_y[10] - fused.tok_y[10] == pytest.approx(saved, rel=1e-9)
+    (inner,) = typing.get_args(Deployment.model_fields["fusions"].annotation)
+    assert set(typing.get_args(inner)) == set(FUSIONS)
