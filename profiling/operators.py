@@ -221,8 +221,10 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
     ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b, **rows},
                         dtype))
-    gone = fused_away(fusions, tp) if fusions else frozenset()
-    return [o for o in ops if o.name not in gone] if gone else ops
+    if fusions:
+        gone = fused_away(fusions, tp)
+        ops = [o for o in ops if o.name not in gone]
+    return ops
 
 
 def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,

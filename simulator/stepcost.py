@@ -45,16 +45,17 @@ _TABLES: dict[tuple, StepTable] = {}
 
 def step_table(surrogate: str | None, model: ModelSpec, hw: HardwareSpec, *, dtype: str | None,
                kv_dtype: str | None, tp: int, pp: int, fusions: tuple[str, ...] = ()) -> StepTable:
-    """Compiled table for one (surrogate, model, hardware, dtype, kv_dtype, tp, pp), memoized:
+    """Compiled table for one (surrogate, model, hardware, dtype, kv_dtype, tp, pp, fusions), memoized:
     compiling is a pure function of these, so trials and replicas share it."""
+    fusions = tuple(sorted(fusions))
     key = (surrogate, model.model_dump_json(warnings=False), hw.model_dump_json(warnings=False), dtype, kv_dtype, tp, pp,
-           tuple(sorted(fusions)))
+           fusions)
     table = _TABLES.get(key)
     if table is None:
         if len(_TABLES) > 64:
             _TABLES.clear()
         table = compile_step_table(model, hw, load_predictor(surrogate), dtype=dtype,
-                                   kv_dtype=kv_dtype, tp=tp, pp=pp, fusions=tuple(sorted(fusions)))
+                                   kv_dtype=kv_dtype, tp=tp, pp=pp, fusions=fusions)
         _TABLES[key] = table
     return table
 
