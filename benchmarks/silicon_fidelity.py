@@ -11,6 +11,8 @@ request, per token the front end streams; one set per serving stack and GPU; ``-
 factor) is calibrated, on a seeded
 random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
+The mixture-of-experts rows of catalog models (Qwen3-235B-A22B) are then replayed with the
+dense rows' overhead of their stack and GPU, as a model nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
@@ -62,6 +64,36 @@ def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
+def moe_transfer(df: pd.DataFrame, theta: dict, a: argparse.Namespace) -> dict:
+    """Rows of the catalog's mixture-of-experts models, never calibrated on: simulated with
+    the overhead fitted on the dense rows of their stack and GPU (a new model as a user
+    would bring one). Prints and returns their MAPE."""
+    from profiling.models import load_models
+    from simulator.calibrate import report, run_rows
+    from simulator.silicon import silicon_rows
+
+    models = load_models()
+    is_moe = df.model_path.map(lambda p: p in models and models.get(p).is_moe)
+    every = silicon_rows(df[is_moe].iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
+    rows = [r for r in every if r.scenario is not None and r.group in theta]
+    if not rows:
+        return {}
+    results = run_rows(rows, theta, processes=a.processes)
+    model_of = dict(zip(df["id"].astype(str), df.model_path.astype(str)))
+    unsupported = sum(r.scenario is None for r in every)
+    no_group = sorted({r.group for r in every if r.scenario is not None and r.group not in theta})
+    print(f"mixture-of-experts rows, overhead from the dense rows of their stack/GPU (never fitted on them); "
+          f"{unsupported} rows unsupported, {len(every) - len(rows) - unsupported} in stacks no dense row "
+          f"calibrates ({', '.join(no_group) or 'none'}):")
+    out = {}
+    for name in sorted({model_of[r.id] for r in results}) + ["all"]:
+        mine = [r for r in results if name in ("all", model_of[r.id])]
+        rep = report(mine)
+        print(f"  {name}: {len(mine)} rows, TTFT {rep['ttft_mape']:.1f}%, TPOT {rep['tpot_mape']:.1f}%")
+        out[name] = {"rows": len(mine), "ttft_mape": round(rep["ttft_mape"], 2), "tpot_mape": round(rep["tpot_mape"], 2)}
+    return out
+
+
 def main() -> None:
     from simulator.calibrate import fit_overhead, report, run_rows
     from simulator.silicon import read_silicon, silicon_rows
@@ -80,8 +112,8 @@ def main() -> None:
     ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
-    df = df[df.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
+    everything = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
+    df = everything[everything.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
     df = df.iloc[::a.every].reset_index(drop=True)
     rows = silicon_rows(df, surrogate=a.surrogate, warmup_generations=a.warmup,
                         prompts_per_step=None if a.legacy_budget else True)
@@ -123,7 +155,8 @@ def main() -> None:
     print(f"calibration rows after fit: TTFT {after_calib['ttft_mape']:.1f}%, TPOT {after_calib['tpot_mape']:.1f}%")
     print(f"held-out MAPE after calibration: TTFT {after['ttft_mape']:.1f}%, TPOT {after['tpot_mape']:.1f}% "
           f"(target <= 15% each) in {time.perf_counter() - t0:.0f} s")
-    print(json.dumps({"surrogate": a.surrogate, "held_out_rows": len(held), "calibration_rows": len(calib),
+    moe = moe_transfer(everything, theta, a)
+    print(json.dumps({"surrogate": a.surrogate, "moe": moe, "held_out_rows": len(held), "calibration_rows": len(calib),
                       "legacy_budget": a.legacy_budget, "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),

@@ -162,6 +162,13 @@ FUSIONS: dict[str, tuple[frozenset[str], bool]] = {
 }
 
 
+def active_experts(experts: int, top_k: int, tokens: int) -> int:
+    """Expected distinct experts ``tokens`` tokens route to, each picking ``top_k`` of
+    ``experts`` uniformly (at least top_k, at most experts)."""
+    hit = experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+    return int(min(experts, max(top_k, round(hit))))
+
+
 def fused_away(fusions: Iterable[str], tp: int) -> frozenset[str]:
     """Names of the operators that ``fusions`` remove at tensor parallelism ``tp``."""
     out: set[str] = set()
@@ -199,17 +206,22 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
     inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
     if model.is_moe:
-        # Tokens spread evenly over the experts they pick: tokens*top_k rows over at most
-        # E experts (one token touches only its top_k experts, not all E).
+        # Each token picks top_k of E experts; under uniform routing the expected number of
+        # distinct experts hit is E * (1 - (1 - top_k/E)^tokens) (16 decode tokens, top-8 of
+        # 128: 82 experts, not 128), and the picks spread evenly over them (a mean, so the
+        # FLOPs stay exactly 2 x picks x expert weights). Engines run all
+        # active experts in one grouped kernel (vLLM fused_moe, TRT-LLM and SGLang grouped
+        # GEMM), so it is priced as one GEMM as wide as the active experts' weights side by
+        # side: one launch, each active expert's weights read once, the same FLOPs. One
+        # small GEMM per expert would pay E launches (Qwen3-235B TP4 decode: 7x TPOT).
         picks = tokens * model.experts_per_token
-        e = min(model.num_experts, picks)
-        per_expert = -(-picks // e)
+        e = active_experts(model.num_experts, model.experts_per_token, tokens)
+        per_expert = picks / e
         ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, dtype),
-                Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up, "k": h}, dtype, count=e),
-                Operator(ELEMENTWISE, "mlp_act", {"elements": per_expert * inter,
-                                                  "io_bytes": 3 * per_expert * inter * b,
-                                                  **elementwise_rows(per_expert, tp)}, dtype, count=e),
-                Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h, "k": inter}, dtype, count=e)]
+                Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up * e, "k": h}, dtype),
+                Operator(ELEMENTWISE, "mlp_act", {"elements": picks * inter, "io_bytes": 3 * picks * inter * b,
+                                                  **elementwise_rows(picks, tp)}, dtype),
+                Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h * e, "k": inter}, dtype)]
     else:
         ops += [Operator(GEMM, "mlp_up_proj", {"m": tokens, "n": up, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": tokens * inter,

@@ -7,7 +7,10 @@ the client (how many prompts per client, how spread the lengths, whether warm-up
 count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
 With identical lengths the closed loop runs in waves of prompts that arrive together, so
 how many prompts one engine step may take decides TTFT. Rows the catalog cannot serve
-(unknown model or GPU, disaggregated rows) are returned with the reason, never dropped.
+(unknown model or GPU, disaggregated rows, attention data parallelism) are returned with
+the reason, never dropped. Expert parallelism (``moe_ep_size``) is replayed as experts
+sharded over the TP group: under uniform routing each GPU reads the same expert bytes and
+does the same FLOPs either way.
 """
 from __future__ import annotations
 
@@ -184,6 +187,8 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
             reason = f"backend '{r.backend}' has no batching policy mapping"
         elif any(pd.isna(getattr(r, c)) for c in ("isl", "osl", "batch_size", "tp_size")):
             reason = "missing isl/osl/batch_size/tp_size"
+        elif (getattr(r, "attention_dp_size", 1) or 1) > 1:  # NaN > 1 is False
+            reason = f"attention data parallelism (attention_dp_size={int(r.attention_dp_size)}) is not modelled"
         proto = bench_protocol(getattr(r, "silicon_data_source", None), str(r.backend))
         if prompts_per_step is not True:
             proto = replace(proto, prompts_per_step=prompts_per_step)

@@ -19,7 +19,7 @@ PUBLISHED_PARAMS = {
     "Llama-2-7B": 6.74, "Llama-2-70B": 68.98, "Llama-3-8B": 8.03, "Llama-3-70B": 70.55,
     "Llama-3.1-8B": 8.03, "Llama-3.1-70B": 70.55, "CodeLlama-34B": 33.74, "Qwen-2-7B": 7.62,
     "Qwen-72B": 72.29, "Qwen3-32B": 32.8, "Qwen3-235B-A22B": 235.1, "InternLM-20B": 20.0,
-    "phi-2": 2.78, "Mixtral-8x7B": 46.7, "bloom-176b": 176.2,
+    "phi-2": 2.78, "Mixtral-8x7B": 46.7, "bloom-176b": 176.2, "MiniMax-M2.5": 230.0,
     "e5-base-v2": 0.109, "e5-large-v2": 0.335, "bge-reranker-large": 0.560,
 }
 PUBLISHED_ACTIVE = {"Mixtral-8x7B": 12.9, "Qwen3-235B-A22B": 22.0}

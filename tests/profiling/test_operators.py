@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from profiling.errors import HermesError
 from profiling.models import load_models
-from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, BatchShape, expand_step,
-                                 step_cost)
+from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, BatchShape, active_experts,
+                                 expand_step, step_cost)
 
 MODELS = load_models()
 
@@ -102,7 +102,7 @@ def test_elementwise_ops_have_vidur_shape_columns():
     assert ew["embedding_lookup"]["io_bytes"] == 2 * 131 * 8192 * 2 + 8 * 131
     moe = MODELS.get("Mixtral-8x7B")
     act = [o for o in expand_step(moe, BatchShape(decode_kv=(10,) * 16), tp=2) if o.name == "mlp_act"][0]
-    assert (act.count, act.shape["q_len"]) == (8 * moe.num_layers, 16 * 2 // 8)  # 32 picks, 8 experts
+    assert (act.count, act.shape["q_len"]) == (moe.num_layers, 16 * 2)  # one kernel over the 32 picks
 
 
 def test_pipeline_parallel_splits_layers_and_sends_activations():
@@ -117,19 +117,36 @@ def test_pipeline_parallel_splits_layers_and_sends_activations():
     assert "pp_send_recv" not in one
 
 
-@pytest.mark.parametrize("tokens, active", [(1, 2), (3, 6), (1024, 8)])
+@pytest.mark.parametrize("tokens, active", [(1, 2), (3, 5), (1024, 8)])
 def test_moe_runs_only_active_experts(tokens, active):
-    """Mixtral runs top-2 experts per token: a lone token touches 2 experts, a big batch all 8 evenly."""
+    """Mixtral runs top-2 of 8 experts per token: a lone token touches 2 experts, 3 tokens the
+    expected 8 x (1 - (6/8)^3) = 4.6 -> 5 distinct ones, a big batch all 8. All active experts
+    run as one grouped kernel per layer that reads each one's weights once, and the FLOPs are
+    exactly 2 x picks x expert weights."""
     m = MODELS.get("Mixtral-8x7B")
     ops = {o.name: o for o in expand_step(m, BatchShape(decode_kv=(64,) * tokens))}
-    up = ops["mlp_up_proj"]
-    assert up.count == active * m.num_layers
+    up, down = ops["mlp_up_proj"], ops["mlp_down_proj"]
+    assert up.count == down.count == m.num_layers  # one launch per layer, not one per expert
+    assert up.shape["n"] == active * 2 * m.intermediate_size and down.shape["n"] == active * m.hidden_size
     expert = 3 * m.hidden_size * m.intermediate_size
-    mlp = ops["mlp_up_proj"].flops + ops["mlp_down_proj"].flops
-    assert mlp == pytest.approx(2 * tokens * 2 * expert * m.num_layers, rel=0.01)
-    # Only the active experts' weights are read.
-    assert ops["mlp_up_proj"].bytes + ops["mlp_down_proj"].bytes >= active * expert * 2 * m.num_layers
+    assert up.flops + down.flops == pytest.approx(2 * tokens * 2 * expert * m.num_layers, rel=1e-9)
+    # Weights of exactly the active experts are read (plus activations, small in decode).
+    weights = active * expert * 2 * m.num_layers
+    assert weights <= up.bytes + down.bytes
+    if tokens < 16:
+        assert up.bytes + down.bytes <= 1.05 * weights
     assert ops["moe_router"].shape["n"] == 8
+
+
+@given(st.integers(1, 512), st.integers(1, 256), st.integers(1, 4096))
+@settings(max_examples=200, deadline=None)
+def test_active_experts_bounded_and_monotone(top_k, experts, tokens):
+    """Expected distinct experts lies in [top_k, experts] and never falls as tokens grow."""
+    top_k = min(top_k, experts)
+    a = active_experts(experts, top_k, tokens)
+    assert top_k <= a <= experts
+    assert active_experts(experts, top_k, tokens + 1) >= a
+    assert active_experts(experts, top_k, 1) == top_k
 
 
 @pytest.mark.parametrize("tp, pp", [(3, 1), (0, 1), (-2, 1), (1, 0), (1, 3)])

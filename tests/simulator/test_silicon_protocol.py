@@ -132,3 +132,16 @@ def test_trtllm_rows_fuse_rope_add_and_norms(aic_row):
     unfused = r.scenario.model_copy(update={"deployments": [dep.model_copy(update={"fusions": []})]})
     fast, slow = simulate(r.scenario).summary["tpot_s"]["mean"], simulate(unfused).summary["tpot_s"]["mean"]
     assert 0.7 * slow < fast < slow
+
+
+def test_attention_data_parallel_rows_are_listed_not_replayed(traces_dir):
+    """Rows that run attention data-parallel (attention_dp_size > 1) are returned with that
+    reason instead of being replayed as plain tensor parallelism; their TP siblings run."""
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    sel = df[df.model_path.str.contains("MiniMax-M2.5") & (df["mode"] == "agg")]
+    dp = sel[sel.attention_dp_size > 1].head(3)
+    tp = sel[sel.attention_dp_size == 1].head(3)
+    assert len(dp) == 3 and len(tp) == 3
+    for r in silicon_rows(dp):
+        assert r.scenario is None and r.unsupported.startswith("attention data parallelism"), r.unsupported
+    assert all(r.scenario is not None for r in silicon_rows(tp))
