@@ -11,8 +11,9 @@ request, per token the front end streams; one set per serving stack and GPU; ``-
 factor) is calibrated, on a seeded
 random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
-The mixture-of-experts rows of catalog models (Qwen3-235B-A22B) are then replayed with the
-dense rows' overhead of their stack and GPU, as a model nobody calibrated on.
+The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5) and the
+disaggregated rows are then replayed with the dense aggregated rows' overhead of their
+stack and GPU, as a model or deployment nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
@@ -64,27 +65,24 @@ def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
-def moe_transfer(df: pd.DataFrame, theta: dict, a: argparse.Namespace) -> dict:
-    """Rows of the catalog's mixture-of-experts models, never calibrated on: simulated with
-    the overhead fitted on the dense rows of their stack and GPU (a new model as a user
-    would bring one). Prints and returns their MAPE."""
-    from profiling.models import load_models
+def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace) -> dict:
+    """Rows never calibrated on (``title``), simulated with the overhead fitted on the
+    dense aggregated rows of their stack and GPU, as a user's new model or deployment
+    would be. Prints and returns their MAPE per model and overall."""
     from simulator.calibrate import report, run_rows
     from simulator.silicon import silicon_rows
 
-    models = load_models()
-    is_moe = df.model_path.map(lambda p: p in models and models.get(p).is_moe)
-    every = silicon_rows(df[is_moe].iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
+    every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
     rows = [r for r in every if r.scenario is not None and r.group in theta]
+    unsupported = sum(r.scenario is None for r in every)
+    no_group = sorted({r.group for r in every if r.scenario is not None and r.group not in theta})
+    print(f"{title}, overhead from the dense rows of their stack/GPU (never fitted on them): {len(rows)} rows; "
+          f"{unsupported} unsupported, {len(every) - len(rows) - unsupported} in stacks no dense row "
+          f"calibrates ({', '.join(no_group) or 'none'})")
     if not rows:
         return {}
     results = run_rows(rows, theta, processes=a.processes)
     model_of = dict(zip(df["id"].astype(str), df.model_path.astype(str)))
-    unsupported = sum(r.scenario is None for r in every)
-    no_group = sorted({r.group for r in every if r.scenario is not None and r.group not in theta})
-    print(f"mixture-of-experts rows, overhead from the dense rows of their stack/GPU (never fitted on them); "
-          f"{unsupported} rows unsupported, {len(every) - len(rows) - unsupported} in stacks no dense row "
-          f"calibrates ({', '.join(no_group) or 'none'}):")
     out = {}
     for name in sorted({model_of[r.id] for r in results}) + ["all"]:
         mine = [r for r in results if name in ("all", model_of[r.id])]
@@ -95,6 +93,7 @@ def moe_transfer(df: pd.DataFrame, theta: dict, a: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    from profiling.models import load_models
     from simulator.calibrate import fit_overhead, report, run_rows
     from simulator.silicon import read_silicon, silicon_rows
 
@@ -113,7 +112,8 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.perf_counter()
     everything = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
-    df = everything[everything.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
+    agg = everything["mode"] != "disagg"
+    df = everything[agg & everything.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
     df = df.iloc[::a.every].reset_index(drop=True)
     rows = silicon_rows(df, surrogate=a.surrogate, warmup_generations=a.warmup,
                         prompts_per_step=None if a.legacy_budget else True)
@@ -131,7 +131,7 @@ def main() -> None:
     meta = df.set_index(df["id"].astype(str))
     res = frame(after, meta)
     res0 = frame(before_held, meta)
-    print(f"rows: {len(rows)} dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
+    print(f"rows: {len(rows)} aggregated dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
           f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
     print(f"engine budget for TRT-LLM/vLLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
@@ -155,8 +155,11 @@ def main() -> None:
     print(f"calibration rows after fit: TTFT {after_calib['ttft_mape']:.1f}%, TPOT {after_calib['tpot_mape']:.1f}%")
     print(f"held-out MAPE after calibration: TTFT {after['ttft_mape']:.1f}%, TPOT {after['tpot_mape']:.1f}% "
           f"(target <= 15% each) in {time.perf_counter() - t0:.0f} s")
-    moe = moe_transfer(everything, theta, a)
-    print(json.dumps({"surrogate": a.surrogate, "moe": moe, "held_out_rows": len(held), "calibration_rows": len(calib),
+    models = load_models()
+    is_moe = everything.model_path.map(lambda p: p in models and models.get(p).is_moe)
+    moe = transfer("mixture-of-experts rows", everything[agg & is_moe], theta, a)
+    disagg = transfer("disaggregated rows", everything[~agg], theta, a)
+    print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg, "held_out_rows": len(held), "calibration_rows": len(calib),
                       "legacy_budget": a.legacy_budget, "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),

@@ -7,8 +7,8 @@ the client (how many prompts per client, how spread the lengths, whether warm-up
 count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
 With identical lengths the closed loop runs in waves of prompts that arrive together, so
 how many prompts one engine step may take decides TTFT. Rows the catalog cannot serve
-(unknown model or GPU, disaggregated rows, attention data parallelism) are returned with
-the reason, never dropped. Expert parallelism (``moe_ep_size``) is replayed as experts
+(unknown model or GPU, attention data parallelism) are returned with the reason, never
+dropped. Disaggregated rows become a prefill pool and a decode pool (``_scheduler``). Expert parallelism (``moe_ep_size``) is replayed as experts
 sharded over the TP group: under uniform routing each GPU reads the same expert bytes and
 does the same FLOPs either way.
 """
@@ -162,6 +162,71 @@ def _dtype(precision, backend: str) -> tuple[str, str | None]:
     return w, ("fp8" if w in ("fp8", "fp4") else None)
 
 
+DISAGG_COLUMNS = ("prefill_num_workers", "prefill_tp_size", "decode_num_workers", "decode_tp_size",
+                  "decode_batch_size")
+_CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
+
+
+def _num(r, col: str, default: float = float("nan")) -> float:
+    v = getattr(r, col, default)
+    return default if v is None or pd.isna(v) else float(v)
+
+
+def _unsupported(r, models, hw) -> str | None:
+    """Why a row cannot be replayed, or None."""
+    if r.mode not in ("agg", "disagg"):
+        return f"mode '{r.mode}' is neither 'agg' nor 'disagg'"
+    if r.model_path not in models:
+        return f"model '{r.model_path}' is not in the model catalog"
+    if r.system not in hw:
+        return f"hardware '{r.system}' is not in the hardware catalog"
+    if r.backend not in BACKEND_POLICY:
+        return f"backend '{r.backend}' has no batching policy mapping"
+    need = ("isl", "osl") + (DISAGG_COLUMNS if r.mode == "disagg" else ("batch_size", "tp_size"))
+    missing = [c for c in need if np.isnan(_num(r, c))]
+    if missing:
+        return f"missing {'/'.join(missing)}"
+    dp = max(_num(r, c, 1.0) for c in ("attention_dp_size", "prefill_attention_dp_size",
+                                       "decode_attention_dp_size"))
+    if dp > 1:  # agg rows fill only attention_dp_size, disagg rows the prefill_/decode_ ones
+        return f"attention data parallelism (attention_dp_size={int(dp)}) is not modelled"
+    if _concurrency(r) is None:
+        return "disaggregated row without a recorded concurrency (no silicon_concurrency in silicon_data_source)"
+    return None
+
+
+def _concurrency(r) -> int | None:
+    """Clients in flight: ``batch_size`` for aggregated rows, the harness's recorded
+    ``silicon_concurrency`` for disaggregated ones. Not decode batch x decode workers: on
+    the H100 vLLM Qwen3-32B row that would put 224 sequences of ~4.5k tokens on each TP4
+    decode instance, whose FP8 KV alone takes 10 ms per step to read, yet the row
+    measures 8.7 ms TPOT."""
+    if r.mode != "disagg":
+        return int(r.batch_size)
+    m = _CONCURRENCY.search(str(getattr(r, "silicon_data_source", "") or ""))
+    return int(m.group(1)) if m else None
+
+
+def _scheduler(r, proto: BenchProtocol, conc: int) -> dict:
+    """Aggregated rows: the backend's batching at the harness token budget. Disaggregated
+    rows: ``prefill_num_workers`` x TP ``prefill_tp_size`` prefill instances taking
+    ``prefill_batch_size`` whole prompts a step, ``decode_num_workers`` x TP
+    ``decode_tp_size`` decode instances of ``decode_batch_size`` sequences, any prefill
+    instance to any decode instance (Dynamo's global KV routing)."""
+    common = {"kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")}
+    if r.mode != "disagg":
+        budget = token_budget(proto, int(r.isl))
+        return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
+                "max_tokens_per_step": budget, "chunk_size": budget, **common}
+    prompts = int(_num(r, "prefill_batch_size", 1.0))
+    decode_batch = int(r.decode_batch_size)
+    budget = max(prompts * int(r.isl), decode_batch)
+    return {"policy": "disaggregated", "max_batch_size": decode_batch, "max_tokens_per_step": budget,
+            "chunk_size": budget, "prefill_policy": "continuous", "mode": "global",
+            "prefill_replicas": int(r.prefill_num_workers), "decode_replicas": int(r.decode_num_workers),
+            "decode_tp": int(r.decode_tp_size), **common}
+
+
 def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = None,
                  surrogate: str | None = "builtin", requests_per_client: int | None = None,
                  warmup_generations: int | None = None,
@@ -176,19 +241,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
     models, hw = load_models(), load_catalog()
     out = []
     for r in df.itertuples(index=False):
-        reason = None
-        if r.mode != "agg":
-            reason = f"mode '{r.mode}' (only aggregated rows are replayed)"
-        elif r.model_path not in models:
-            reason = f"model '{r.model_path}' is not in the model catalog"
-        elif r.system not in hw:
-            reason = f"hardware '{r.system}' is not in the hardware catalog"
-        elif r.backend not in BACKEND_POLICY:
-            reason = f"backend '{r.backend}' has no batching policy mapping"
-        elif any(pd.isna(getattr(r, c)) for c in ("isl", "osl", "batch_size", "tp_size")):
-            reason = "missing isl/osl/batch_size/tp_size"
-        elif (getattr(r, "attention_dp_size", 1) or 1) > 1:  # NaN > 1 is False
-            reason = f"attention data parallelism (attention_dp_size={int(r.attention_dp_size)}) is not modelled"
+        reason = _unsupported(r, models, hw)
         proto = bench_protocol(getattr(r, "silicon_data_source", None), str(r.backend))
         if prompts_per_step is not True:
             proto = replace(proto, prompts_per_step=prompts_per_step)
@@ -198,21 +251,20 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
         conc = 0
         if reason is None:
             dtype, kv = _dtype(r.precision, r.backend)
-            conc = int(r.batch_size)
+            conc = _concurrency(r)
             k = requests_per_client or proto.requests_per_client
             oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()
-            budget = token_budget(proto, int(r.isl))
+            tp = r.prefill_tp_size if r.mode == "disagg" else r.tp_size
+            pp = _num(r, "prefill_pp_size" if r.mode == "disagg" else "pp_size", 1.0)
             try:
                 sc = Scenario.model_validate({
                     "name": str(r.id), "surrogate": surrogate,
                     "deployments": [{
                         "name": "llm", "model": r.model_path, "hardware": r.system,
-                        "tp": int(r.tp_size), "pp": int(r.pp_size if not pd.isna(r.pp_size) else 1),
+                        "tp": int(tp), "pp": int(pp),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "fusions": BACKEND_FUSIONS.get(r.backend, []),
-                        "scheduler": {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
-                                      "max_tokens_per_step": budget, "chunk_size": budget,
-                                      "kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")},
+                        "scheduler": _scheduler(r, proto, conc),
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
                                  "num_requests": conc * k,

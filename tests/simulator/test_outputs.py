@@ -88,7 +88,7 @@ def test_cli_validate_silicon_lists_unsupported_rows(tmp_path, traces_dir):
     the replay cannot serve are listed with the reason."""
     src = pd.read_csv(traces_dir / "aiconfigurator" / "silicon_sample.csv")
     keep = pd.concat([src[src.model_path.str.contains("Llama-3.1-8B")].head(2),
-                      src[src["mode"] == "disagg"].head(1)])
+                      src[(src["mode"] == "disagg") & (src.model_path == "Qwen/Qwen3-32B")].head(1)])
     m = tmp_path / "sil.csv"
     keep.to_csv(m, index=False)
     r = subprocess.run([sys.executable, "-m", "hermes_sim.cli", "validate", str(m), "--format", "silicon",
@@ -96,7 +96,7 @@ def test_cli_validate_silicon_lists_unsupported_rows(tmp_path, traces_dir):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert len(rep["rows"]) == 2 and rep["ttft_mape"] >= 0 and rep["tpot_mape"] >= 0
-    assert len(rep["unsupported"]) == 1 and "disagg" in rep["unsupported"][0]["reason"]
+    assert len(rep["unsupported"]) == 1 and "recorded concurrency" in rep["unsupported"][0]["reason"]
 
 
 def test_cli_validate_vllm_bench_json_with_its_trace(tmp_path, traces_dir):

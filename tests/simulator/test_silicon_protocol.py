@@ -145,3 +145,24 @@ def test_attention_data_parallel_rows_are_listed_not_replayed(traces_dir):
     for r in silicon_rows(dp):
         assert r.scenario is None and r.unsupported.startswith("attention data parallelism"), r.unsupported
     assert all(r.scenario is not None for r in silicon_rows(tp))
+
+
+def test_disaggregated_rows_become_prefill_and_decode_pools(traces_dir):
+    """The B200 TRT-LLM Qwen3-32B-NVFP4 disaggregated row (40 prefill workers at TP1 taking
+    one prompt a step, 6 decode workers at TP4 of batch 80, 15000/500 tokens, recorded
+    concurrency 480) replays as exactly those two pools in a closed loop of 480 clients,
+    and every request completes; disaggregated rows with no recorded concurrency are
+    listed with that reason instead of a guessed one."""
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    dis = df[df["mode"] == "disagg"]
+    row = dis[dis.model_path == "nvidia/Qwen3-32B-NVFP4"]
+    (r,) = silicon_rows(row, requests_per_client=1)
+    assert r.scenario is not None, r.unsupported
+    dep, s = r.scenario.deployments[0], r.scenario.deployments[0].scheduler
+    assert (s.policy, s.prefill_replicas, dep.tp, s.decode_replicas, s.decode_tp) == ("disaggregated", 40, 1, 6, 4)
+    assert (s.max_batch_size, s.max_tokens_per_step, r.scenario.workload.concurrency) == (80, 15000, 480)
+    res = simulate(r.scenario)
+    assert res.summary["completed"] == res.summary["requests"] == 480
+    assert res.summary["ttft_s"]["mean"] > 0 and res.summary["tpot_s"]["mean"] > 0
+    others = [x for x in silicon_rows(dis[dis.model_path == "Qwen/Qwen3-32B"])]
+    assert others and all(x.scenario is None and "recorded concurrency" in x.unsupported for x in others)
