@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .dtypes import dtype_bytes
+from .dtypes import dtype_bytes, normalize_dtype
 from .errors import HermesError
 from .models import ModelSpec
 
@@ -169,6 +169,26 @@ def active_experts(experts: int, top_k: int, tokens: int) -> int:
     return int(min(experts, max(top_k, round(hit))))
 
 
+def activation_dtype(model: ModelSpec, dtype: str) -> str:
+    """Dtype of activations, the residual stream, norms, attention math and all-reduces. A
+    quantized checkpoint (fp8/fp4/int8/int4 weights) quantizes only GEMM weights (and GEMM
+    inputs): the rest stays in the model's 16-bit dtype, as the LM head does (ModelOpt and
+    vLLM leave it unquantized)."""
+    d = normalize_dtype(dtype)
+    if d in ("bf16", "fp16", "fp32", "tf32"):
+        return d
+    return model.dtype if model.dtype in ("bf16", "fp16") else "bf16"
+
+
+def attention_dtype(kind: str, model: ModelSpec, dtype: str, kv_dtype: str | None) -> str:
+    """Math dtype of an attention kernel: prefill over an FP8 KV cache runs FP8 math
+    (TensorRT-LLM's FP8 context FMHA, the only FP8-math rows in the AIConfigurator
+    tables); decode kernels read FP8 KV but compute in 16 bit (every generation table)."""
+    if kind == ATTN_PREFILL and kv_dtype and normalize_dtype(kv_dtype) == "fp8":
+        return "fp8"
+    return activation_dtype(model, dtype)
+
+
 def fused_away(fusions: Iterable[str], tp: int) -> frozenset[str]:
     """Names of the operators that ``fusions`` remove at tensor parallelism ``tp``."""
     out: set[str] = set()
@@ -185,24 +205,25 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
               fusions: Iterable[str] = ()) -> list[Operator]:
     """Token-wise operators of one transformer layer (no attention core), TP-sharded,
     without those the engine's ``fusions`` (``FUSIONS``) fold into a neighbour."""
-    h, b = model.hidden_size, dtype_bytes(dtype)
+    act = activation_dtype(model, dtype)  # GEMMs run in ``dtype``; everything else in ``act``
+    h, b = model.hidden_size, dtype_bytes(act)
     rows = elementwise_rows(tokens, tp)
     qkv = _shard(model.q_dim + 2 * model.kv_dim, tp, "q+kv width", model)
     q_local = _shard(model.q_dim, tp, "q width", model)
     rope_w = q_local + (qkv - q_local) // 2
     ops = [
-        Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows}, dtype),
+        Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows}, act),
         Operator(GEMM, "attn_qkv_proj", {"m": tokens, "n": qkv, "k": h}, dtype),
         # RoPE rotates q and k in place (not v) and reads one int64 position per token.
         Operator(ELEMENTWISE, "attn_rope", {"elements": tokens * rope_w,
-                                            "io_bytes": 2 * tokens * rope_w * b + 8 * tokens, **rows}, dtype),
+                                            "io_bytes": 2 * tokens * rope_w * b + 8 * tokens, **rows}, act),
         Operator(GEMM, "attn_out_proj", {"m": tokens, "n": h, "k": q_local}, dtype),
     ]
     if tp > 1:
         ops.append(Operator(COLLECTIVE, "attn_all_reduce",
-                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
+                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, act))
     ops.append(Operator(ELEMENTWISE, "post_attn_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows},
-                        dtype))
+                        act))
     inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
     if model.is_moe:
@@ -217,22 +238,22 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
         picks = tokens * model.experts_per_token
         e = active_experts(model.num_experts, model.experts_per_token, tokens)
         per_expert = picks / e
-        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, dtype),
+        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, act),  # gate unquantized
                 Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up * e, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": picks * inter, "io_bytes": 3 * picks * inter * b,
-                                                  **elementwise_rows(picks, tp)}, dtype),
+                                                  **elementwise_rows(picks, tp)}, act),
                 Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h * e, "k": inter}, dtype)]
     else:
         ops += [Operator(GEMM, "mlp_up_proj", {"m": tokens, "n": up, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": tokens * inter,
                                                   "io_bytes": (3 if model.gated_mlp else 2) * tokens * inter * b,
-                                                  **rows}, dtype),
+                                                  **rows}, act),
                 Operator(GEMM, "mlp_down_proj", {"m": tokens, "n": h, "k": inter}, dtype)]
     if tp > 1:
         ops.append(Operator(COLLECTIVE, "mlp_all_reduce",
-                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, dtype))
+                            {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, act))
     ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b, **rows},
-                        dtype))
+                        act))
     if fusions:
         gone = fused_away(fusions, tp)
         ops = [o for o in ops if o.name not in gone]
@@ -244,13 +265,15 @@ def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,
     heads = _shard(model.num_heads, tp, "attention heads", model)
     kv_heads = max(1, model.num_kv_heads // tp)
     common = {"heads": heads, "kv_heads": kv_heads, "head_dim": model.head_dim}
-    ops = [Operator(ATTN_PREFILL, "attn_prefill", {"batch": 1, "q_len": q, "kv_len": kv, **common}, dtype, kv_dtype)
+    kv_dtype = kv_dtype or activation_dtype(model, dtype)
+    pre, dec = (attention_dtype(k, model, dtype, kv_dtype) for k in (ATTN_PREFILL, ATTN_DECODE))
+    ops = [Operator(ATTN_PREFILL, "attn_prefill", {"batch": 1, "q_len": q, "kv_len": kv, **common}, pre, kv_dtype)
            for q, kv in batch.prefill]
     if batch.decode_kv:
         n = len(batch.decode_kv)
         # Decode attention cost is linear in total KV: the mean length is exact for FLOPs/bytes.
         mean_kv = int(round(sum(batch.decode_kv) / n))
-        ops.append(Operator(ATTN_DECODE, "attn_decode", {"batch": n, "kv_len": mean_kv, **common}, dtype, kv_dtype))
+        ops.append(Operator(ATTN_DECODE, "attn_decode", {"batch": n, "kv_len": mean_kv, **common}, dec, kv_dtype))
     return ops
 
 
@@ -270,16 +293,17 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
     layers = model.num_layers // pp
     per_layer = layer_ops(model, batch.tokens, tp, dtype, fusions) + attention_ops(model, batch, tp, dtype, kv_dtype)
     ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers) for o in per_layer]
-    h, b = model.hidden_size, dtype_bytes(dtype)
+    act = activation_dtype(model, dtype)
+    h, b = model.hidden_size, dtype_bytes(act)
     if model.arch == "decoder":
         vocab = _shard(model.vocab_size, tp, "vocab", model) if model.vocab_size >= tp else model.vocab_size
-        ops.append(Operator(GEMM, "lm_head", {"m": batch.sequences, "n": vocab, "k": h}, dtype))
+        ops.append(Operator(GEMM, "lm_head", {"m": batch.sequences, "n": vocab, "k": h}, act))
     ops.append(Operator(ELEMENTWISE, "embedding_lookup",
                         {"elements": batch.tokens * h, "io_bytes": 2 * batch.tokens * h * b + 8 * batch.tokens,
-                         **elementwise_rows(batch.tokens, tp)}, dtype))  # + int64 token ids
+                         **elementwise_rows(batch.tokens, tp)}, act))  # + int64 token ids
     if pp > 1:
         ops.append(Operator(COLLECTIVE, "pp_send_recv",
-                            {"collective": "send_recv", "msg_bytes": batch.tokens * h * b, "world": 2}, dtype))
+                            {"collective": "send_recv", "msg_bytes": batch.tokens * h * b, "world": 2}, act))
     return ops
 
 

@@ -11,6 +11,7 @@ from profiling.dtypes import dtype_bytes
 from profiling.errors import HermesError
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
+from profiling.operators import activation_dtype
 
 GB = 1e9
 
@@ -75,7 +76,7 @@ def plan_memory(model: ModelSpec, hw: HardwareSpec, *, tp: int, pp: int, dtype: 
     weights = model.weight_bytes(dtype) / (tp * pp)
     plan = MemoryPlan(
         capacity=hw.mem_bytes, utilization=utilization, weights=weights,
-        activations=activation_bytes(model, tp, dtype, max_tokens, max_seqs),
+        activations=activation_bytes(model, tp, activation_dtype(model, dtype), max_tokens, max_seqs),
         reserve=reserve_gb * GB, kv_per_token=kv_bytes_per_token(model, tp, pp, kv_dtype),
         block_size=block_size, num_blocks=0)
     per_block = plan.kv_per_token * block_size

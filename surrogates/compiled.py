@@ -19,7 +19,7 @@ import pandas as pd
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
 from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, GEMM, BatchShape, Operator,
-                                 attention_ops, expand_step, layer_ops)
+                                 activation_dtype, attention_dtype, attention_ops, expand_step, layer_ops)
 from profiling.roofline import roofline_ms
 
 
@@ -196,6 +196,7 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
 
 def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) -> np.ndarray:
     proto = attention_ops(model, BatchShape(decode_kv=(1,)), tp, dtype, kv_dtype)[0].shape
+    kv_dtype = kv_dtype or activation_dtype(model, dtype)
     rows = []
     for x in xs:
         for kv in kvs:
@@ -204,5 +205,5 @@ def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) ->
             else:  # a chunk's context is at least the chunk
                 rows.append({**proto, "batch": 1, "q_len": int(x), "kv_len": int(max(kv, x))})
     frame = pd.DataFrame(rows)
-    frame["dtype"], frame["kv_dtype"] = dtype, kv_dtype
+    frame["dtype"], frame["kv_dtype"] = attention_dtype(kind, model, dtype, kv_dtype), kv_dtype
     return predictor.predict_ms(kind, frame, hw).reshape(len(xs), len(kvs)) * 1e-3

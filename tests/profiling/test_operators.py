@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from profiling.errors import HermesError
 from profiling.models import load_models
-from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, BatchShape, active_experts,
+from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, ELEMENTWISE, GEMM, BatchShape, active_experts,
                                  expand_step, step_cost)
 
 MODELS = load_models()
@@ -196,3 +196,27 @@ def test_fusions_remove_exactly_the_fused_kernels():
         [o.name for o in layer_ops(m, 256, 1, "bf16")]
     with pytest.raises(HermesError, match="unknown fusion 'bogus'"):
         layer_ops(m, 256, 2, "bf16", ["bogus"])
+
+
+@pytest.mark.parametrize("quant", ["fp8", "fp4"])
+def test_quantized_weights_keep_activations_16_bit(quant):
+    """A quantized checkpoint quantizes GEMM weights only: norms, RoPE, the activation,
+    residual adds, all-reduces, the LM head and the embedding move exactly the bytes of the
+    bf16 model; decode attention computes in bf16 over an FP8 KV cache and prefill attention
+    in FP8 over it (TRT-LLM's FP8 context FMHA); with no KV dtype given the KV cache stays
+    bf16, as the memory plan assumes."""
+    m = MODELS.get("Llama-3.1-70B")
+    b = BatchShape(prefill=((100, 300),), decode_kv=(500,) * 4)
+    bf = {o.name: o for o in expand_step(m, b, dtype="bf16", tp=4)}
+    qt = {o.name: o for o in expand_step(m, b, dtype=quant, tp=4, kv_dtype="fp8")}
+    assert set(qt) == set(bf)
+    for name, o in qt.items():
+        if o.kind == GEMM and name != "lm_head":
+            assert o.dtype == quant and o.bytes < bf[name].bytes, name
+        elif o.kind in (ELEMENTWISE, COLLECTIVE) or name == "lm_head":
+            assert o.dtype == "bf16" and o.bytes == bf[name].bytes, name
+    assert (qt["attn_decode"].dtype, qt["attn_decode"].kv_dtype) == ("bf16", "fp8")
+    assert qt["attn_prefill"].dtype == "fp8"
+    plain = {o.name: o for o in expand_step(m, b, dtype=quant, tp=4)}
+    assert plain["attn_prefill"].dtype == "bf16" and plain["attn_decode"].kv_dtype == "bf16"
+    assert plain["attn_decode"].bytes == bf["attn_decode"].bytes
