@@ -25,3 +25,9 @@ def normalize_dtype(name: str) -> str:
 
 def dtype_bytes(name: str) -> float:
     return DTYPE_BYTES[normalize_dtype(name)]
+
+
+def is_quantized(name: str) -> bool:
+    """A storage format narrower than 16 bits (fp8/int8/fp4/int4): what quantized checkpoints
+    apply to GEMM weights while activations stay in the model's 16-bit dtype."""
+    return DTYPE_BYTES[normalize_dtype(name)] < 2

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .dtypes import dtype_bytes, normalize_dtype
+from .dtypes import dtype_bytes, is_quantized, normalize_dtype
 from .errors import HermesError, InputError
 from .hardware import canonical_name
 from .jsonfile import read_json
@@ -106,7 +106,13 @@ class ModelSpec(BaseModel):
         return emb + head + final_norm + self.num_layers * self.layer_params(active_only)
 
     def weight_bytes(self, dtype: str | None = None) -> float:
-        return self.param_count() * dtype_bytes(dtype or self.dtype)
+        """Weights at ``dtype``; a quantized checkpoint keeps the embedding table and LM head
+        in the model's 16-bit dtype (ModelOpt and vLLM leave them unquantized)."""
+        dtype = dtype or self.dtype
+        if not is_quantized(dtype) or self.arch != "decoder" or is_quantized(self.dtype):
+            return self.param_count() * dtype_bytes(dtype)
+        kept = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return (self.param_count() - kept) * dtype_bytes(dtype) + kept * dtype_bytes(self.dtype)
 
     def kv_bytes_per_token(self, kv_dtype: str | None = None) -> float:
         """K and V of every layer for one token (no KV for encoders)."""

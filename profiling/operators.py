@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .dtypes import dtype_bytes, normalize_dtype
+from .dtypes import dtype_bytes, is_quantized, normalize_dtype
 from .errors import HermesError
 from .models import ModelSpec
 
@@ -174,10 +174,9 @@ def activation_dtype(model: ModelSpec, dtype: str) -> str:
     quantized checkpoint (fp8/fp4/int8/int4 weights) quantizes only GEMM weights (and GEMM
     inputs): the rest stays in the model's 16-bit dtype, as the LM head does (ModelOpt and
     vLLM leave it unquantized)."""
-    d = normalize_dtype(dtype)
-    if d in ("bf16", "fp16", "fp32", "tf32"):
-        return d
-    return model.dtype if model.dtype in ("bf16", "fp16") else "bf16"
+    if not is_quantized(dtype):
+        return normalize_dtype(dtype)
+    return model.dtype if not is_quantized(model.dtype) else "bf16"
 
 
 def attention_dtype(kind: str, model: ModelSpec, dtype: str, kv_dtype: str | None) -> str:
