@@ -88,7 +88,8 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace) -
         mine = [r for r in results if name in ("all", model_of[r.id])]
         rep = report(mine)
         print(f"  {name}: {len(mine)} rows, TTFT {rep['ttft_mape']:.1f}%, TPOT {rep['tpot_mape']:.1f}%")
-        out[name] = {"rows": len(mine), "ttft_mape": round(rep["ttft_mape"], 2), "tpot_mape": round(rep["tpot_mape"], 2)}
+        out[name] = {"rows": len(mine), "ttft_mape": round(rep["ttft_mape"], 2),
+                     "tpot_mape": round(rep["tpot_mape"], 2)}
     return out
 
 
@@ -159,7 +160,8 @@ def main() -> None:
     is_moe = everything.model_path.map(lambda p: p in models and models.get(p).is_moe)
     moe = transfer("mixture-of-experts rows", everything[agg & is_moe], theta, a)
     disagg = transfer("disaggregated rows", everything[~agg], theta, a)
-    print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg, "held_out_rows": len(held), "calibration_rows": len(calib),
+    print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg,
+                      "held_out_rows": len(held), "calibration_rows": len(calib),
                       "legacy_budget": a.legacy_budget, "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),

@@ -164,7 +164,8 @@ FUSIONS: dict[str, tuple[frozenset[str], bool]] = {
 
 def active_experts(experts: int, top_k: int, tokens: int) -> int:
     """Expected distinct experts ``tokens`` tokens route to, each picking ``top_k`` of
-    ``experts`` uniformly (at least top_k, at most experts)."""
+    ``experts`` uniformly: E * (1 - (1 - top_k/E)^tokens), e.g. 16 decode tokens with
+    top-8 of 128 hit 82 experts, not 128 (at least top_k, at most E)."""
     hit = experts * (1.0 - (1.0 - top_k / experts) ** tokens)
     return int(min(experts, max(top_k, round(hit))))
 
@@ -226,18 +227,16 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
     inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
     if model.is_moe:
-        # Each token picks top_k of E experts; under uniform routing the expected number of
-        # distinct experts hit is E * (1 - (1 - top_k/E)^tokens) (16 decode tokens, top-8 of
-        # 128: 82 experts, not 128), and the picks spread evenly over them (a mean, so the
-        # FLOPs stay exactly 2 x picks x expert weights). Engines run all
-        # active experts in one grouped kernel (vLLM fused_moe, TRT-LLM and SGLang grouped
-        # GEMM), so it is priced as one GEMM as wide as the active experts' weights side by
-        # side: one launch, each active expert's weights read once, the same FLOPs. One
-        # small GEMM per expert would pay E launches (Qwen3-235B TP4 decode: 7x TPOT).
+        # Each token picks top_k of E experts; the picks spread evenly (a mean, so FLOPs
+        # stay exactly 2 x picks x expert weights) over the expected distinct experts hit.
+        # Engines run all active experts in one grouped kernel (vLLM fused_moe, TRT-LLM and
+        # SGLang grouped GEMM), priced as one GEMM as wide as their weights side by side:
+        # one launch, each active expert's weights read once. One small GEMM per expert
+        # would pay a launch each (Qwen3-235B TP4 decode: 7x the measured TPOT).
         picks = tokens * model.experts_per_token
         e = active_experts(model.num_experts, model.experts_per_token, tokens)
         per_expert = picks / e
-        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, act),  # gate unquantized
+        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, act),  # gate: 16-bit
                 Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up * e, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": picks * inter, "io_bytes": 3 * picks * inter * b,
                                                   **elementwise_rows(picks, tp)}, act),

@@ -6,11 +6,12 @@ concurrency = ``batch_size``) replaying the row's benchmark setup (``bench_proto
 the client (how many prompts per client, how spread the lengths, whether warm-up requests
 count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
 With identical lengths the closed loop runs in waves of prompts that arrive together, so
-how many prompts one engine step may take decides TTFT. Rows the catalog cannot serve
-(unknown model or GPU, attention data parallelism) are returned with the reason, never
-dropped. Disaggregated rows become a prefill pool and a decode pool (``_scheduler``). Expert parallelism (``moe_ep_size``) is replayed as experts
-sharded over the TP group: under uniform routing each GPU reads the same expert bytes and
-does the same FLOPs either way.
+how many prompts one engine step may take decides TTFT. Disaggregated rows become a
+prefill pool and a decode pool (``_scheduler``). Rows the catalog or the replay cannot
+serve (unknown model or GPU, attention data parallelism, no recorded concurrency) are
+returned with the reason, never dropped. Expert parallelism (``moe_ep_size``) is replayed
+as experts sharded over the TP group: under uniform routing each GPU reads the same
+expert bytes and does the same FLOPs either way.
 """
 from __future__ import annotations
 
