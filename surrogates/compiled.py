@@ -19,7 +19,7 @@ import pandas as pd
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
 from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, GEMM, BatchShape, Operator,
-                                 activation_dtype, attention_dtype, attention_ops, expand_step, layer_ops)
+                                 attention_ops, expand_step, layer_ops)
 from profiling.roofline import roofline_ms
 
 
@@ -195,8 +195,10 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
 
 
 def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) -> np.ndarray:
-    proto = attention_ops(model, BatchShape(decode_kv=(1,)), tp, dtype, kv_dtype)[0].shape
-    kv_dtype = kv_dtype or activation_dtype(model, dtype)
+    # The operator attention_ops builds for ``kind`` carries its shape and math/KV dtypes.
+    op = next(o for o in attention_ops(model, BatchShape(prefill=((1, 1),), decode_kv=(1,)), tp, dtype, kv_dtype)
+              if o.kind == kind)
+    proto = op.shape
     rows = []
     for x in xs:
         for kv in kvs:
@@ -205,5 +207,5 @@ def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) ->
             else:  # a chunk's context is at least the chunk
                 rows.append({**proto, "batch": 1, "q_len": int(x), "kv_len": int(max(kv, x))})
     frame = pd.DataFrame(rows)
-    frame["dtype"], frame["kv_dtype"] = attention_dtype(kind, model, dtype, kv_dtype), kv_dtype
+    frame["dtype"], frame["kv_dtype"] = op.dtype, op.kv_dtype
     return predictor.predict_ms(kind, frame, hw).reshape(len(xs), len(kvs)) * 1e-3
