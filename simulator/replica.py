@@ -371,6 +371,17 @@ class Replica:
             used += q
         return used
 
+    def waiting_tokens(self, budget: int) -> int:
+        """Prompt tokens ``admit(budget, whole=True)`` would schedule, ignoring KV room."""
+        st, used, slots = self.store, 0, self.max_batch - self.n - len(self.prefilling)
+        for rid in self.waiting:
+            q = st.plen[rid] - st.cached[rid]
+            if slots <= 0 or (used + q > budget and used):
+                break
+            used += q
+            slots -= 1
+        return used
+
     def admit(self, budget: float, chunk: float, whole: bool) -> int:
         """Start new prefills from the waiting queue (FCFS) within ``budget`` tokens."""
         st = self.store

@@ -40,6 +40,11 @@ class SchedulerConfig(_Frozen):
     # request starts only once KV for its prompt and all its output tokens is free, and
     # holds it, so nothing is ever preempted but fewer requests run at once.
     kv_reservation: Literal["on_demand", "full"] = "on_demand"
+    # TensorRT-LLM batch waiting (batch_wait_timeout_iters / batch_wait_max_tokens_ratio,
+    # "mixed" policy): while decodes run, new prompts are held back until they and the
+    # decodes fill this share of the token budget or they have waited this many steps.
+    batch_wait_iters: int = Field(default=0, ge=0)
+    batch_wait_tokens_ratio: float = Field(default=0.0, ge=0, le=1)
     # disaggregated prefill/decode
     prefill_replicas: int = Field(default=1, ge=1)
     decode_replicas: int = Field(default=1, ge=1)

@@ -74,17 +74,37 @@ class Chunked(Policy):
 
 
 class Mixed(Policy):
-    """Orca / TensorRT-LLM in-flight batching: decodes and whole new prompts share a step."""
+    """Orca / TensorRT-LLM in-flight batching: decodes and whole new prompts share a step.
+    With batch waiting on, prompts that would join running decodes wait (decode-only
+    steps) until the step they would form reaches ``batch_wait_tokens_ratio`` of the token
+    budget or ``batch_wait_iters`` steps have passed, as TensorRT-LLM's executor does."""
 
     whole_prompts = True
+
+    def __init__(self, cfg: SchedulerConfig) -> None:
+        super().__init__(cfg)
+        self.wait_iters = cfg.batch_wait_iters
+        self.wait_tokens = cfg.batch_wait_tokens_ratio * cfg.max_tokens_per_step
+        self.waited = 0
 
     def plan(self, rep) -> bool:
         if rep.ready:
             rep.admit_ready()
         n = rep.decode_alloc()
         if rep.waiting:
-            rep.admit(max(self.max_tokens - n, 1), inf, whole=True)
+            budget = max(self.max_tokens - n, 1)
+            if n and (self.wait_iters or self.wait_tokens) and self._hold(rep, n, budget):
+                return True
+            rep.admit(budget, inf, whole=True)
         return n > 0
+
+    def _hold(self, rep, n: int, budget: int) -> bool:
+        """True while the prompts the step would take should keep waiting."""
+        if self.waited >= self.wait_iters or n + rep.waiting_tokens(budget) >= self.wait_tokens:
+            self.waited = 0
+            return False
+        self.waited += 1
+        return True
 
 
 class PrefillOnly(Policy):

@@ -123,14 +123,18 @@ def test_inlined_decode_loop_equals_checked_path(policy, kv_reservation):
        arrival=st.sampled_from(["poisson", "gamma", "bursty", "closed_loop"]),
        prompt=st.integers(1, 3000), output=st.integers(1, 600), batch=st.integers(1, 32),
        budget=st.integers(64, 4096), chunk=st.integers(16, 1024), seed=st.integers(0, 10_000),
-       preemption=st.sampled_from(["recompute", "swap"]), reservation=st.sampled_from(["on_demand", "full"]))
+       preemption=st.sampled_from(["recompute", "swap"]), reservation=st.sampled_from(["on_demand", "full"]),
+       wait=st.integers(0, 30), wait_ratio=st.sampled_from([0.0, 0.5, 0.9, 1.0]))
 def test_random_scenarios_keep_every_invariant(policy, replicas, router, util, rate, n, arrival, prompt,
-                                               output, batch, budget, chunk, seed, preemption, reservation):
-    """Property: any small scenario accounts for every request and token, keeps KV within
-    the pool, satisfies Little's law, and never has negative latencies."""
+                                               output, batch, budget, chunk, seed, preemption, reservation,
+                                               wait, wait_ratio):
+    """Property: any small scenario (TensorRT-LLM batch waiting included) accounts for
+    every request and token, keeps KV within the pool, satisfies Little's law, and never
+    has negative latencies."""
     sc = make({"replicas": replicas, "router": router, "gpu_memory_utilization": util,
                "scheduler": {"policy": policy, "max_batch_size": batch, "max_tokens_per_step": budget,
                              "chunk_size": chunk, "preemption": preemption, "kv_reservation": reservation,
+                             "batch_wait_iters": wait, "batch_wait_tokens_ratio": wait_ratio,
                              "prefill_replicas": max(1, replicas - 1), "decode_replicas": replicas}},
               seed=seed, workload={"arrival": arrival, "rate_rps": rate, "num_requests": n, "concurrency": 4,
                                    "prompt_tokens": {"dist": "lognormal", "mean": prompt, "max": 6000},

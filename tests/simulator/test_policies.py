@@ -52,6 +52,28 @@ def test_mixed_runs_whole_prompts_alongside_decodes():
     assert len(both) > 0 and (both.prefill_tokens % 300 == 0).all()
 
 
+def test_mixed_batch_waiting_holds_prompts_for_k_steps_or_a_full_step():
+    """TensorRT-LLM batch waiting: a step that adds prompts to running decodes comes only
+    after at least ``batch_wait_iters`` decode-only steps since the previous such step, or
+    when it fills ``batch_wait_tokens_ratio`` of the token budget; prompts wait longer for
+    their first token than without it, and every request still completes."""
+    k, ratio, budget = 6, 0.9, 4096     # every prompt (<= 3000 tokens) fits a step
+    sched = {"policy": "mixed", "max_tokens_per_step": budget}
+    waited = simulate(make({"scheduler": {**sched, "batch_wait_iters": k, "batch_wait_tokens_ratio": ratio}}))
+    plain = simulate(make({"scheduler": sched}))
+    since, mixed_steps = None, 0
+    for d, p in zip(steps(waited).decode_seqs, steps(waited).prefill_tokens):
+        if d > 0 and p > 0:
+            if since is not None:
+                assert since >= k or d + p >= ratio * budget, (since, d, p)
+            since, mixed_steps = 0, mixed_steps + 1
+        elif d > 0 and since is not None:
+            since += 1
+    assert mixed_steps > 10
+    assert waited.summary["completed"] == waited.summary["requests"]
+    assert waited.summary["ttft_s"]["mean"] > 1.2 * plain.summary["ttft_s"]["mean"]
+
+
 def test_disaggregated_charges_kv_transfer_on_the_link():
     """Prefill pool steps carry no decodes; the first decode comes at least one KV transfer
     after the first token; a slower (inter-node) link makes TPOT worse, not TTFT."""
