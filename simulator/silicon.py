@@ -2,7 +2,8 @@
 concurrency), per-request CSVs, and vLLM ``benchmark_serving`` result JSON.
 
 Each silicon row becomes its own closed-loop scenario (model, system, precision, TP/PP,
-concurrency = ``batch_size``) replaying the row's benchmark setup (``bench_protocol``):
+concurrency = the recorded ``silicon_concurrency``, else ``batch_size``; a Dynamo row's
+clients spread over ``concurrency / batch_size`` engines) replaying the row's benchmark setup (``bench_protocol``):
 the client (how many prompts per client, how spread the lengths, whether warm-up requests
 count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
 With identical lengths the closed loop runs in waves of prompts that arrive together, so
@@ -75,6 +76,22 @@ _INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 # Both were chosen on these rows (all of them, calibration and held-out alike); the SGLang
 # rows of the harness keep the flat budget (4 x isl made them slightly worse, 17.0 -> 18.5%).
 # See benchmarks/silicon_fidelity.py.
+# InferenceMAX's TensorRT-LLM launch script for Llama-3.1-70B turns on batch waiting for
+# isl = osl = 1024 below TP8 only (``batch_wait_timeout_iters: 20``,
+# ``batch_wait_max_tokens_ratio: 0.9``): a new prompt joins running decodes only after 20
+# steps or once the step would be 90% full. The B200 rows show exactly that: at
+# concurrency 4, TTFT 305 / 231 / 179 ms at TP1 / 2 / 4 (fp4) against 67 ms at TP8 and
+# 84-90 ms for vLLM on the same GPUs; without the wait they simulated at 101 / 83 / 73 ms.
+IMAX_TRTLLM_BATCH_WAIT = {"batch_wait_iters": 20, "batch_wait_tokens_ratio": 0.9}
+
+
+def _batch_wait(r, proto: BenchProtocol) -> dict:
+    if (proto.name == "inferencemax" and r.backend == "trtllm" and int(r.isl) == 1024
+            and int(r.osl) == 1024 and int(r.tp_size) < 8):
+        return IMAX_TRTLLM_BATCH_WAIT
+    return {}
+
+
 _AIC_HARNESS = re.compile(r"aic-auto-gap-analysis")
 AIC_PROMPTS_PER_STEP = 4
 _AIC_BUDGET_BACKENDS = ("trtllm", "vllm")
@@ -166,6 +183,7 @@ def _dtype(precision, backend: str) -> tuple[str, str | None]:
 DISAGG_COLUMNS = ("prefill_num_workers", "prefill_tp_size", "decode_num_workers", "decode_tp_size",
                   "decode_batch_size")
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
+_DYNAMO = re.compile(r"dynamo_version=")
 
 
 def _num(r, col: str, default: float = float("nan")) -> float:
@@ -191,21 +209,42 @@ def _unsupported(r, models, hw) -> str | None:
                                        "decode_attention_dp_size"))
     if dp > 1:  # agg rows fill only attention_dp_size, disagg rows the prefill_/decode_ ones
         return f"attention data parallelism (attention_dp_size={int(dp)}) is not modelled"
-    if _concurrency(r) is None:
-        return "disaggregated row without a recorded concurrency (no silicon_concurrency in silicon_data_source)"
+    conc = _concurrency(r)
+    if conc is None:
+        kind = "disaggregated row" if r.mode == "disagg" else "Dynamo deployment (batch_size is the engine's max batch)"
+        return f"{kind} without a recorded concurrency (no silicon_concurrency in silicon_data_source)"
+    if r.mode != "disagg" and _replicas(r, conc) is None:
+        return f"concurrency {conc} is not a whole number of engines of batch_size {int(r.batch_size)}"
     return None
 
 
 def _concurrency(r) -> int | None:
-    """Clients in flight: ``batch_size`` for aggregated rows, the harness's recorded
-    ``silicon_concurrency`` for disaggregated ones. Not decode batch x decode workers: on
-    the H100 vLLM Qwen3-32B row that would put 224 sequences of ~4.5k tokens on each TP4
-    decode instance, whose FP8 KV alone takes 10 ms per step to read, yet the row
-    measures 8.7 ms TPOT."""
-    if r.mode != "disagg":
-        return int(r.batch_size)
-    m = _CONCURRENCY.search(str(getattr(r, "silicon_data_source", "") or ""))
-    return int(m.group(1)) if m else None
+    """Clients in flight: the harness's recorded ``silicon_concurrency``, else ``batch_size``
+    for an aggregated row. Dynamo deployments (``dynamo_version=`` in the source) record
+    the engine's max batch in ``batch_size``, not the clients (DeepSeek-R1 c224 with batch
+    56, Qwen3-32B-NVFP4 c416 with 13), so without a recorded concurrency they have none:
+    the H100 vLLM Qwen3-32B TP2 row (batch 48, isl 4000) measures a 0.18 s TTFT, a lone
+    prefill, and 11.6 ms TPOT, where 48 clients would queue seconds of prefills. Neither is
+    decode batch x decode workers for disaggregated rows: on the H100 vLLM Qwen3-32B row
+    that would put 224 sequences of ~4.5k tokens on each TP4 decode instance, whose FP8 KV
+    alone takes 10 ms per step to read, yet the row measures 8.7 ms TPOT."""
+    src = str(getattr(r, "silicon_data_source", "") or "")
+    m = _CONCURRENCY.search(src)
+    if m:
+        return int(m.group(1))
+    if r.mode == "disagg" or _DYNAMO.search(src):
+        return None
+    return int(r.batch_size)
+
+
+def _replicas(r, conc: int) -> int | None:
+    """Aggregated engines serving the clients: a Dynamo row records one engine's max batch
+    and its clients, so it ran ``conc / batch_size`` engines (every such row divides
+    exactly: 224/56, 416/13, 448/56); None when that is not a whole number."""
+    batch = int(r.batch_size)
+    if conc <= batch:
+        return 1
+    return conc // batch if conc % batch == 0 else None
 
 
 def _scheduler(r, proto: BenchProtocol, conc: int) -> dict:
@@ -217,8 +256,8 @@ def _scheduler(r, proto: BenchProtocol, conc: int) -> dict:
     common = {"kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")}
     if r.mode != "disagg":
         budget = token_budget(proto, int(r.isl))
-        return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc, 1),
-                "max_tokens_per_step": budget, "chunk_size": budget, **common}
+        return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc // _replicas(r, conc), 1),
+                "max_tokens_per_step": budget, "chunk_size": budget, **_batch_wait(r, proto), **common}
     prompts = int(_num(r, "prefill_batch_size", 1.0))
     decode_batch = int(r.decode_batch_size)
     budget = max(prompts * int(r.isl), decode_batch)
@@ -263,6 +302,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                     "deployments": [{
                         "name": "llm", "model": r.model_path, "hardware": r.system,
                         "tp": int(tp), "pp": int(pp),
+                        "replicas": 1 if r.mode == "disagg" else _replicas(r, conc),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "fusions": BACKEND_FUSIONS.get(r.backend, []),
                         "scheduler": _scheduler(r, proto, conc),

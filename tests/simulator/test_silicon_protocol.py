@@ -166,3 +166,31 @@ def test_disaggregated_rows_become_prefill_and_decode_pools(traces_dir):
     assert res.summary["ttft_s"]["mean"] > 0 and res.summary["tpot_s"]["mean"] > 0
     others = [x for x in silicon_rows(dis[dis.model_path == "Qwen/Qwen3-32B"])]
     assert others and all(x.scenario is None and "recorded concurrency" in x.unsupported for x in others)
+
+
+def test_dynamo_aggregated_rows_spread_clients_over_engines(traces_dir):
+    """A Dynamo deployment records one engine's max batch in batch_size and the clients in
+    silicon_concurrency: the B200 TRT-LLM Qwen3-32B-NVFP4 row (c416, batch 13, TP2) replays
+    as 32 TP2 engines of max batch 13 under 416 clients, and every request completes.
+    Dynamo rows with no recorded concurrency (the H100 Qwen3-32B 4000/1000 rows) are listed
+    with that reason, not replayed at batch_size clients; plain harness rows keep
+    concurrency = batch_size on one engine."""
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    agg = df[df["mode"] == "agg"]
+    row = agg[(agg.model_path == "nvidia/Qwen3-32B-NVFP4") & agg.silicon_data_source.str.contains("dynamo_version=")]
+    (r,) = silicon_rows(row, requests_per_client=1)
+    assert r.scenario is not None, r.unsupported
+    dep = r.scenario.deployments[0]
+    assert (dep.replicas, dep.tp, dep.scheduler.max_batch_size, r.scenario.workload.concurrency) == (32, 2, 13, 416)
+    res = simulate(r.scenario)
+    assert res.summary["completed"] == res.summary["requests"] == 416
+    blind = agg[(agg.model_path == "Qwen/Qwen3-32B") & agg.silicon_data_source.str.contains("dynamo_version=")]
+    listed = silicon_rows(blind)
+    assert len(listed) >= 3
+    assert all(x.scenario is None and "recorded concurrency" in x.unsupported for x in listed)
+    plain = silicon_rows(agg[agg.silicon_data_source.str.contains("aic-auto-gap-analysis")
+                             & ~agg.silicon_data_source.str.contains("dynamo_version=")
+                             & (agg.model_path == "Qwen/Qwen3-32B")].head(3))
+    for x in plain:
+        d = x.scenario.deployments[0]
+        assert (d.replicas, d.scheduler.max_batch_size) == (1, x.scenario.workload.concurrency)
