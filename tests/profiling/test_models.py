@@ -21,8 +21,11 @@ PUBLISHED_PARAMS = {
     "Qwen-72B": 72.29, "Qwen3-32B": 32.8, "Qwen3-235B-A22B": 235.1, "InternLM-20B": 20.0,
     "phi-2": 2.78, "Mixtral-8x7B": 46.7, "bloom-176b": 176.2, "MiniMax-M2.5": 230.0,
     "e5-base-v2": 0.109, "e5-large-v2": 0.335, "bge-reranker-large": 0.560,
+    "Llama-3.3-70B": 70.55, "Llama-3.1-405B": 405.85, "Llama-3.2-1B": 1.24, "Llama-3.2-3B": 3.21,
+    "Mistral-7B": 7.25, "Qwen2.5-14B": 14.77, "Qwen2.5-32B": 32.76, "Qwen2.5-72B": 72.71,
+    "Qwen3-8B": 8.19, "Qwen3-14B": 14.77, "Qwen3-30B-A3B": 30.53,
 }
-PUBLISHED_ACTIVE = {"Mixtral-8x7B": 12.9, "Qwen3-235B-A22B": 22.0}
+PUBLISHED_ACTIVE = {"Mixtral-8x7B": 12.9, "Qwen3-235B-A22B": 22.0, "Qwen3-30B-A3B": 3.35}
 # KV cache bytes per token at the model's dtype (2 x layers x kv_heads x head_dim x 2 B).
 KV_BYTES = {"Llama-3-8B": 131072, "Llama-2-7B": 524288, "Llama-2-70B": 327680,
             "Mixtral-8x7B": 131072, "Qwen3-32B": 262144, "bloom-176b": 2 * 70 * 14336 * 2}
