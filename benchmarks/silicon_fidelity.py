@@ -1,13 +1,16 @@
 """End-to-end fidelity against real serving benchmarks (AIConfigurator silicon_sample.csv).
 
 Dense-model rows (Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B; aggregated serving) each become
-a closed-loop scenario at concurrency = batch_size replaying the row's benchmark setup
-(``simulator.silicon.bench_protocol``): InferenceMAX rows use 10 x concurrency prompts
-with lengths uniform in [0.8 L, L] and an 8192-token budget; AIConfigurator-harness rows
-use fixed lengths, 10 requests per client, and for TRT-LLM (whole prompts) and vLLM
-(chunked) an engine token budget of 4 x isl (AIC's generated ``max_num_tokens``). Every
-request is measured (the first wave included), as the benchmark clients report. ONLY the framework overhead (per step, per sequence, per
-request, per token the front end streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
+a closed-loop scenario at the recorded concurrency (``silicon_concurrency``, else
+batch_size) replaying the row's benchmark setup (``simulator.silicon.bench_protocol``):
+InferenceMAX rows use 10 x concurrency prompts with lengths uniform in [0.8 L, L] and an
+8192-token budget (TRT-LLM 1k/1k below TP8 with the batch waiting its launch script sets);
+AIConfigurator-harness rows use fixed lengths, 10 requests per client, and for TRT-LLM
+(whole prompts) and vLLM (chunked) an engine token budget of 4 x isl (AIC's generated
+``max_num_tokens``); Dynamo rows spread the clients over concurrency / batch_size engines.
+Every request is measured (the first wave included), as the benchmark clients report.
+ONLY the framework overhead (per step, per sequence, per request, per token the front end
+streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
 factor) is calibrated, on a seeded
 random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
