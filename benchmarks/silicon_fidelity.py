@@ -43,19 +43,6 @@ TRACES = Path(os.environ.get("HERMES_TRACES", REPO.parent / "shared" / "traces")
 DENSE = r"Llama-3\.1-8B|Llama-3\.1-70B|Qwen3-32B"
 
 
-def split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded random ``fraction`` of each calibration group for fitting, the rest held out."""
-    rng = np.random.default_rng(seed)
-    calib, held = [], []
-    for g in sorted({r.group for r in rows}):
-        mine = [r for r in rows if r.group == g]
-        k = max(1, int(round(fraction * len(mine))))
-        pick = set(rng.choice(len(mine), size=k, replace=False).tolist())
-        calib += [r for i, r in enumerate(mine) if i in pick]
-        held += [r for i, r in enumerate(mine) if i not in pick]
-    return calib, held
-
-
 def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
     res = pd.DataFrame(rep["rows"])
     m = meta.loc[res.id]
@@ -98,7 +85,7 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace) -
 
 def main() -> None:
     from profiling.models import load_models
-    from simulator.calibrate import fit_overhead, report, run_rows
+    from simulator.calibrate import fit_overhead, report, run_rows, split_rows
     from simulator.silicon import read_silicon, silicon_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,7 +112,7 @@ def main() -> None:
     for r in rows:
         if r.unsupported:
             print(f"unsupported {r.id}: {r.unsupported}")
-    calib, held = split(ok, a.calib_fraction, a.seed)
+    calib, held = split_rows(ok, a.calib_fraction, a.seed)
     history: list = []
     theta = fit_overhead(calib, processes=a.processes, history=history,
                          kernel_scale=a.kernel_scale)

@@ -118,26 +118,32 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="vllm-bench: the replayed request trace")
 @click.option("--surrogate", default=None)
 @click.option("--filter", "pattern", default=None, help="silicon: only rows whose model_path matches (regex)")
+@click.option("--calibrate", "fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="silicon: fit the framework overhead on this seeded fraction of each stack/GPU group "
+                   "and report the error on the other rows")
+@click.option("--seed", type=int, default=0, show_default=True, help="silicon: seed of the --calibrate split")
+@click.option("--overhead", "overhead_in", type=click.Path(dir_okay=False), default=None,
+              help="silicon: replay with the overhead per stack/GPU group saved by --overhead-out")
+@click.option("--overhead-out", type=click.Path(dir_okay=False), default=None,
+              help="silicon: write the overhead fitted by --calibrate (JSON; each value is a scenario's overhead: block)")
+@click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
+              help="silicon: rows simulated in parallel")
 @click.option("--json", "as_json", is_flag=True)
 def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, scenario_opt: str | None,
-                 trace: str | None, surrogate: str | None, pattern: str | None, as_json: bool) -> None:
+                 trace: str | None, surrogate: str | None, pattern: str | None, fraction: float | None,
+                 seed: int, overhead_in: str | None, overhead_out: str | None, processes: int,
+                 as_json: bool) -> None:
     """Compare measured TTFT/TPOT/E2E with the simulation, row by row."""
     from simulator import load_scenario
-    from simulator.calibrate import report, run_rows
-    from simulator.silicon import read_silicon, silicon_rows
     from simulator.validate import replay_requests
     scenario_file = scenario_opt or scenario_arg
     fmt = fmt or ("csv" if scenario_file else "silicon")
     console = _console()
     if fmt == "silicon":
-        df = read_silicon(measurements)
-        if pattern:
-            df = df[df.model_path.astype(str).str.contains(pattern, regex=True)]
-        rows = silicon_rows(df, surrogate=surrogate or "builtin")
-        with _progress_bar(console, "replaying rows") as bar:
-            task = bar.add_task("rows", total=1.0)
-            rep = report(run_rows(rows, progress=lambda f: bar.update(task, completed=f)))
-        rep["unsupported"] = [{"id": r.id, "reason": r.unsupported} for r in rows if r.unsupported]
+        rep = _validate_silicon(console, measurements, surrogate, pattern, fraction, seed, overhead_in,
+                                overhead_out, processes)
+    elif fraction is not None or overhead_in or overhead_out:
+        raise HermesError("--calibrate, --overhead and --overhead-out apply to --format silicon only")
     else:
         if not scenario_file:
             raise HermesError(f"--format {fmt} needs a scenario (--scenario FILE)")
@@ -151,6 +157,45 @@ def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, s
         click.echo(json.dumps(rep, default=lambda x: None))
         return
     _print_report(console, rep)
+
+
+def _validate_silicon(console, measurements: str, surrogate: str | None, pattern: str | None,
+                      fraction: float | None, seed: int, overhead_in: str | None, overhead_out: str | None,
+                      processes: int) -> dict:
+    """Replay silicon rows; with ``fraction``, first fit the overhead on a seeded share of
+    each stack/GPU group and report only the other rows."""
+    from simulator.calibrate import fit_overhead, load_overhead, report, run_rows, save_overhead, split_rows
+    from simulator.silicon import read_silicon, silicon_rows
+    if fraction is not None and overhead_in:
+        raise HermesError("give either --calibrate (fit the overhead here) or --overhead FILE (use a fitted one)")
+    if overhead_out and fraction is None:
+        raise HermesError("--overhead-out needs --calibrate FRACTION (there is nothing fitted to write)")
+    theta = load_overhead(overhead_in) if overhead_in else None
+    df = read_silicon(measurements)
+    if pattern:
+        df = df[df.model_path.astype(str).str.contains(pattern, regex=True)]
+    rows = silicon_rows(df, surrogate=surrogate or "builtin")
+    ok = [r for r in rows if r.scenario is not None]
+    calib: list = []
+    if fraction is not None:
+        if not ok:
+            raise HermesError(f"{measurements}: no row can be simulated, so there is nothing to calibrate on")
+        calib, ok = split_rows(ok, fraction, seed)
+        with console.status(f"fitting the framework overhead on {len(calib)} rows"):
+            theta = fit_overhead(calib, processes=processes)
+        if overhead_out:
+            save_overhead(theta, overhead_out)
+    with _progress_bar(console, "replaying rows") as bar:
+        task = bar.add_task("rows", total=1.0)
+        rep = report(run_rows(ok, theta, progress=lambda f: bar.update(task, completed=f), processes=processes))
+    rep["unsupported"] = [{"id": r.id, "reason": r.unsupported} for r in rows if r.unsupported]
+    if theta is not None:
+        rep["overhead"] = {g: th.model_dump() for g, th in sorted(theta.items())}
+        rep["default_overhead_groups"] = sorted({r.group for r in ok} - set(theta))
+    if fraction is not None:
+        rep["calibration"] = {"fraction": fraction, "seed": seed, "rows": len(calib),
+                              "ids": [r.id for r in calib]}
+    return rep
 
 
 def _print_report(console, rep: dict) -> None:
@@ -178,6 +223,16 @@ def _print_report(console, rep: dict) -> None:
             console.print(f"{k}: {rep[k]:.1f}%")
     for u in rep.get("unsupported", []):
         console.print(f"[yellow]unsupported {u['id']}: {u['reason']}[/]")
+    cal = rep.get("calibration")
+    if cal:
+        console.print(f"overhead fitted on {cal['rows']} rows ({cal['fraction']:.0%} of each stack/GPU group, "
+                      f"seed {cal['seed']}); the errors above are on the other {len(rows)} rows")
+    for g, th in rep.get("overhead", {}).items():
+        console.print(f"overhead for {g}: step {th['step_s'] * 1e3:.3f} ms, per seq {th['per_seq_s'] * 1e6:.2f} us, "
+                      f"per request {th['request_s'] * 1e3:.1f} ms, front end {th['stream_token_s'] * 1e6:.0f} us "
+                      "per streamed token")
+    for g in rep.get("default_overhead_groups", []):
+        console.print(f"[yellow]no fitted overhead for {g}: its rows use the default[/]")
 
 
 COMMANDS: list[click.Command] = [simulate_cmd, validate_cmd]

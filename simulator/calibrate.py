@@ -17,11 +17,17 @@ relative error on its calibration rows), so the defaults win when no fit improve
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 from scipy.optimize import nnls
+
+from profiling.errors import InputError
+from profiling.jsonfile import read_json
 
 from .scenario import OverheadConfig
 from .silicon import SiliconRow, mape
@@ -167,3 +173,39 @@ def report(results: list[RowResult]) -> dict:
         return {"rows": [], "ttft_mape": None, "tpot_mape": None}
     return {"rows": df.drop(columns=["x"]).to_dict("records"),
             "ttft_mape": mape(df.ttft_pred, df.ttft_meas), "tpot_mape": mape(df.tpot_pred, df.tpot_meas)}
+
+
+def split_rows(rows: list[SiliconRow], fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded random ``fraction`` of each stack/GPU group (at least one row) to fit the
+    overhead on, and the rest to measure the error on."""
+    rng = np.random.default_rng(seed)
+    calib, held = [], []
+    for g in sorted({r.group for r in rows}):
+        mine = [r for r in rows if r.group == g]
+        k = max(1, int(round(fraction * len(mine))))
+        pick = set(rng.choice(len(mine), size=k, replace=False).tolist())
+        calib += [r for i, r in enumerate(mine) if i in pick]
+        held += [r for i, r in enumerate(mine) if i not in pick]
+    return calib, held
+
+
+def save_overhead(theta: dict[str, OverheadConfig], path: str | Path) -> None:
+    """Fitted overhead per stack/GPU group as JSON (``load_overhead`` reads it back; each
+    value is a scenario's ``overhead:`` block)."""
+    Path(path).write_text(json.dumps({g: th.model_dump() for g, th in sorted(theta.items())}, indent=2) + "\n")
+
+
+def load_overhead(path: str | Path) -> dict[str, OverheadConfig]:
+    """Overhead per stack/GPU group from a ``save_overhead`` file; errors name the group and field."""
+    doc = read_json(path, "overhead file")
+    if not isinstance(doc, dict):
+        raise InputError("must map stack/GPU groups to overhead parameters", file=path)
+    out = {}
+    for g, v in doc.items():
+        try:
+            out[str(g)] = OverheadConfig.model_validate(v)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "(value)"
+            raise InputError(f"{err['msg']}", file=path, column=f"{g}.{field}") from None
+    return out

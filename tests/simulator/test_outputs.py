@@ -99,6 +99,60 @@ def test_cli_validate_silicon_lists_unsupported_rows(tmp_path, traces_dir):
     assert len(rep["unsupported"]) == 1 and "recorded concurrency" in rep["unsupported"][0]["reason"]
 
 
+def _hermes(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hermes_sim.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_validate_silicon_calibrates_on_a_share_and_reports_the_rest(tmp_path, traces_dir):
+    """`validate --calibrate 0.3 --overhead-out F`: on 18 real H100 vLLM InferenceMAX rows,
+    the overhead is fitted on a seeded 30% of the group (5 rows) and the error is reported
+    on the other 13 only (no id in both); the fitted overhead beats the default on those
+    13 rows; the saved file replays them to the same predictions with `--overhead F`."""
+    src = pd.read_csv(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    keep = src[src.silicon_data_source.str.contains(r"source_file=\d{4}-\d\d-\d\d\.csv")
+               & src.model_path.str.contains("70B") & (src.system == "h100_sxm")
+               & (src.batch_size <= 16) & (src.osl <= 1024)]
+    assert len(keep) == 18
+    m, oh = tmp_path / "sil.csv", tmp_path / "overhead.json"
+    keep.to_csv(m, index=False)
+    r = _hermes("validate", m, "--format", "silicon", "--calibrate", 0.3, "--overhead-out", oh, "--json")
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(r.stdout)
+    assert fit["calibration"]["rows"] == 5 and len(fit["rows"]) == 13
+    held = {row["id"] for row in fit["rows"]}
+    assert not held & set(fit["calibration"]["ids"])
+    assert set(json.loads(oh.read_text())) == {"vllm-inferencemax/h100_sxm"}
+    plain = _hermes("validate", m, "--format", "silicon", "--json")
+    assert plain.returncode == 0, plain.stderr
+    default = {row["id"]: row for row in json.loads(plain.stdout)["rows"] if row["id"] in held}
+    ape = lambda rows, k: sum(abs(x[f"{k}_pred"] / x[f"{k}_meas"] - 1) for x in rows) / len(rows)
+    assert ape(fit["rows"], "tpot") < ape(list(default.values()), "tpot")
+    again = _hermes("validate", m, "--format", "silicon", "--overhead", oh, "--json")
+    assert again.returncode == 0, again.stderr
+    replay = {row["id"]: row for row in json.loads(again.stdout)["rows"]}
+    for row in fit["rows"]:
+        assert replay[row["id"]]["ttft_pred"] == row["ttft_pred"]
+        assert replay[row["id"]]["tpot_pred"] == row["tpot_pred"]
+
+
+def test_cli_validate_overhead_errors_name_the_file_and_field(tmp_path, traces_dir):
+    """A bad overhead file gives one line naming the file and the group.field, exit 2; so do
+    --calibrate with --overhead, and --overhead-out without --calibrate."""
+    src = pd.read_csv(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    m = tmp_path / "sil.csv"
+    src[src.model_path.str.contains("Llama-3.1-8B")].head(1).to_csv(m, index=False)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"vllm/h100_sxm": {"step_s": -1}}))
+    for args, words in [(("--overhead", bad), ("bad.json", "vllm/h100_sxm.step_s")),
+                        (("--overhead", bad, "--calibrate", 0.5), ("either",)),
+                        (("--overhead-out", tmp_path / "o.json"), ("needs --calibrate",))]:
+        r = _hermes("validate", m, "--format", "silicon", *args)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and all(w in lines[0] for w in words), r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_cli_validate_vllm_bench_json_with_its_trace(tmp_path, traces_dir):
     """vllm-bench: benchmark_serving's JSON (input_lens, output_lens, ttfts, e2els) plus the
     replayed trace; feeding the simulator's own predictions back gives zero error."""
