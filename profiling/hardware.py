@@ -87,9 +87,11 @@ class HardwareSpec(BaseModel):
         return self.inter_node_bw_gb_s * 1e9, self.inter_node_latency_us * 1e-6
 
 
-# A missing format runs no faster than the next wider one the device has.
+# A missing format runs no faster than the next wider one the device has. 4-bit weights on a
+# device without 4-bit math are dequantized into 16-bit MMAs (Marlin-style w4a16 kernels:
+# vLLM's MXFP4/NVFP4 on Hopper; gpt-oss on H100 prefills at ~bf16 speed, not fp8).
 _FALLBACK = {
-    "fp4": ("fp8", "int8", "bf16"), "int4": ("int8", "fp8", "bf16"),
+    "fp4": ("bf16", "fp16"), "int4": ("bf16", "fp16"),
     "fp8": ("int8", "bf16"), "int8": ("fp8", "bf16"),
     "fp16": ("bf16",), "bf16": ("fp16",), "fp32": ("tf32", "bf16"), "tf32": ("fp32", "bf16"),
 }

@@ -85,6 +85,14 @@ def test_low_precision_never_slower(cat):
             assert p["fp4"] >= p["fp8"], d.name
 
 
+def test_four_bit_weights_without_four_bit_math_run_at_16_bit_speed(cat):
+    """H100 has no FP4/INT4 tensor cores: 4-bit weights are dequantized into bf16 MMAs
+    (w4a16), so their peak is the bf16 one, not fp8's; B200 keeps its native FP4 rate."""
+    h100, b200 = cat.get("H100-SXM"), cat.get("B200")
+    assert h100.peak_flops("fp4") == h100.peak_flops("int4") == h100.peak_flops("bf16")
+    assert b200.peak_flops("fp4") == b200.peak_tflops["fp4"] * 1e12 > b200.peak_flops("fp8")
+
+
 def test_no_alias_shared_by_two_devices():
     """An alias names one device only (a later entry would silently steal it)."""
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "profiling/data/hardware.yaml").read_text())
