@@ -14,7 +14,7 @@ streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-rep
 factor) is calibrated, on a seeded
 random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
-The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5) and the
+The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
 stack and GPU, as a model or deployment nobody calibrated on.
 

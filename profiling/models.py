@@ -46,6 +46,13 @@ class ModelSpec(BaseModel):
     type_vocab_size: int = 0
     dtype: str = "bf16"
     max_context: int = 4096
+    # Layers whose attention sees only the last ``sliding_window`` tokens (gpt-oss
+    # alternates them with full-attention layers; HF ``layer_types``).
+    sliding_window: int | None = Field(default=None, gt=0)
+    sliding_layers: int = Field(default=0, ge=0)
+    # What a quantized checkpoint of this model quantizes: every linear layer, or only the
+    # MoE experts (gpt-oss ships MXFP4 experts beside 16-bit attention).
+    quantized_layers: Literal["all", "experts"] = "all"
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -53,6 +60,10 @@ class ModelSpec(BaseModel):
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if self.experts_per_token > self.num_experts:
             raise ValueError("experts_per_token exceeds num_experts")
+        if self.sliding_layers > self.num_layers:
+            raise ValueError("sliding_layers exceeds num_layers")
+        if self.sliding_layers and not self.sliding_window:
+            raise ValueError("sliding_layers needs sliding_window")
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         return self
 
@@ -107,18 +118,30 @@ class ModelSpec(BaseModel):
 
     def weight_bytes(self, dtype: str | None = None) -> float:
         """Weights at ``dtype``; a quantized checkpoint keeps the embedding table and LM head
-        in the model's 16-bit dtype (ModelOpt and vLLM leave them unquantized)."""
+        in the model's 16-bit dtype (ModelOpt and vLLM leave them unquantized), and
+        everything but the experts too when only experts are quantized."""
         dtype = dtype or self.dtype
         if not is_quantized(dtype) or self.arch != "decoder" or is_quantized(self.dtype):
             return self.param_count() * dtype_bytes(dtype)
-        kept = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
-        return (self.param_count() - kept) * dtype_bytes(dtype) + kept * dtype_bytes(self.dtype)
+        if self.quantized_layers == "experts" and self.is_moe:
+            quant = self.num_layers * self.num_experts * self._expert_params()
+        else:
+            quant = self.param_count() - self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return quant * dtype_bytes(dtype) + (self.param_count() - quant) * dtype_bytes(self.dtype)
+
+    @property
+    def kv_layers(self) -> int:
+        """Layers whose KV grows with the context. Sliding-window layers keep only their
+        window (vLLM's hybrid KV manager and TensorRT-LLM free the rest), so they are left
+        out, unless every layer slides (then none would be counted)."""
+        full = self.num_layers - self.sliding_layers
+        return full if full > 0 else self.num_layers
 
     def kv_bytes_per_token(self, kv_dtype: str | None = None) -> float:
-        """K and V of every layer for one token (no KV for encoders)."""
+        """K and V of every full-attention layer for one token (no KV for encoders)."""
         if self.arch != "decoder":
             return 0.0
-        return 2 * self.num_layers * self.kv_dim * dtype_bytes(kv_dtype or self.dtype)
+        return 2 * self.kv_layers * self.kv_dim * dtype_bytes(kv_dtype or self.dtype)
 
     # ---- Hugging Face config ------------------------------------------
     @classmethod
@@ -171,6 +194,7 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     layernorm = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt", "falcon")
     bias = encoder or mtype in ("phi", "bloom", "gpt2", "gpt_neox", "opt")
     torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    sliding = sum(t == "sliding_attention" for t in cfg.get("layer_types") or [])
     return dict(
         name=name or cfg.get("_name_or_path") or mtype or "model",
         arch="cross-encoder" if cross else ("encoder" if encoder else "decoder"),
@@ -191,6 +215,8 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
         type_vocab_size=int(cfg.get("type_vocab_size", 0)) if encoder else 0,
         dtype=normalize_dtype(torch_dtype) if torch_dtype != "float32" else "fp32",
         max_context=int(_pick(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096)),
+        sliding_layers=sliding,
+        sliding_window=int(cfg["sliding_window"]) if sliding else None,
     )
 
 

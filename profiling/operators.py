@@ -206,6 +206,7 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
     """Token-wise operators of one transformer layer (no attention core), TP-sharded,
     without those the engine's ``fusions`` (``FUSIONS``) fold into a neighbour."""
     act = activation_dtype(model, dtype)  # GEMMs run in ``dtype``; everything else in ``act``
+    dense = act if model.quantized_layers == "experts" and model.is_moe else dtype  # non-expert GEMMs
     h, b = model.hidden_size, dtype_bytes(act)
     rows = elementwise_rows(tokens, tp)
     qkv = _shard(model.q_dim + 2 * model.kv_dim, tp, "q+kv width", model)
@@ -213,11 +214,11 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
     rope_w = q_local + (qkv - q_local) // 2
     ops = [
         Operator(ELEMENTWISE, "input_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows}, act),
-        Operator(GEMM, "attn_qkv_proj", {"m": tokens, "n": qkv, "k": h}, dtype),
+        Operator(GEMM, "attn_qkv_proj", {"m": tokens, "n": qkv, "k": h}, dense),
         # RoPE rotates q and k in place (not v) and reads one int64 position per token.
         Operator(ELEMENTWISE, "attn_rope", {"elements": tokens * rope_w,
                                             "io_bytes": 2 * tokens * rope_w * b + 8 * tokens, **rows}, act),
-        Operator(GEMM, "attn_out_proj", {"m": tokens, "n": h, "k": q_local}, dtype),
+        Operator(GEMM, "attn_out_proj", {"m": tokens, "n": h, "k": q_local}, dense),
     ]
     if tp > 1:
         ops.append(Operator(COLLECTIVE, "attn_all_reduce",
@@ -258,21 +259,47 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
     return ops
 
 
+def windowed_prefill(q: int, kv: int, window: int | None) -> tuple[int, int, int]:
+    """(batch, q_len, kv_len) of plain causal attention doing the work of a ``q``-token
+    chunk with context ``kv`` when each query sees only the last ``window`` keys: the chunk
+    in ``ceil(q / window)`` blocks of ``qb`` queries over ``window + qb / 2`` keys, which
+    is ``qb x window`` query-key pairs a block, ``q x window`` in all, as a sliding-window
+    kernel computes (the whole chunk at once would count ~q^2/2 pairs)."""
+    if not window or kv <= window:
+        return 1, q, kv
+    blocks = -(-q // window)
+    qb = -(-q // blocks)
+    return blocks, qb, min(kv, window + qb // 2)
+
+
 def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,
-                  kv_dtype: str | None = None) -> list[Operator]:
+                  kv_dtype: str | None = None, window: int | None = None) -> list[Operator]:
+    """Attention cores of one layer; with ``window``, of a sliding-window layer (each query
+    sees at most ``window`` keys)."""
     heads = _shard(model.num_heads, tp, "attention heads", model)
     kv_heads = max(1, model.num_kv_heads // tp)
     common = {"heads": heads, "kv_heads": kv_heads, "head_dim": model.head_dim}
     kv_dtype = kv_dtype or activation_dtype(model, dtype)
     pre, dec = (attention_dtype(k, model, dtype, kv_dtype) for k in (ATTN_PREFILL, ATTN_DECODE))
-    ops = [Operator(ATTN_PREFILL, "attn_prefill", {"batch": 1, "q_len": q, "kv_len": kv, **common}, pre, kv_dtype)
-           for q, kv in batch.prefill]
+    ops = []
+    for q, kv in batch.prefill:
+        bs, qq, kk = windowed_prefill(q, kv, window)
+        ops.append(Operator(ATTN_PREFILL, "attn_prefill", {"batch": bs, "q_len": qq, "kv_len": kk, **common},
+                            pre, kv_dtype))
     if batch.decode_kv:
         n = len(batch.decode_kv)
         # Decode attention cost is linear in total KV: the mean length is exact for FLOPs/bytes.
-        mean_kv = int(round(sum(batch.decode_kv) / n))
+        kvs = batch.decode_kv if not window else [min(k, window) for k in batch.decode_kv]
+        mean_kv = int(round(sum(kvs) / n))
         ops.append(Operator(ATTN_DECODE, "attn_decode", {"batch": n, "kv_len": mean_kv, **common}, dec, kv_dtype))
     return ops
+
+
+def stage_layers(model: ModelSpec, pp: int) -> tuple[int, int]:
+    """(full-attention, sliding-window) layers of one pipeline stage."""
+    layers = model.num_layers // pp
+    sliding = min(layers, model.sliding_layers // pp)
+    return layers - sliding, sliding
 
 
 def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None, tp: int = 1,
@@ -289,8 +316,13 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
     if batch.tokens <= 0:
         return []
     layers = model.num_layers // pp
-    per_layer = layer_ops(model, batch.tokens, tp, dtype, fusions) + attention_ops(model, batch, tp, dtype, kv_dtype)
-    ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers) for o in per_layer]
+    full, sliding = stage_layers(model, pp)
+    ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers)
+           for o in layer_ops(model, batch.tokens, tp, dtype, fusions)]
+    for n, window in ((full, None), (sliding, model.sliding_window)):
+        if n:
+            ops += [Operator(o.kind, o.name + ("_window" if window else ""), o.shape, o.dtype, o.kv_dtype, o.count * n)
+                    for o in attention_ops(model, batch, tp, dtype, kv_dtype, window)]
     act = activation_dtype(model, dtype)
     h, b = model.hidden_size, dtype_bytes(act)
     if model.arch == "decoder":

@@ -50,11 +50,12 @@ class MemoryPlan:
 
 
 def kv_bytes_per_token(model: ModelSpec, tp: int, pp: int, kv_dtype: str | None) -> float:
-    """K and V of one token on one device; KV heads are replicated when fewer than TP."""
+    """K and V of one token on one device; KV heads are replicated when fewer than TP.
+    Sliding-window layers hold only their window, so only full-attention layers count."""
     if model.arch != "decoder":
         return 0.0
     heads = max(1, model.num_kv_heads // tp)
-    layers = -(-model.num_layers // pp)
+    layers = -(-model.kv_layers // pp)
     return 2.0 * layers * heads * model.head_dim * dtype_bytes(kv_dtype or model.dtype)
 
 

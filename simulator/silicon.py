@@ -169,15 +169,17 @@ def read_silicon(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _dtype(precision, backend: str) -> tuple[str, str | None]:
+def _dtype(precision, model) -> tuple[str, str | None]:
     """Weights and KV dtype: quantized (fp8/fp4) checkpoints carry FP8 KV scales that
     both stacks use (B200 70B fp8 TP1 at 64 x 9k tokens runs without queueing, which only
-    FP8 KV fits); unquantized rows keep KV in bf16."""
+    FP8 KV fits); unquantized rows keep KV in bf16, and so do natively expert-quantized
+    models (gpt-oss's MXFP4 checkpoint has no KV scales; InferenceMAX serves it with
+    ``kv_cache_config.dtype: auto``)."""
     if not isinstance(precision, str) or not precision.strip():
         return "bf16", None
     p = precision.strip().lower()
-    w = "fp4" if p in ("fp4", "nvfp4") else p
-    return w, ("fp8" if w in ("fp8", "fp4") else None)
+    w = "fp4" if p in ("fp4", "nvfp4", "mxfp4") else p
+    return w, ("fp8" if w in ("fp8", "fp4") and model.quantized_layers == "all" else None)
 
 
 DISAGG_COLUMNS = ("prefill_num_workers", "prefill_tp_size", "decode_num_workers", "decode_tp_size",
@@ -290,7 +292,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
         sc = None
         conc = 0
         if reason is None:
-            dtype, kv = _dtype(r.precision, r.backend)
+            dtype, kv = _dtype(r.precision, models.get(r.model_path))
             conc = _concurrency(r)
             k = requests_per_client or proto.requests_per_client
             oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()

@@ -19,7 +19,7 @@ import pandas as pd
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
 from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, GEMM, BatchShape, Operator,
-                                 attention_ops, expand_step, layer_ops)
+                                 attention_ops, expand_step, layer_ops, stage_layers, windowed_prefill)
 from profiling.roofline import roofline_ms
 
 
@@ -47,15 +47,17 @@ class RooflinePredictor:
 
 
 def _ops_ms(ops: Sequence[Operator], hw: HardwareSpec, predictor: OpLatencyModel) -> float:
-    """Predicted time (ms) of a list of operators, batched per kind."""
+    """Predicted time (ms) of a list of operators, batched per kind and dtypes (a frame
+    carries one dtype: a quantized MoE step has 16-bit router and attention GEMMs beside
+    fp4 expert GEMMs)."""
     total = 0.0
-    by_kind: dict[str, list[Operator]] = {}
+    by_kind: dict[tuple, list[Operator]] = {}
     for o in ops:
-        by_kind.setdefault(o.kind, []).append(o)
-    for kind, group in by_kind.items():
+        by_kind.setdefault((o.kind, o.dtype, o.kv_dtype), []).append(o)
+    for (kind, dtype, kv_dtype), group in by_kind.items():
         frame = pd.DataFrame([o.shape for o in group])
-        frame["dtype"] = group[0].dtype
-        frame["kv_dtype"] = group[0].kv_dtype
+        frame["dtype"] = dtype
+        frame["kv_dtype"] = kv_dtype
         frame["name"] = [o.name for o in group]  # elementwise kernel family (norm, rope, ...)
         ms = predictor.predict_ms(kind, frame, hw)
         total += float(np.dot(ms, [o.count for o in group]))
@@ -177,8 +179,14 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
         seq_y.append(_ops_ms(ops, hw, predictor) * 1e-3)
     dec_b, dec_kv = _grid(1, max_batch, points // 2), _grid(1, max_kv, points // 2)
     pre_q, pre_kv = _grid(1, max_tokens, points // 2), _grid(1, max_kv, points // 2)
-    dec_y = _attention_grid(model, hw, predictor, ATTN_DECODE, dec_b, dec_kv, dtype, kv_dtype, tp) * layers
-    pre_y = _attention_grid(model, hw, predictor, ATTN_PREFILL, pre_q, pre_kv, dtype, kv_dtype, tp) * layers
+    dec_y = np.zeros((len(dec_b), len(dec_kv)))
+    pre_y = np.zeros((len(pre_q), len(pre_kv)))
+    for n, window in zip(stage_layers(model, pp), (None, model.sliding_window)):
+        if n:
+            dec_y = dec_y + n * _attention_grid(model, hw, predictor, ATTN_DECODE, dec_b, dec_kv, dtype, kv_dtype,
+                                                tp, window)
+            pre_y = pre_y + n * _attention_grid(model, hw, predictor, ATTN_PREFILL, pre_q, pre_kv, dtype, kv_dtype,
+                                                tp, window)
     # Physics: more tokens, sequences, batch or context never cost less (running max).
     tok_y = np.maximum.accumulate(np.asarray(tok_y)).tolist()
     seq_y = np.maximum.accumulate(np.asarray(seq_y)).tolist()
@@ -194,8 +202,10 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
                      pre_kv.astype(float).tolist(), pre_y, hop)
 
 
-def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) -> np.ndarray:
-    # The operator attention_ops builds for ``kind`` carries its shape and math/KV dtypes.
+def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp, window=None) -> np.ndarray:
+    # The operator attention_ops builds for ``kind`` carries its shape and math/KV dtypes;
+    # a sliding-window layer's op sees at most ``window`` keys (decode) or is the blocked
+    # equivalent of its chunk (prefill, ``windowed_prefill``).
     op = next(o for o in attention_ops(model, BatchShape(prefill=((1, 1),), decode_kv=(1,)), tp, dtype, kv_dtype)
               if o.kind == kind)
     proto = op.shape
@@ -203,9 +213,10 @@ def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp) ->
     for x in xs:
         for kv in kvs:
             if kind == ATTN_DECODE:
-                rows.append({**proto, "batch": int(x), "kv_len": int(kv)})
+                rows.append({**proto, "batch": int(x), "kv_len": int(min(kv, window) if window else kv)})
             else:  # a chunk's context is at least the chunk
-                rows.append({**proto, "batch": 1, "q_len": int(x), "kv_len": int(max(kv, x))})
+                bs, q, k = windowed_prefill(int(x), int(max(kv, x)), window)
+                rows.append({**proto, "batch": bs, "q_len": q, "kv_len": k})
     frame = pd.DataFrame(rows)
     frame["dtype"], frame["kv_dtype"] = op.dtype, op.kv_dtype
     return predictor.predict_ms(kind, frame, hw).reshape(len(xs), len(kvs)) * 1e-3

@@ -39,10 +39,33 @@ def test_monotone_in_work(table_and_model):
 def test_lookup_error_vs_direct_prediction(table_and_model):
     """Table lookups stay within 10% of calling the surrogate on the expanded operators."""
     st, m, model, hw = table_and_model
+    errs = _lookup_errors(st, m, model, hw, (((512, 512),), ()), (((), (700,) * 64)),
+                          (((1000, 3000),), (1500,) * 16))
+    assert max(errs) < 0.10, errs
+
+
+def _lookup_errors(st, m, model, hw, *cases) -> list[float]:
+    """Relative gap between the table and the surrogate on the expanded operators (TP2),
+    one per (prefill chunks, decode KV lengths) case."""
     errs = []
-    for prefill, dec in (((512, 512),), ()), (((), (700,) * 64)), (((1000, 3000),), (1500,) * 16):
+    for prefill, dec in cases:
         batch = BatchShape(prefill=prefill, decode_kv=dec)
         direct = _ops_ms(expand_step(model, batch, tp=2), hw, m) * 1e-3
         looked = st.step_time(batch.tokens, len(dec), float(sum(dec)), list(prefill))
         errs.append(abs(looked - direct) / direct)
+    return errs
+
+
+def test_sliding_window_model_table_matches_direct_prediction(table_and_model):
+    """gpt-oss-120b (half its layers on a 128-token window): table lookups stay within 10%
+    of the surrogate on the expanded operators, and long-context decode costs less than the
+    same model with every layer full (window layers stop growing at 128 tokens)."""
+    _, m, _, hw = table_and_model
+    oss = resolve_model("openai/gpt-oss-120b")
+    st = compile_step_table(oss, hw, m, tp=2, points=24)
+    full = compile_step_table(oss.model_copy(update={"sliding_layers": 0}), hw, m, tp=2, points=24)
+    errs = _lookup_errors(st, m, oss, hw, (((2048, 2048),), ()), (((), (6000,) * 64)),
+                          (((1000, 3000),), (1500,) * 16))
     assert max(errs) < 0.10, errs
+    assert st.decode_attention(64, 64 * 8000.0) < 0.75 * full.decode_attention(64, 64 * 8000.0)
+    assert st.prefill_attention(8192, 8192) < 0.75 * full.prefill_attention(8192, 8192)
