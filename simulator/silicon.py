@@ -82,12 +82,14 @@ _INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 # steps or once the step would be 90% full. The B200 rows show exactly that: at
 # concurrency 4, TTFT 305 / 231 / 179 ms at TP1 / 2 / 4 (fp4) against 67 ms at TP8 and
 # 84-90 ms for vLLM on the same GPUs; without the wait they simulated at 101 / 83 / 73 ms.
+# The other models' TRT-LLM scripts (gpt-oss, MiniMax) do not set it.
 IMAX_TRTLLM_BATCH_WAIT = {"batch_wait_iters": 20, "batch_wait_tokens_ratio": 0.9}
+_IMAX_BATCH_WAIT_MODELS = ("Llama-3.1-70B", "Llama-3.3-70B")
 
 
-def _batch_wait(r, proto: BenchProtocol) -> dict:
-    if (proto.name == "inferencemax" and r.backend == "trtllm" and int(r.isl) == 1024
-            and int(r.osl) == 1024 and int(r.tp_size) < 8):
+def _batch_wait(r, proto: BenchProtocol, model) -> dict:
+    if (proto.name == "inferencemax" and r.backend == "trtllm" and model.name in _IMAX_BATCH_WAIT_MODELS
+            and int(r.isl) == 1024 and int(r.osl) == 1024 and int(r.tp_size) < 8):
         return IMAX_TRTLLM_BATCH_WAIT
     return {}
 
@@ -249,7 +251,7 @@ def _replicas(r, conc: int) -> int | None:
     return conc // batch if conc % batch == 0 else None
 
 
-def _scheduler(r, proto: BenchProtocol, conc: int) -> dict:
+def _scheduler(r, proto: BenchProtocol, conc: int, model) -> dict:
     """Aggregated rows: the backend's batching at the harness token budget. Disaggregated
     rows: ``prefill_num_workers`` x TP ``prefill_tp_size`` prefill instances taking
     ``prefill_batch_size`` whole prompts a step, ``decode_num_workers`` x TP
@@ -259,7 +261,7 @@ def _scheduler(r, proto: BenchProtocol, conc: int) -> dict:
     if r.mode != "disagg":
         budget = token_budget(proto, int(r.isl))
         return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc // _replicas(r, conc), 1),
-                "max_tokens_per_step": budget, "chunk_size": budget, **_batch_wait(r, proto), **common}
+                "max_tokens_per_step": budget, "chunk_size": budget, **_batch_wait(r, proto, model), **common}
     prompts = int(_num(r, "prefill_batch_size", 1.0))
     decode_batch = int(r.decode_batch_size)
     budget = max(prompts * int(r.isl), decode_batch)
@@ -307,7 +309,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                         "replicas": 1 if r.mode == "disagg" else _replicas(r, conc),
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "fusions": BACKEND_FUSIONS.get(r.backend, []),
-                        "scheduler": _scheduler(r, proto, conc),
+                        "scheduler": _scheduler(r, proto, conc, models.get(r.model_path)),
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
                                  "num_requests": conc * k,
