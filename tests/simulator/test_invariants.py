@@ -104,12 +104,14 @@ def test_same_seed_gives_byte_identical_summary():
     assert js(5) != js(6)
 
 
-@pytest.mark.parametrize("policy", ["chunked", "continuous", "disaggregated"])
+@pytest.mark.parametrize("policy", ["chunked", "continuous", "disaggregated", "mixed"])
 @pytest.mark.parametrize("kv_reservation", ["on_demand", "full"])
 def test_inlined_decode_loop_equals_checked_path(policy, kv_reservation):
     """The hot inlined decode loop (debug off) gives exactly the per-request results of the
-    general step path that debug mode takes."""
+    general step path that debug mode takes (mixed: with TensorRT-LLM batch waiting)."""
     sched = {"policy": policy, "kv_reservation": kv_reservation}
+    if policy == "mixed":
+        sched.update(max_tokens_per_step=4096, batch_wait_iters=8, batch_wait_tokens_ratio=0.9)
     fast = simulate(make({**PRESSURE, "scheduler": sched}, debug=False))
     slow = simulate(make({**PRESSURE, "scheduler": sched}, debug=True))
     cols = ["first_token_s", "finish_s", "preemptions"]
