@@ -93,7 +93,7 @@ class Mixed(Policy):
         n = rep.decode_alloc()
         if rep.waiting:
             budget = max(self.max_tokens - n, 1)
-            if n and (self.wait_iters or self.wait_tokens) and self._hold(rep, n, budget):
+            if n and self.wait_iters and self._hold(rep, n, budget):  # 0 steps: never waits
                 return True
             rep.admit(budget, inf, whole=True)
         return n > 0

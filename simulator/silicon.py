@@ -3,8 +3,8 @@ concurrency), per-request CSVs, and vLLM ``benchmark_serving`` result JSON.
 
 Each silicon row becomes its own closed-loop scenario (model, system, precision, TP/PP,
 concurrency = the recorded ``silicon_concurrency``, else ``batch_size``; a Dynamo row's
-clients spread over ``concurrency / batch_size`` engines) replaying the row's benchmark setup (``bench_protocol``):
-the client (how many prompts per client, how spread the lengths, whether warm-up requests
+clients spread over ``concurrency / batch_size`` engines) replaying the row's benchmark
+setup (``bench_protocol``): the client (how many prompts per client, how spread the lengths, whether warm-up requests
 count) and the engine configuration the harness deployed (TRT-LLM ``max_num_tokens``).
 With identical lengths the closed loop runs in waves of prompts that arrive together, so
 how many prompts one engine step may take decides TTFT. Disaggregated rows become a
@@ -251,8 +251,9 @@ def _replicas(r, conc: int) -> int | None:
     return conc // batch if conc % batch == 0 else None
 
 
-def _scheduler(r, proto: BenchProtocol, conc: int, model) -> dict:
-    """Aggregated rows: the backend's batching at the harness token budget. Disaggregated
+def _scheduler(r, proto: BenchProtocol, batch: int, model) -> dict:
+    """Aggregated rows: the backend's batching at the harness token budget, ``batch``
+    sequences per engine (the clients one engine serves). Disaggregated
     rows: ``prefill_num_workers`` x TP ``prefill_tp_size`` prefill instances taking
     ``prefill_batch_size`` whole prompts a step, ``decode_num_workers`` x TP
     ``decode_tp_size`` decode instances of ``decode_batch_size`` sequences, any prefill
@@ -260,7 +261,7 @@ def _scheduler(r, proto: BenchProtocol, conc: int, model) -> dict:
     common = {"kv_reservation": BACKEND_KV_RESERVATION.get(r.backend, "on_demand")}
     if r.mode != "disagg":
         budget = token_budget(proto, int(r.isl))
-        return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(conc // _replicas(r, conc), 1),
+        return {"policy": BACKEND_POLICY[r.backend], "max_batch_size": max(batch, 1),
                 "max_tokens_per_step": budget, "chunk_size": budget, **_batch_wait(r, proto, model), **common}
     prompts = int(_num(r, "prefill_batch_size", 1.0))
     decode_batch = int(r.decode_batch_size)
@@ -294,8 +295,10 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
         sc = None
         conc = 0
         if reason is None:
-            dtype, kv = _dtype(r.precision, models.get(r.model_path))
+            model = models.get(r.model_path)
+            dtype, kv = _dtype(r.precision, model)
             conc = _concurrency(r)
+            engines = 1 if r.mode == "disagg" else _replicas(r, conc)
             k = requests_per_client or proto.requests_per_client
             oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()
             tp = r.prefill_tp_size if r.mode == "disagg" else r.tp_size
@@ -306,10 +309,10 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                     "deployments": [{
                         "name": "llm", "model": r.model_path, "hardware": r.system,
                         "tp": int(tp), "pp": int(pp),
-                        "replicas": 1 if r.mode == "disagg" else _replicas(r, conc),
+                        "replicas": engines,
                         "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
                         "fusions": BACKEND_FUSIONS.get(r.backend, []),
-                        "scheduler": _scheduler(r, proto, conc, models.get(r.model_path)),
+                        "scheduler": _scheduler(r, proto, conc // engines, model),
                         "overhead": oh.model_dump()}],
                     "workload": {"arrival": "closed_loop", "concurrency": conc,
                                  "num_requests": conc * k,
