@@ -6,20 +6,22 @@ batch_size) replaying the row's benchmark setup (``simulator.silicon.bench_proto
 InferenceMAX rows use 10 x concurrency prompts with lengths uniform in [0.8 L, L] and an
 8192-token budget (TRT-LLM 1k/1k below TP8 with the batch waiting its launch script sets);
 AIConfigurator-harness rows use fixed lengths, 10 requests per client, and for TRT-LLM
-(whole prompts) and vLLM (chunked) an engine token budget of 4 x isl (AIC's generated
-``max_num_tokens``); Dynamo rows spread the clients over concurrency / batch_size engines.
-Every request is measured (the first wave included), as the benchmark clients report.
-ONLY the framework overhead (per step, per sequence, per request, per token the front end
-streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay
-factor) is calibrated, on a seeded
-random 25% of each group's rows; TTFT and TPOT MAPE are reported on the other 75%, per
+(whole prompts) and vLLM (chunked) an engine token budget of k x isl (AIC's generated
+``max_num_tokens``, not recorded in the rows); Dynamo rows spread the clients over
+concurrency / batch_size engines. Every request is measured (the first wave included), as
+the benchmark clients report. Calibrated, on a seeded random 25% of each stack/GPU group's
+rows: the framework overhead (per step, per sequence, per request, per token the front end
+streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay factor)
+and, for AIC-harness TRT-LLM/vLLM rows, the engine settings the harness did not record: k
+from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, per campaign
+(model/stack/GPU; ``--fixed-budget`` keeps k = 4 and none, chosen earlier on all rows); TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
 stack and GPU, as a model or deployment nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
-        [--legacy-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
+        [--legacy-budget | --fixed-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
 
 ``--legacy-budget`` replays AIC-harness TRT-LLM/vLLM rows with the flat 8192-token budget
 (the previous model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
@@ -55,15 +57,15 @@ def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
-def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace) -> dict:
+def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, engines: dict) -> dict:
     """Rows never calibrated on (``title``), simulated with the overhead fitted on the
     dense aggregated rows of their stack and GPU, as a user's new model or deployment
     would be. Prints and returns their MAPE per model and overall."""
-    from simulator.calibrate import report, run_rows
+    from simulator.calibrate import apply_engines, report, run_rows
     from simulator.silicon import silicon_rows
 
     every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
-    rows = [r for r in every if r.scenario is not None and r.group in theta]
+    rows = apply_engines([r for r in every if r.scenario is not None and r.group in theta], engines)
     unsupported = sum(r.scenario is None for r in every)
     no_group = sorted({r.group for r in every if r.scenario is not None and r.group not in theta})
     print(f"{title}, overhead from the dense rows of their stack/GPU (never fitted on them): {len(rows)} rows; "
@@ -85,7 +87,7 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace) -
 
 def main() -> None:
     from profiling.models import load_models
-    from simulator.calibrate import fit_overhead, report, run_rows, split_rows
+    from simulator.calibrate import apply_engines, fit_engines, fit_overhead, report, run_rows, split_rows
     from simulator.silicon import read_silicon, silicon_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--kernel-scale", action="store_true",
                     help="also fit a kernel-replay factor (default: additive overhead only)")
     ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
+    ap.add_argument("--fixed-budget", action="store_true",
+                    help="keep AIC-harness rows at 4 x isl and as many sequences as clients instead of fitting them")
     a = ap.parse_args()
     t0 = time.perf_counter()
     everything = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
@@ -113,6 +117,8 @@ def main() -> None:
         if r.unsupported:
             print(f"unsupported {r.id}: {r.unsupported}")
     calib, held = split_rows(ok, a.calib_fraction, a.seed)
+    engines = {} if a.legacy_budget or a.fixed_budget else fit_engines(calib, processes=a.processes)
+    calib, held = apply_engines(calib, engines), apply_engines(held, engines)
     history: list = []
     theta = fit_overhead(calib, processes=a.processes, history=history,
                          kernel_scale=a.kernel_scale)
@@ -125,7 +131,10 @@ def main() -> None:
     print(f"rows: {len(rows)} aggregated dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
           f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
-    print(f"engine budget for TRT-LLM/vLLM harness rows: {'flat 8192 (legacy)' if a.legacy_budget else '4 x isl'}; "
+    fitted = "; ".join(f"{c}: {e.prompts_per_step} x isl, {e.held_slots} held slot(s)" for c, e in engines.items())
+    budget = "flat 8192 (legacy)" if a.legacy_budget else (f"fitted on the calibration rows: {fitted}" if engines
+                                                             else "4 x isl")
+    print(f"engine budget for TRT-LLM/vLLM harness rows: {budget}; "
           f"warm-up generations: {a.warmup or 0}; kernel scale {'fitted' if a.kernel_scale else 'fixed 1'}")
     for b, th in theta.items():
         print(f"overhead[{b}]: kernel x{th.kernel_scale:.3f}, step {th.step_s * 1e3:.3f} ms, "
@@ -148,11 +157,12 @@ def main() -> None:
           f"(target <= 15% each) in {time.perf_counter() - t0:.0f} s")
     models = load_models()
     is_moe = everything.model_path.map(lambda p: p in models and models.get(p).is_moe)
-    moe = transfer("mixture-of-experts rows", everything[agg & is_moe], theta, a)
-    disagg = transfer("disaggregated rows", everything[~agg], theta, a)
+    moe = transfer("mixture-of-experts rows", everything[agg & is_moe], theta, a, engines)
+    disagg = transfer("disaggregated rows", everything[~agg], theta, a, engines)
     print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg,
                       "held_out_rows": len(held), "calibration_rows": len(calib),
-                      "legacy_budget": a.legacy_budget, "warmup_generations": a.warmup or 0,
+                      "legacy_budget": a.legacy_budget, "engine": {c: e.__dict__ for c, e in engines.items()},
+                      "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),
                       "tpot_mape_uncalibrated": round(before_held["tpot_mape"], 2),

@@ -164,13 +164,14 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
                       processes: int) -> dict:
     """Replay silicon rows; with ``fraction``, first fit the overhead on a seeded share of
     each stack/GPU group and report only the other rows."""
-    from simulator.calibrate import fit_overhead, load_overhead, report, run_rows, save_overhead, split_rows
+    from simulator.calibrate import (apply_engines, fit_engines, fit_overhead, load_overhead, report, run_rows,
+                                     save_overhead, split_rows)
     from simulator.silicon import read_silicon, silicon_rows
     if fraction is not None and overhead_in:
         raise HermesError("give either --calibrate (fit the overhead here) or --overhead FILE (use a fitted one)")
     if overhead_out and fraction is None:
         raise HermesError("--overhead-out needs --calibrate FRACTION (there is nothing fitted to write)")
-    theta = load_overhead(overhead_in) if overhead_in else None
+    theta, engines = load_overhead(overhead_in) if overhead_in else (None, {})
     df = read_silicon(measurements)
     if pattern:
         df = df[df.model_path.astype(str).str.contains(pattern, regex=True)]
@@ -182,9 +183,12 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
             raise HermesError(f"{measurements}: no row can be simulated, so there is nothing to calibrate on")
         calib, ok = split_rows(ok, fraction, seed)
         with console.status(f"fitting the framework overhead on {len(calib)} rows"):
+            engines = fit_engines(calib, processes=processes)
+            calib = apply_engines(calib, engines)
             theta = fit_overhead(calib, processes=processes)
         if overhead_out:
-            save_overhead(theta, overhead_out)
+            save_overhead(theta, overhead_out, engines)
+    ok = apply_engines(ok, engines)
     with _progress_bar(console, "replaying rows") as bar:
         task = bar.add_task("rows", total=1.0)
         rep = report(run_rows(ok, theta, progress=lambda f: bar.update(task, completed=f), processes=processes))
@@ -192,6 +196,9 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
     if theta is not None:
         rep["overhead"] = {g: th.model_dump() for g, th in sorted(theta.items())}
         rep["default_overhead_groups"] = sorted({r.group for r in ok} - set(theta))
+    if engines:
+        rep["engine"] = {c: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
+                         for c, e in sorted(engines.items())}
     if fraction is not None:
         rep["calibration"] = {"fraction": fraction, "seed": seed, "rows": len(calib),
                               "ids": [r.id for r in calib]}
@@ -231,6 +238,9 @@ def _print_report(console, rep: dict) -> None:
         console.print(f"overhead for {g}: step {th['step_s'] * 1e3:.3f} ms, per seq {th['per_seq_s'] * 1e6:.2f} us, "
                       f"per request {th['request_s'] * 1e3:.1f} ms, front end {th['stream_token_s'] * 1e6:.0f} us "
                       "per streamed token")
+    for c, e in rep.get("engine", {}).items():
+        console.print(f"engine settings fitted for {c}: {e['prompts_per_step']} x isl tokens per step, "
+                      f"{e['held_slots']} slot(s) below the clients")
     for g in rep.get("default_overhead_groups", []):
         console.print(f"[yellow]no fitted overhead for {g}: its rows use the default[/]")
 

@@ -14,11 +14,17 @@ per-streamed-token time ``stream_token_s`` shows only in TTFT once the token rat
 its capacity, so it is not solved for: a few values (``STREAM_GRID``) are simulated on top
 of the best fit. Each group keeps the simulated round that scored best (TTFT + TPOT
 relative error on its calibration rows), so the defaults win when no fit improves on them.
+
+Where a benchmark harness did not record its engine settings (AIConfigurator's generated
+configs: a token budget that is some multiple of the prompt length, and how many
+sequences the engine runs against its clients), ``fit_engines`` picks them per campaign
+(one model on one stack and GPU) from ``ENGINE_GRID`` on the calibration rows, before the
+overhead fit.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +36,7 @@ from profiling.errors import InputError
 from profiling.jsonfile import read_json
 
 from .scenario import OverheadConfig
-from .silicon import SiliconRow, mape
+from .silicon import SiliconRow, mape, with_engine
 from .simulate import simulate
 
 # Front-end seconds per streamed token tried per group (0, the fitted rounds, included):
@@ -97,13 +103,15 @@ def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None 
 
 def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1,
                  history: list | None = None, kernel_scale: bool = False,
-                 stream_grid: tuple[float, ...] = STREAM_GRID) -> dict[str, OverheadConfig]:
+                 stream_grid: tuple[float, ...] = STREAM_GRID,
+                 scores: dict[str, float] | None = None) -> dict[str, OverheadConfig]:
     """Overhead parameters per ``group`` (stack/GPU) from the TPOT and TTFT of ``rows``
     (each iteration's row results are appended to ``history``; the first uses defaults).
     By default the kernel times stay as the surrogate gives them (factor 1) and only the
     additive per-step / per-sequence / per-request terms are fitted; ``kernel_scale=True``
     also fits the kernel-replay factor (for a surrogate known to be biased on a GPU).
-    Then each ``stream_grid`` value is simulated on top of each group's best set."""
+    Then each ``stream_grid`` value is simulated on top of each group's best set.
+    ``scores`` receives each group's best score (``_score``)."""
     groups = sorted({r.group for r in rows if r.scenario is not None})
     theta = {g: OverheadConfig() for g in groups}
     best: dict[str, tuple[float, OverheadConfig]] = {}
@@ -127,7 +135,53 @@ def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1
             score = _score([r for r in results if r.group == g])
             if score < best[g][0]:
                 best[g] = (score, trial[g])
+    if scores is not None:
+        scores.update({g: best[g][0] for g in groups})
     return {g: best[g][1] for g in groups}
+
+
+@dataclass(frozen=True)
+class EngineFit:
+    """Engine settings a harness ran with but did not record, fitted per campaign."""
+
+    prompts_per_step: int       # token budget = this x isl
+    held_slots: int = 0         # sequences below the clients the engine runs at most
+
+
+# Engine settings tried where a harness did not record them: token budgets of k x isl
+# (AIConfigurator's agg configs: k x isl candidates), with the engine running as many
+# sequences as clients or one fewer (a slot freed only when another request finishes).
+ENGINE_GRID = tuple(EngineFit(k, h) for h in (0, 1) for k in (2, 3, 4, 6))
+
+
+def fit_engines(rows: list[SiliconRow], grid: tuple[EngineFit, ...] = ENGINE_GRID, iterations: int = 2,
+                processes: int = 1) -> dict[str, EngineFit]:
+    """Unrecorded engine settings per campaign (``SiliconRow.campaign``) of the rows that
+    have them (``SiliconRow.budget_isl``): for each candidate of ``grid`` the overhead is
+    fitted per campaign on ``rows`` replayed with it, and each campaign keeps the candidate
+    whose fit scores best on them (ties: the earlier one). The overhead itself is fitted
+    afterwards, per stack/GPU, by ``fit_overhead``."""
+    own = [r for r in rows if r.budget_isl and r.scenario is not None]
+    # each campaign fitted as its own overhead group while its settings are chosen
+    todo = [replace(r, stack=r.campaign) for r in own]
+    campaign = {t.group: r.campaign for t, r in zip(todo, own)}
+    best: dict[str, tuple[float, EngineFit]] = {}
+    for e in grid:
+        scores: dict[str, float] = {}
+        fit_overhead([with_engine(r, e.prompts_per_step, e.held_slots) for r in todo], iterations=iterations,
+                     processes=processes, scores=scores)
+        for g, sc in scores.items():
+            if g not in best or sc < best[g][0]:
+                best[g] = (sc, e)
+    return {campaign[g]: e for g, (_, e) in sorted(best.items())}
+
+
+def apply_engines(rows: list[SiliconRow], engines: dict[str, EngineFit] | None) -> list[SiliconRow]:
+    """``rows`` with their campaign's fitted engine settings (others unchanged)."""
+    if not engines:
+        return list(rows)
+    return [with_engine(r, engines[r.campaign].prompts_per_step, engines[r.campaign].held_slots)
+            if r.campaign in engines else r for r in rows]
 
 
 def _score(rs: list[RowResult]) -> float:
@@ -189,23 +243,44 @@ def split_rows(rows: list[SiliconRow], fraction: float, seed: int) -> tuple[list
     return calib, held
 
 
-def save_overhead(theta: dict[str, OverheadConfig], path: str | Path) -> None:
-    """Fitted overhead per stack/GPU group as JSON (``load_overhead`` reads it back; each
-    value is a scenario's ``overhead:`` block)."""
-    Path(path).write_text(json.dumps({g: th.model_dump() for g, th in sorted(theta.items())}, indent=2) + "\n")
+def save_overhead(theta: dict[str, OverheadConfig], path: str | Path,
+                  engines: dict[str, EngineFit] | None = None) -> None:
+    """Fitted overhead per stack/GPU group as JSON (``load_overhead`` reads it back): each
+    value of ``overhead`` is a scenario's ``overhead:`` block; ``engine`` holds the fitted
+    engine settings per campaign (stack/GPU/model)."""
+    doc = {"overhead": {g: th.model_dump() for g, th in sorted(theta.items())},
+           "engine": {c: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
+                      for c, e in sorted((engines or {}).items())}}
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def load_overhead(path: str | Path) -> dict[str, OverheadConfig]:
-    """Overhead per stack/GPU group from a ``save_overhead`` file; errors name the group and field."""
+def _engine(v: object, path, where: str) -> EngineFit:
+    ok = isinstance(v, dict) and set(v) == {"prompts_per_step", "held_slots"} and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v.values())
+    if not ok or v["prompts_per_step"] < 1 or v["held_slots"] < 0:
+        raise InputError("needs integers prompts_per_step >= 1 and held_slots >= 0", file=path, column=where)
+    return EngineFit(v["prompts_per_step"], v["held_slots"])
+
+
+def load_overhead(path: str | Path) -> tuple[dict[str, OverheadConfig], dict[str, EngineFit]]:
+    """Overhead per stack/GPU group and engine settings per campaign from a
+    ``save_overhead`` file (or a bare group -> overhead mapping); errors name the group
+    and field."""
     doc = read_json(path, "overhead file")
-    if not isinstance(doc, dict):
+    if isinstance(doc, dict) and isinstance(doc.get("overhead"), dict):
+        groups, engine = doc["overhead"], doc.get("engine") or {}
+        if set(doc) - {"overhead", "engine"} or not isinstance(engine, dict):
+            raise InputError("must hold 'overhead' (per stack/GPU group) and 'engine' (per campaign) only", file=path)
+    elif isinstance(doc, dict):
+        groups, engine = doc, {}
+    else:
         raise InputError("must map stack/GPU groups to overhead parameters", file=path)
-    out = {}
-    for g, v in doc.items():
+    theta = {}
+    for g, v in groups.items():
         try:
-            out[str(g)] = OverheadConfig.model_validate(v)
+            theta[str(g)] = OverheadConfig.model_validate(v)
         except ValidationError as e:
             err = e.errors()[0]
             field = ".".join(str(x) for x in err["loc"]) or "(value)"
             raise InputError(f"{err['msg']}", file=path, column=f"{g}.{field}") from None
-    return out
+    return theta, {str(c): _engine(v, path, f"engine.{c}") for c, v in engine.items()}

@@ -150,12 +150,20 @@ class SiliconRow:
     system: str = ""
     stack: str = ""             # framework and benchmark setup, e.g. "vllm-inferencemax"
     warmup: int = 0             # leading requests left out of the measured means
+    budget_isl: int = 0         # isl when the engine budget is an unknown multiple of it (else 0)
 
     @property
     def group(self) -> str:
         """Overhead parameters are calibrated per serving stack (framework, version and its
         front end / client setup) and GPU."""
         return f"{self.stack or self.backend}/{self.system}"
+
+    @property
+    def campaign(self) -> str:
+        """One model measured on one stack and GPU: the unit a harness configures its
+        engine for (AIConfigurator generates each model's engine config)."""
+        model = self.scenario.deployments[0].model if self.scenario is not None else ""
+        return f"{self.group}/{model}"
 
 
 def read_silicon(path: str | Path) -> pd.DataFrame:
@@ -322,8 +330,24 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                 reason = f"invalid row ({str(e).splitlines()[0]})"
         out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
                               float(r.silicon_tpot_ms) / 1e3, reason, str(r.system),
-                              _stack(r, proto), proto.warmup_generations * conc))
+                              _stack(r, proto), proto.warmup_generations * conc,
+                              int(r.isl) if sc is not None and r.mode != "disagg" and proto.prompts_per_step else 0))
     return out
+
+
+def with_engine(row: SiliconRow, prompts_per_step: int, held_slots: int = 0) -> SiliconRow:
+    """``row`` replayed with the engine settings its harness did not record (rows with
+    ``budget_isl`` only; others are returned as is): a token budget of ``prompts_per_step``
+    x isl, and ``held_slots`` fewer sequences than the clients (an engine that admits a
+    new request only when another finishes runs one below its clients)."""
+    if not row.budget_isl or row.scenario is None:
+        return row
+    dep = row.scenario.deployments[0]
+    budget = int(prompts_per_step) * row.budget_isl
+    sched = dep.scheduler.model_copy(update={"max_tokens_per_step": budget, "chunk_size": budget,
+                                             "max_batch_size": max(1, dep.scheduler.max_batch_size - int(held_slots))})
+    sc = row.scenario.model_copy(update={"deployments": [dep.model_copy(update={"scheduler": sched})]})
+    return replace(row, scenario=sc)
 
 
 # ---- per-request measurements (CSV) and vLLM benchmark_serving JSON ---------------------

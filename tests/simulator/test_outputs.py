@@ -121,7 +121,8 @@ def test_cli_validate_silicon_calibrates_on_a_share_and_reports_the_rest(tmp_pat
     assert fit["calibration"]["rows"] == 5 and len(fit["rows"]) == 13
     held = {row["id"] for row in fit["rows"]}
     assert not held & set(fit["calibration"]["ids"])
-    assert set(json.loads(oh.read_text())) == {"vllm-inferencemax/h100_sxm"}
+    saved = json.loads(oh.read_text())
+    assert set(saved["overhead"]) == {"vllm-inferencemax/h100_sxm"} and saved["engine"] == {}
     plain = _hermes("validate", m, "--format", "silicon", "--json")
     assert plain.returncode == 0, plain.stderr
     default = {row["id"]: row for row in json.loads(plain.stdout)["rows"] if row["id"] in held}
