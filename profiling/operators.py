@@ -269,7 +269,15 @@ def windowed_prefill(q: int, kv: int, window: int | None) -> tuple[int, int, int
         return 1, q, kv
     blocks = -(-q // window)
     qb = -(-q // blocks)
-    return blocks, qb, min(kv, window + qb // 2)
+    # exact pairs: the first m queries (context before the chunk shorter than the window)
+    # see c + i + 1 keys, the rest the whole window; each block's keys are set so that
+    # blocks x (causal block of qb queries over kk keys) covers them
+    c = kv - q
+    m = min(max(window - c, 0), q)
+    pairs = m * c + m * (m + 1) // 2 + (q - m) * window
+    per_block = -(-pairs // blocks)
+    kk = qb + max(0, -(-(per_block - qb * (qb + 1) // 2) // qb))
+    return blocks, qb, min(kv, kk)
 
 
 def attention_ops(model: ModelSpec, batch: BatchShape, tp: int, dtype: str,

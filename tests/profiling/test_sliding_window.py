@@ -3,7 +3,7 @@ attention work of windowed layers, the KV they keep, and which GEMMs a quantized
 checkpoint quantizes."""
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 import pytest
 
@@ -48,10 +48,14 @@ def test_window_layers_stop_growing_with_context(oss):
 
 @settings(max_examples=200, deadline=None)
 @given(q=st.integers(1, 20000), extra=st.integers(0, 20000), window=st.integers(1, 8192))
+@example(q=3, extra=0, window=2).via("the 2x a rounding once gave")
+@example(q=43, extra=0, window=32).via("a chunk at the sequence start")
 def test_windowed_prefill_does_the_windowed_work(q, extra, window):
     """Property: the plain causal op standing in for a windowed chunk counts between 1x and
-    1.51x the query-key pairs a sliding-window kernel computes (exactly the causal chunk when
-    the context fits the window), never the ~q^2/2 of unwindowed attention."""
+    1.6x the query-key pairs a sliding-window kernel computes, within 5% for windows of 64
+    keys or more (gpt-oss: 128), also for a chunk that starts near the sequence start
+    (exactly the causal chunk when the context fits the window), never the ~q^2/2 of
+    unwindowed attention. (q=3 over 3 keys with a window of 2 once counted 2x.)"""
     kv = q + extra
     exact = sum(min(window, kv - q + i + 1) for i in range(q)) if q <= 2000 else None
     bs, qq, kk = windowed_prefill(q, kv, window)
@@ -60,7 +64,7 @@ def test_windowed_prefill_does_the_windowed_work(q, extra, window):
     if kv <= window:
         assert (bs, qq, kk) == (1, q, kv)
     if exact is not None:
-        assert exact <= proxy * (1 + 1e-9) and proxy <= 1.51 * exact
+        assert exact <= proxy * (1 + 1e-9) and proxy <= (1.05 if window >= 64 else 1.6) * exact
 
 
 def test_only_full_layers_hold_kv_per_token(oss):
