@@ -18,7 +18,8 @@ from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, pe
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
-stack and GPU, as a model or deployment nobody calibrated on.
+stack and GPU (in the AIC harness, whose models are calibrated one by one: of the
+calibrated model with the nearest name), as a model or deployment nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget | --fixed-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
@@ -57,6 +58,19 @@ def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
+def nearest_campaign(group: str, theta: dict) -> str | None:
+    """For an AIConfigurator-harness model nobody calibrated (``trtllm-aic:Qwen3-235B-A22B-FP8/h100_sxm``),
+    the calibrated model of the same harness stack and GPU whose name shares the longest
+    prefix with it (Qwen3-32B for Qwen3-235B); None outside that harness or without one."""
+    stack, _, system = group.partition("/")
+    backend, sep, model = stack.partition("-aic:")
+    if not sep:
+        return None
+    mine = [g for g in theta if g.endswith(f"/{system}") and g.startswith(f"{backend}-aic:")]
+    common = lambda g: len(os.path.commonprefix([model, g.partition("-aic:")[2].partition("/")[0]]))
+    return max(sorted(mine), key=common, default=None)
+
+
 def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, engines: dict) -> dict:
     """Rows never calibrated on (``title``), simulated with the overhead fitted on the
     dense aggregated rows of their stack and GPU, as a user's new model or deployment
@@ -65,6 +79,8 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, e
     from simulator.silicon import silicon_rows
 
     every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
+    theta = {**theta, **{r.group: theta[n] for r in every if r.scenario is not None and r.group not in theta
+                         for n in [nearest_campaign(r.group, theta)] if n}}
     rows = apply_engines([r for r in every if r.scenario is not None and r.group in theta], engines)
     unsupported = sum(r.scenario is None for r in every)
     no_group = sorted({r.group for r in every if r.scenario is not None and r.group not in theta})

@@ -128,7 +128,14 @@ def token_budget(proto: BenchProtocol, isl: int) -> int:
 
 def _stack(r, proto: BenchProtocol) -> str:
     # per framework and benchmark setup (client + front end); per-version groups of a few
-    # rows over-fit, so versions of one setup share their parameters
+    # rows over-fit, so versions of one setup share their parameters. AIConfigurator's
+    # harness deploys an engine config it generated for each model, and its campaigns
+    # differ as much as stacks do (H100 TRT-LLM: Llama-3.1-8B's TTFT carries one
+    # completion interval of queueing at every TP, Qwen3-32B's none), so there each model
+    # is its own setup.
+    src = getattr(r, "silicon_data_source", None)
+    if isinstance(src, str) and _AIC_HARNESS.search(src):
+        return f"{r.backend}-aic:{str(r.model_path).rsplit('/', 1)[-1]}"
     return f"{r.backend}-{proto.name}"
 
 
