@@ -13,8 +13,8 @@ the benchmark clients report. Calibrated, on a seeded random 25% of each stack/G
 rows: the framework overhead (per step, per sequence, per request, per token the front end
 streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay factor)
 and, for AIC-harness TRT-LLM/vLLM rows, the engine settings the harness did not record: k
-from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, per campaign
-(model/stack/GPU; ``--fixed-budget`` keeps k = 4 and none, chosen earlier on all rows); TTFT and TPOT MAPE are reported on the other 75%, per
+from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, per group
+(there one model on one stack and GPU; ``--fixed-budget`` keeps k = 4 and none, chosen earlier on all rows); TTFT and TPOT MAPE are reported on the other 75%, per
 group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
@@ -147,7 +147,7 @@ def main() -> None:
     print(f"rows: {len(rows)} aggregated dense-model rows, {len(ok)} simulated, {len(calib)} calibration "
           f"(seeded random {a.calib_fraction:.0%} of each stack/GPU group, seed {a.seed}), "
           f"{len(held)} held out, {len(rows) - len(ok)} unsupported")
-    fitted = "; ".join(f"{c}: {e.prompts_per_step} x isl, {e.held_slots} held slot(s)" for c, e in engines.items())
+    fitted = "; ".join(f"{g}: {e.prompts_per_step} x isl, {e.held_slots} held slot(s)" for g, e in engines.items())
     budget = "flat 8192 (legacy)" if a.legacy_budget else (f"fitted on the calibration rows: {fitted}" if engines
                                                              else "4 x isl")
     print(f"engine budget for TRT-LLM/vLLM harness rows: {budget}; "
@@ -177,7 +177,7 @@ def main() -> None:
     disagg = transfer("disaggregated rows", everything[~agg], theta, a, engines)
     print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg,
                       "held_out_rows": len(held), "calibration_rows": len(calib),
-                      "legacy_budget": a.legacy_budget, "engine": {c: e.__dict__ for c, e in engines.items()},
+                      "legacy_budget": a.legacy_budget, "engine": {g: e.__dict__ for g, e in engines.items()},
                       "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),

@@ -197,8 +197,8 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
         rep["overhead"] = {g: th.model_dump() for g, th in sorted(theta.items())}
         rep["default_overhead_groups"] = sorted({r.group for r in ok} - set(theta))
     if engines:
-        rep["engine"] = {c: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
-                         for c, e in sorted(engines.items())}
+        rep["engine"] = {g: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
+                         for g, e in sorted(engines.items())}
     if fraction is not None:
         rep["calibration"] = {"fraction": fraction, "seed": seed, "rows": len(calib),
                               "ids": [r.id for r in calib]}
@@ -238,8 +238,8 @@ def _print_report(console, rep: dict) -> None:
         console.print(f"overhead for {g}: step {th['step_s'] * 1e3:.3f} ms, per seq {th['per_seq_s'] * 1e6:.2f} us, "
                       f"per request {th['request_s'] * 1e3:.1f} ms, front end {th['stream_token_s'] * 1e6:.0f} us "
                       "per streamed token")
-    for c, e in rep.get("engine", {}).items():
-        console.print(f"engine settings fitted for {c}: {e['prompts_per_step']} x isl tokens per step, "
+    for g, e in rep.get("engine", {}).items():
+        console.print(f"engine settings fitted for {g}: {e['prompts_per_step']} x isl tokens per step, "
                       f"{e['held_slots']} slot(s) below the clients")
     for g in rep.get("default_overhead_groups", []):
         console.print(f"[yellow]no fitted overhead for {g}: its rows use the default[/]")

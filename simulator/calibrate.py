@@ -17,14 +17,14 @@ relative error on its calibration rows), so the defaults win when no fit improve
 
 Where a benchmark harness did not record its engine settings (AIConfigurator's generated
 configs: a token budget that is some multiple of the prompt length, and how many
-sequences the engine runs against its clients), ``fit_engines`` picks them per campaign
-(one model on one stack and GPU) from ``ENGINE_GRID`` on the calibration rows, before the
-overhead fit.
+sequences the engine runs against its clients), ``fit_engines`` picks them per group
+(there one model on one stack and GPU) from ``ENGINE_GRID`` on the calibration rows,
+before the overhead fit.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +142,7 @@ def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1
 
 @dataclass(frozen=True)
 class EngineFit:
-    """Engine settings a harness ran with but did not record, fitted per campaign."""
+    """Engine settings a harness ran with but did not record, fitted per group."""
 
     prompts_per_step: int       # token budget = this x isl
     held_slots: int = 0         # sequences below the clients the engine runs at most
@@ -156,15 +156,12 @@ ENGINE_GRID = tuple(EngineFit(k, h) for h in (0, 1) for k in (2, 3, 4, 6))
 
 def fit_engines(rows: list[SiliconRow], grid: tuple[EngineFit, ...] = ENGINE_GRID, iterations: int = 2,
                 processes: int = 1) -> dict[str, EngineFit]:
-    """Unrecorded engine settings per campaign (``SiliconRow.campaign``) of the rows that
-    have them (``SiliconRow.budget_isl``): for each candidate of ``grid`` the overhead is
-    fitted per campaign on ``rows`` replayed with it, and each campaign keeps the candidate
-    whose fit scores best on them (ties: the earlier one). The overhead itself is fitted
-    afterwards, per stack/GPU, by ``fit_overhead``."""
-    own = [r for r in rows if r.budget_isl and r.scenario is not None]
-    # each campaign fitted as its own overhead group while its settings are chosen
-    todo = [replace(r, stack=r.campaign) for r in own]
-    campaign = {t.group: r.campaign for t, r in zip(todo, own)}
+    """Unrecorded engine settings per group of the rows that have them
+    (``SiliconRow.budget_isl``; in the AIC harness a group is one model on one stack and
+    GPU): for each candidate of ``grid`` the overhead is fitted on ``rows`` replayed with
+    it, and each group keeps the candidate whose fit scores best on them (ties: the earlier
+    one). The overhead itself is then fitted by ``fit_overhead`` with the settings chosen."""
+    todo = [r for r in rows if r.budget_isl and r.scenario is not None]
     best: dict[str, tuple[float, EngineFit]] = {}
     for e in grid:
         scores: dict[str, float] = {}
@@ -173,15 +170,15 @@ def fit_engines(rows: list[SiliconRow], grid: tuple[EngineFit, ...] = ENGINE_GRI
         for g, sc in scores.items():
             if g not in best or sc < best[g][0]:
                 best[g] = (sc, e)
-    return {campaign[g]: e for g, (_, e) in sorted(best.items())}
+    return {g: e for g, (_, e) in sorted(best.items())}
 
 
 def apply_engines(rows: list[SiliconRow], engines: dict[str, EngineFit] | None) -> list[SiliconRow]:
-    """``rows`` with their campaign's fitted engine settings (others unchanged)."""
+    """``rows`` with their group's fitted engine settings (others unchanged)."""
     if not engines:
         return list(rows)
-    return [with_engine(r, engines[r.campaign].prompts_per_step, engines[r.campaign].held_slots)
-            if r.campaign in engines else r for r in rows]
+    return [with_engine(r, engines[r.group].prompts_per_step, engines[r.group].held_slots)
+            if r.group in engines else r for r in rows]
 
 
 def _score(rs: list[RowResult]) -> float:
@@ -247,10 +244,10 @@ def save_overhead(theta: dict[str, OverheadConfig], path: str | Path,
                   engines: dict[str, EngineFit] | None = None) -> None:
     """Fitted overhead per stack/GPU group as JSON (``load_overhead`` reads it back): each
     value of ``overhead`` is a scenario's ``overhead:`` block; ``engine`` holds the fitted
-    engine settings per campaign (stack/GPU/model)."""
+    engine settings of the groups that have them."""
     doc = {"overhead": {g: th.model_dump() for g, th in sorted(theta.items())},
-           "engine": {c: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
-                      for c, e in sorted((engines or {}).items())}}
+           "engine": {g: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
+                      for g, e in sorted((engines or {}).items())}}
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -263,14 +260,14 @@ def _engine(v: object, path, where: str) -> EngineFit:
 
 
 def load_overhead(path: str | Path) -> tuple[dict[str, OverheadConfig], dict[str, EngineFit]]:
-    """Overhead per stack/GPU group and engine settings per campaign from a
+    """Overhead and engine settings per stack/GPU group from a
     ``save_overhead`` file (or a bare group -> overhead mapping); errors name the group
     and field."""
     doc = read_json(path, "overhead file")
     if isinstance(doc, dict) and isinstance(doc.get("overhead"), dict):
         groups, engine = doc["overhead"], doc.get("engine") or {}
         if set(doc) - {"overhead", "engine"} or not isinstance(engine, dict):
-            raise InputError("must hold 'overhead' (per stack/GPU group) and 'engine' (per campaign) only", file=path)
+            raise InputError("must hold 'overhead' and 'engine' (each per stack/GPU group) only", file=path)
     elif isinstance(doc, dict):
         groups, engine = doc, {}
     else:
@@ -283,4 +280,4 @@ def load_overhead(path: str | Path) -> tuple[dict[str, OverheadConfig], dict[str
             err = e.errors()[0]
             field = ".".join(str(x) for x in err["loc"]) or "(value)"
             raise InputError(f"{err['msg']}", file=path, column=f"{g}.{field}") from None
-    return theta, {str(c): _engine(v, path, f"engine.{c}") for c, v in engine.items()}
+    return theta, {str(g): _engine(v, path, f"engine.{g}") for g, v in engine.items()}

@@ -165,13 +165,6 @@ class SiliconRow:
         front end / client setup) and GPU."""
         return f"{self.stack or self.backend}/{self.system}"
 
-    @property
-    def campaign(self) -> str:
-        """One model measured on one stack and GPU: the unit a harness configures its
-        engine for (AIConfigurator generates each model's engine config)."""
-        model = self.scenario.deployments[0].model if self.scenario is not None else ""
-        return f"{self.group}/{model}"
-
 
 def read_silicon(path: str | Path) -> pd.DataFrame:
     p = Path(path)

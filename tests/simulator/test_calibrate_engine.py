@@ -1,6 +1,7 @@
 """Engine settings the AIConfigurator harness did not record (a token budget of k x isl;
 whether the engine runs one sequence fewer than its clients): ``fit_engines`` picks them
-per campaign on the calibration rows, ``apply_engines`` replays rows with them, and the
+per group (in that harness, one model on one stack and GPU) on the calibration rows,
+``apply_engines`` replays rows with them, and the
 overhead file keeps them."""
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_with_engine_sets_only_what_the_harness_did_not_record(sample):
     s = with_engine(row, 3, 1).scenario.deployments[0].scheduler
     assert s.max_tokens_per_step == s.chunk_size == 3 * row.budget_isl
     assert s.max_batch_size == clients - 1
-    assert row.campaign == f"{row.group}/Qwen/Qwen3-32B"
+    assert row.group == "trtllm-aic:Qwen3-32B/h100_sxm"   # the harness calibrates each model on its own
     imax = sample[sample.silicon_data_source.str.contains(r"source_file=\d{4}-\d\d-\d\d\.csv")
                   & (sample.model_path == "meta-llama/Llama-3.1-70B")].head(1)
     (r,) = silicon_rows(imax)
@@ -47,10 +48,10 @@ def test_with_engine_sets_only_what_the_harness_did_not_record(sample):
 
 
 def test_fit_engines_recovers_the_settings_that_made_the_measurements(sample):
-    """Two campaigns of one stack/GPU whose 'measured' TTFT/TPOT are the simulator's own
+    """Two models of one stack/GPU whose 'measured' TTFT/TPOT are the simulator's own
     predictions (default overhead): Qwen3-32B at 3 x isl with every slot used, Llama-3.1-8B
-    at 2 x isl with one slot held. Fitting over the grid finds each campaign's settings,
-    and apply_engines replays the rows with them."""
+    at 2 x isl with one slot held. Fitting over the grid finds each model's settings, and
+    apply_engines replays the rows with them."""
     truth = {"Qwen/Qwen3-32B": EngineFit(3, 0), "meta-llama/Llama-3.1-8B-Instruct": EngineFit(2, 1)}
     made = []
     for model, e in truth.items():
@@ -59,20 +60,21 @@ def test_fit_engines_recovers_the_settings_that_made_the_measurements(sample):
         made += [replace(r, ttft_s=p.ttft_pred, tpot_s=p.tpot_pred) for r, p in zip(rows, pred)]
     grid = (EngineFit(2, 0), EngineFit(3, 0), EngineFit(4, 0), EngineFit(2, 1), EngineFit(3, 1))
     engines = fit_engines(made, grid=grid, iterations=1)
-    assert {c.rsplit("/", 2)[-2] + "/" + c.rsplit("/", 2)[-1]: e for c, e in engines.items()} == truth
+    assert engines == {"trtllm-aic:Qwen3-32B/h100_sxm": truth["Qwen/Qwen3-32B"],
+                       "trtllm-aic:Llama-3.1-8B-Instruct/h100_sxm": truth["meta-llama/Llama-3.1-8B-Instruct"]}
     for r in apply_engines(made, engines):
-        e = engines[r.campaign]
+        e = engines[r.group]
         s = r.scenario.deployments[0].scheduler
         assert s.max_tokens_per_step == e.prompts_per_step * r.budget_isl
         assert s.max_batch_size == r.scenario.workload.concurrency - e.held_slots
 
 
 def test_overhead_file_keeps_the_engine_settings_and_rejects_bad_ones(tmp_path):
-    """save_overhead writes the overhead per group and the engine settings per campaign;
-    load_overhead reads them back (and still reads a bare group -> overhead mapping); a
-    non-integer budget is an error naming the file and the campaign."""
-    theta = {"trtllm-fixed/h100_sxm": OverheadConfig(step_s=1e-3), "vllm-inferencemax/b200_sxm": OverheadConfig()}
-    engines = {"trtllm-fixed/h100_sxm/Qwen/Qwen3-32B": EngineFit(3, 1)}
+    """save_overhead writes the overhead and the engine settings per group; load_overhead
+    reads them back (and still reads a bare group -> overhead mapping); a non-integer
+    budget is an error naming the file and the group."""
+    theta = {"trtllm-aic:Qwen3-32B/h100_sxm": OverheadConfig(step_s=1e-3), "vllm-inferencemax/b200_sxm": OverheadConfig()}
+    engines = {"trtllm-aic:Qwen3-32B/h100_sxm": EngineFit(3, 1)}
     p = tmp_path / "o.json"
     save_overhead(theta, p, engines)
     assert load_overhead(p) == (theta, engines)
@@ -80,7 +82,7 @@ def test_overhead_file_keeps_the_engine_settings_and_rejects_bad_ones(tmp_path):
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(doc["overhead"]))
     assert load_overhead(bare) == (theta, {})
-    doc["engine"]["trtllm-fixed/h100_sxm/Qwen/Qwen3-32B"]["prompts_per_step"] = 2.5
+    doc["engine"]["trtllm-aic:Qwen3-32B/h100_sxm"]["prompts_per_step"] = 2.5
     p.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match=r"o\.json.*engine\.trtllm-fixed/h100_sxm/Qwen/Qwen3-32B.*prompts_per_step"):
+    with pytest.raises(InputError, match=r"o\.json.*engine\.trtllm-aic:Qwen3-32B/h100_sxm.*prompts_per_step"):
         load_overhead(p)
