@@ -14,8 +14,9 @@ rows: the framework overhead (per step, per sequence, per request, per token the
 streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay factor)
 and, for AIC-harness TRT-LLM/vLLM rows, the engine settings the harness did not record: k
 from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, per group
-(there one model on one stack and GPU; ``--fixed-budget`` keeps k = 4 and none, chosen earlier on all rows); TTFT and TPOT MAPE are reported on the other 75%, per
-group (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
+(there one model on one stack and GPU; ``--fixed-budget`` keeps k = 4 and none, chosen
+earlier on all rows). TTFT and TPOT MAPE are reported on the other 75%, per group
+(model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
 stack and GPU (in the AIC harness, whose models are calibrated one by one: of the

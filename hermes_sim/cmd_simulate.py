@@ -119,13 +119,14 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
 @click.option("--surrogate", default=None)
 @click.option("--filter", "pattern", default=None, help="silicon: only rows whose model_path matches (regex)")
 @click.option("--calibrate", "fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="silicon: fit the framework overhead on this seeded fraction of each stack/GPU group "
-                   "and report the error on the other rows")
+              help="silicon: fit the framework overhead (and engine settings a harness did not record) on "
+                   "this seeded fraction of each stack/GPU group and report the error on the other rows")
 @click.option("--seed", type=int, default=0, show_default=True, help="silicon: seed of the --calibrate split")
 @click.option("--overhead", "overhead_in", type=click.Path(dir_okay=False), default=None,
               help="silicon: replay with the overhead per stack/GPU group saved by --overhead-out")
 @click.option("--overhead-out", type=click.Path(dir_okay=False), default=None,
-              help="silicon: write the overhead fitted by --calibrate (JSON; each value is a scenario's overhead: block)")
+              help="silicon: write what --calibrate fitted (JSON: 'overhead' per group, each a scenario's "
+                   "overhead: block, and 'engine' settings per group)")
 @click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
               help="silicon: rows simulated in parallel")
 @click.option("--json", "as_json", is_flag=True)

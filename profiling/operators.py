@@ -262,8 +262,8 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
 def windowed_prefill(q: int, kv: int, window: int | None) -> tuple[int, int, int]:
     """(batch, q_len, kv_len) of plain causal attention doing the work of a ``q``-token
     chunk with context ``kv`` when each query sees only the last ``window`` keys: the chunk
-    in ``ceil(q / window)`` blocks of ``qb`` queries over ``window + qb / 2`` keys, which
-    is ``qb x window`` query-key pairs a block, ``q x window`` in all, as a sliding-window
+    in ``ceil(q / window)`` blocks of ``qb`` queries, each over as many keys (about
+    ``window + qb / 2``) as makes the blocks cover the query-key pairs a sliding-window
     kernel computes (the whole chunk at once would count ~q^2/2 pairs)."""
     if not window or kv <= window:
         return 1, q, kv

@@ -75,6 +75,8 @@ _INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 #   held-out vLLM rows go from 48.4% to 24.8% TTFT error after calibration.
 # Both were chosen on these rows (all of them, calibration and held-out alike); the SGLang
 # rows of the harness keep the flat budget (4 x isl made them slightly worse, 17.0 -> 18.5%).
+# 4 x isl is only the uncalibrated default: calibration (``calibrate.fit_engines``) picks k,
+# and whether the engine runs one sequence below its clients, per model on its own rows.
 # See benchmarks/silicon_fidelity.py.
 # InferenceMAX's TensorRT-LLM launch script for Llama-3.1-70B turns on batch waiting for
 # isl = osl = 1024 below TP8 only (``batch_wait_timeout_iters: 20``,
@@ -302,13 +304,14 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
             proto = replace(proto, warmup_generations=warmup_generations)
         sc = None
         conc = 0
+        stack = _stack(r, proto)
         if reason is None:
             model = models.get(r.model_path)
             dtype, kv = _dtype(r.precision, model)
             conc = _concurrency(r)
             engines = 1 if r.mode == "disagg" else _replicas(r, conc)
             k = requests_per_client or proto.requests_per_client
-            oh = (overhead or {}).get(f"{_stack(r, proto)}/{r.system}") or OverheadConfig()
+            oh = (overhead or {}).get(f"{stack}/{r.system}") or OverheadConfig()
             tp = r.prefill_tp_size if r.mode == "disagg" else r.tp_size
             pp = _num(r, "prefill_pp_size" if r.mode == "disagg" else "pp_size", 1.0)
             try:
@@ -330,7 +333,7 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
                 reason = f"invalid row ({str(e).splitlines()[0]})"
         out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
                               float(r.silicon_tpot_ms) / 1e3, reason, str(r.system),
-                              _stack(r, proto), proto.warmup_generations * conc,
+                              stack, proto.warmup_generations * conc,
                               int(r.isl) if sc is not None and r.mode != "disagg" and proto.prompts_per_step else 0))
     return out
 
