@@ -11,16 +11,16 @@ AIConfigurator-harness rows use fixed lengths, 10 requests per client, and for T
 concurrency / batch_size engines. Every request is measured (the first wave included), as
 the benchmark clients report. Calibrated, on a seeded random 25% of each stack/GPU group's
 rows: the framework overhead (per step, per sequence, per request, per token the front end
-streams; one set per serving stack and GPU; ``--kernel-scale`` adds a kernel-replay factor)
+streams; one set per serving stack and GPU, in the AIC harness per model and TP; ``--kernel-scale`` adds a kernel-replay factor)
 and, for AIC-harness TRT-LLM/vLLM rows, the engine settings the harness did not record: k
 from 2/3/4/6 and whether the engine runs one sequence fewer than its clients, per group
-(there one model on one stack and GPU; ``--fixed-budget`` keeps k = 4 and none, chosen
+(there one model at one TP on one stack and GPU; ``--fixed-budget`` keeps k = 4 and none, chosen
 earlier on all rows). TTFT and TPOT MAPE are reported on the other 75%, per group
 (model / GPU / stack / TP) and overall. Rows the catalog cannot serve are listed.
 The mixture-of-experts rows of catalog models (Qwen3-235B-A22B, MiniMax-M2.5, gpt-oss-120b) and the
 disaggregated rows are then replayed with the dense aggregated rows' overhead of their
-stack and GPU (in the AIC harness, whose models are calibrated one by one: of the
-calibrated model with the nearest name), as a model or deployment nobody calibrated on.
+stack and GPU (in the AIC harness, calibrated per model and TP: of the calibrated model
+with the nearest name at the same TP), as a model or deployment nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
         [--legacy-budget | --fixed-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
@@ -60,16 +60,23 @@ def frame(rep: dict, meta: pd.DataFrame) -> pd.DataFrame:
 
 
 def nearest_campaign(group: str, theta: dict) -> str | None:
-    """For an AIConfigurator-harness model nobody calibrated (``trtllm-aic:Qwen3-235B-A22B-FP8/h100_sxm``),
-    the calibrated model of the same harness stack and GPU whose name shares the longest
-    prefix with it (Qwen3-32B for Qwen3-235B); None outside that harness or without one."""
+    """For an AIConfigurator-harness model nobody calibrated
+    (``trtllm-aic:Qwen3-235B-A22B-FP8:tp4/h100_sxm``), the calibrated group of the same
+    harness stack and GPU at the same TP if there is one (else the nearest TP) whose model
+    name shares the longest prefix with it (Qwen3-32B for Qwen3-235B); None outside that
+    harness or without one."""
     stack, _, system = group.partition("/")
-    backend, sep, model = stack.partition("-aic:")
+    backend, sep, rest = stack.partition("-aic:")
     if not sep:
         return None
+    model, _, tp = rest.rpartition(":tp")
+
+    def key(g: str) -> tuple[int, int]:
+        m, _, t = g.split("/")[0].partition("-aic:")[2].rpartition(":tp")
+        return -abs(int(t) - int(tp)), len(os.path.commonprefix([model, m]))
+
     mine = [g for g in theta if g.endswith(f"/{system}") and g.startswith(f"{backend}-aic:")]
-    common = lambda g: len(os.path.commonprefix([model, g.partition("-aic:")[2].partition("/")[0]]))
-    return max(sorted(mine), key=common, default=None)
+    return max(sorted(mine), key=key, default=None)
 
 
 def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, engines: dict) -> dict:

@@ -18,7 +18,7 @@ relative error on its calibration rows), so the defaults win when no fit improve
 Where a benchmark harness did not record its engine settings (AIConfigurator's generated
 configs: a token budget that is some multiple of the prompt length, and how many
 sequences the engine runs against its clients), ``fit_engines`` picks them per group
-(there one model on one stack and GPU) from ``ENGINE_GRID`` on the calibration rows,
+(there one model at one TP on one stack and GPU) from ``ENGINE_GRID`` on the calibration rows,
 before the overhead fit.
 """
 from __future__ import annotations
@@ -157,8 +157,8 @@ ENGINE_GRID = tuple(EngineFit(k, h) for h in (0, 1) for k in (2, 3, 4, 6))
 def fit_engines(rows: list[SiliconRow], grid: tuple[EngineFit, ...] = ENGINE_GRID, iterations: int = 2,
                 processes: int = 1) -> dict[str, EngineFit]:
     """Unrecorded engine settings per group of the rows that have them
-    (``SiliconRow.budget_isl``; in the AIC harness a group is one model on one stack and
-    GPU): for each candidate of ``grid`` the overhead is fitted on ``rows`` replayed with
+    (``SiliconRow.budget_isl``; in the AIC harness a group is one model at one TP on one
+    stack and GPU): for each candidate of ``grid`` the overhead is fitted on ``rows`` replayed with
     it, and each group keeps the candidate whose fit scores best on them (ties: the earlier
     one). The overhead itself is then fitted by ``fit_overhead`` with the settings chosen."""
     todo = [r for r in rows if r.budget_isl and r.scenario is not None]

@@ -1,6 +1,6 @@
 """Engine settings the AIConfigurator harness did not record (a token budget of k x isl;
 whether the engine runs one sequence fewer than its clients): ``fit_engines`` picks them
-per group (in that harness, one model on one stack and GPU) on the calibration rows,
+per group (in that harness, one model at one TP on one stack and GPU) on the calibration rows,
 ``apply_engines`` replays rows with them, and the
 overhead file keeps them."""
 from __future__ import annotations
@@ -40,7 +40,10 @@ def test_with_engine_sets_only_what_the_harness_did_not_record(sample):
     s = with_engine(row, 3, 1).scenario.deployments[0].scheduler
     assert s.max_tokens_per_step == s.chunk_size == 3 * row.budget_isl
     assert s.max_batch_size == clients - 1
-    assert row.group == "trtllm-aic:Qwen3-32B/h100_sxm"   # the harness calibrates each model on its own
+    assert row.group == "trtllm-aic:Qwen3-32B:tp4/h100_sxm"   # the harness calibrates each model and TP on its own
+    tp8 = sample[(sample.model_path == "Qwen/Qwen3-32B") & (sample.backend == "trtllm") & (sample.tp_size == 8)
+                 & sample.silicon_data_source.str.contains("aic-auto-gap-analysis")].head(1)
+    assert silicon_rows(tp8)[0].group == "trtllm-aic:Qwen3-32B:tp8/h100_sxm"
     imax = sample[sample.silicon_data_source.str.contains(r"source_file=\d{4}-\d\d-\d\d\.csv")
                   & (sample.model_path == "meta-llama/Llama-3.1-70B")].head(1)
     (r,) = silicon_rows(imax)
@@ -60,8 +63,8 @@ def test_fit_engines_recovers_the_settings_that_made_the_measurements(sample):
         made += [replace(r, ttft_s=p.ttft_pred, tpot_s=p.tpot_pred) for r, p in zip(rows, pred)]
     grid = (EngineFit(2, 0), EngineFit(3, 0), EngineFit(4, 0), EngineFit(2, 1), EngineFit(3, 1))
     engines = fit_engines(made, grid=grid, iterations=1)
-    assert engines == {"trtllm-aic:Qwen3-32B/h100_sxm": truth["Qwen/Qwen3-32B"],
-                       "trtllm-aic:Llama-3.1-8B-Instruct/h100_sxm": truth["meta-llama/Llama-3.1-8B-Instruct"]}
+    assert engines == {"trtllm-aic:Qwen3-32B:tp4/h100_sxm": truth["Qwen/Qwen3-32B"],
+                       "trtllm-aic:Llama-3.1-8B-Instruct:tp4/h100_sxm": truth["meta-llama/Llama-3.1-8B-Instruct"]}
     for r in apply_engines(made, engines):
         e = engines[r.group]
         s = r.scenario.deployments[0].scheduler
@@ -73,8 +76,8 @@ def test_overhead_file_keeps_the_engine_settings_and_rejects_bad_ones(tmp_path):
     """save_overhead writes the overhead and the engine settings per group; load_overhead
     reads them back (and still reads a bare group -> overhead mapping); a non-integer
     budget is an error naming the file and the group."""
-    theta = {"trtllm-aic:Qwen3-32B/h100_sxm": OverheadConfig(step_s=1e-3), "vllm-inferencemax/b200_sxm": OverheadConfig()}
-    engines = {"trtllm-aic:Qwen3-32B/h100_sxm": EngineFit(3, 1)}
+    theta = {"trtllm-aic:Qwen3-32B:tp4/h100_sxm": OverheadConfig(step_s=1e-3), "vllm-inferencemax/b200_sxm": OverheadConfig()}
+    engines = {"trtllm-aic:Qwen3-32B:tp4/h100_sxm": EngineFit(3, 1)}
     p = tmp_path / "o.json"
     save_overhead(theta, p, engines)
     assert load_overhead(p) == (theta, engines)
@@ -82,7 +85,7 @@ def test_overhead_file_keeps_the_engine_settings_and_rejects_bad_ones(tmp_path):
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(doc["overhead"]))
     assert load_overhead(bare) == (theta, {})
-    doc["engine"]["trtllm-aic:Qwen3-32B/h100_sxm"]["prompts_per_step"] = 2.5
+    doc["engine"]["trtllm-aic:Qwen3-32B:tp4/h100_sxm"]["prompts_per_step"] = 2.5
     p.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match=r"o\.json.*engine\.trtllm-aic:Qwen3-32B/h100_sxm.*prompts_per_step"):
+    with pytest.raises(InputError, match=r"o\.json.*engine\.trtllm-aic:Qwen3-32B:tp4/h100_sxm.*prompts_per_step"):
         load_overhead(p)
