@@ -111,7 +111,7 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, e
 
 def main() -> None:
     from profiling.models import load_models
-    from simulator.calibrate import apply_engines, fit_engines, fit_overhead, report, run_rows, split_rows
+    from simulator.calibrate import apply_engines, engine_doc, fit_engines, fit_overhead, report, run_rows, split_rows
     from simulator.silicon import read_silicon, silicon_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,7 +185,7 @@ def main() -> None:
     disagg = transfer("disaggregated rows", everything[~agg], theta, a, engines)
     print(json.dumps({"surrogate": a.surrogate, "moe": moe, "disaggregated": disagg,
                       "held_out_rows": len(held), "calibration_rows": len(calib),
-                      "legacy_budget": a.legacy_budget, "engine": {g: e.__dict__ for g, e in engines.items()},
+                      "legacy_budget": a.legacy_budget, "engine": engine_doc(engines),
                       "warmup_generations": a.warmup or 0,
                       "ttft_mape": round(after["ttft_mape"], 2), "tpot_mape": round(after["tpot_mape"], 2),
                       "ttft_mape_uncalibrated": round(before_held["ttft_mape"], 2),

@@ -165,8 +165,8 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
                       processes: int) -> dict:
     """Replay silicon rows; with ``fraction``, first fit the overhead on a seeded share of
     each stack/GPU group and report only the other rows."""
-    from simulator.calibrate import (apply_engines, fit_engines, fit_overhead, load_overhead, report, run_rows,
-                                     save_overhead, split_rows)
+    from simulator.calibrate import (apply_engines, engine_doc, fit_engines, fit_overhead, load_overhead,
+                                     report, run_rows, save_overhead, split_rows)
     from simulator.silicon import read_silicon, silicon_rows
     if fraction is not None and overhead_in:
         raise HermesError("give either --calibrate (fit the overhead here) or --overhead FILE (use a fitted one)")
@@ -198,8 +198,7 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
         rep["overhead"] = {g: th.model_dump() for g, th in sorted(theta.items())}
         rep["default_overhead_groups"] = sorted({r.group for r in ok} - set(theta))
     if engines:
-        rep["engine"] = {g: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
-                         for g, e in sorted(engines.items())}
+        rep["engine"] = engine_doc(engines)
     if fraction is not None:
         rep["calibration"] = {"fraction": fraction, "seed": seed, "rows": len(calib),
                               "ids": [r.id for r in calib]}

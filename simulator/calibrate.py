@@ -24,7 +24,7 @@ before the overhead fit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -246,9 +246,13 @@ def save_overhead(theta: dict[str, OverheadConfig], path: str | Path,
     value of ``overhead`` is a scenario's ``overhead:`` block; ``engine`` holds the fitted
     engine settings of the groups that have them."""
     doc = {"overhead": {g: th.model_dump() for g, th in sorted(theta.items())},
-           "engine": {g: {"prompts_per_step": e.prompts_per_step, "held_slots": e.held_slots}
-                      for g, e in sorted((engines or {}).items())}}
+           "engine": engine_doc(engines)}
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def engine_doc(engines: dict[str, EngineFit] | None) -> dict[str, dict[str, int]]:
+    """Fitted engine settings per group as plain JSON (the overhead file's ``engine``)."""
+    return {g: asdict(e) for g, e in sorted((engines or {}).items())}
 
 
 def _engine(v: object, path, where: str) -> EngineFit:
