@@ -115,3 +115,46 @@ def test_unseen_model_interval_coverage(vidur_table, traces_dir, fast):
         y = rows["latency_ms"].to_numpy()
         cover = np.mean((y >= p.lo_ms) & (y <= p.hi_ms))
         assert 0.80 <= cover <= 0.99, (kind, cover)
+
+
+def _grid_frame(m, n, k) -> pd.DataFrame:
+    mm, nn, kk = (a.ravel() for a in np.meshgrid(m, n, k, indexing="ij"))
+    return pd.DataFrame({"m": mm, "n": nn, "k": kk, "hardware": "H100-SXM", "dtype": "bf16"})
+
+
+def test_grid_interpolation_is_linear_between_measured_shapes():
+    """On a full grid whose residual is linear in log1p of each axis, a query between two
+    measured m gets the linear interpolation along m (the kNN average alone misses: its
+    neighbours include other n); a query outside every measured range has no bracketing
+    axis and gets the kNN average unchanged."""
+    rows = _grid_frame([16, 64, 256], [128, 512, 2048], [128, 512, 2048])
+    field = lambda f: 0.5 * np.log1p(f["m"].to_numpy()) - 0.2 * np.log1p(f["n"].to_numpy())  # noqa: E731
+    r = field(rows)
+    blended = ResidualCorrector("gemm", axis_weight=1.0).fit(rows, r)
+    knn_only = ResidualCorrector("gemm", axis_weight=0.0).fit(rows, r)
+    q = pd.DataFrame({"m": [20, 100, 1024], "n": [512, 128, 512], "k": [2048, 512, 8192],
+                      "hardware": "H100-SXM", "dtype": "bf16"})
+    got, knn = blended.predict(q), knn_only.predict(q)
+    want, step = field(q)[:2], np.abs(r).max() / 127  # int8 residual resolution
+    np.testing.assert_allclose(got[:2], want, atol=step)
+    assert np.abs(knn[:2] - want).max() > 3 * step
+    assert got[2] == knn[2]
+
+
+def test_grid_blend_lowers_real_unseen_shape_error(traces_dir):
+    """On H100 TensorRT-LLM bf16 GEMMs with 20% of the (m, n, k) shapes held out, correcting
+    the spec-sheet roofline by the kNN+grid blend of its residuals has a lower MAPE than by
+    the kNN average alone (the measured shapes lie on a near full-factorial grid)."""
+    g = read_traces(traces_dir / "aiconfigurator/data/h100_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet",
+                    "aiconfigurator").table
+    g = add_roofline_features(g[g["dtype"] == "bf16"], load_catalog())
+    shapes = g[["m", "n", "k"]].drop_duplicates().sample(frac=0.2, random_state=5)
+    test = g.set_index(["m", "n", "k"]).index.isin(shapes.set_index(["m", "n", "k"]).index)
+    tr, te = g[~test], g[test]
+    log_r = lambda f: np.log(f["latency_ms"].to_numpy() / f["t_roofline_ms"].to_numpy())  # noqa: E731
+    err = {}
+    for w in (0.0, ResidualCorrector.AXIS_WEIGHT):
+        c = ResidualCorrector("gemm", axis_weight=w, max_rows_per_variant=100_000).fit(tr, log_r(tr))
+        p = te["t_roofline_ms"].to_numpy() * np.exp(c.predict(te))
+        err[w] = float(np.mean(np.abs(p / te["latency_ms"].to_numpy() - 1)))
+    assert err[ResidualCorrector.AXIS_WEIGHT] < 0.95 * err[0.0], err
