@@ -92,7 +92,7 @@ class StepCost:
             rows[n] = table.dec_y[i - 1] * (1 - tx) + table.dec_y[i] * tx
         rows[0] = 0.0
         self._dec = (rows * pp).tolist()
-        self._pre_kv = list(table.pre_kv)
+        self._pre_prefix = list(table.pre_prefix)
         self._pre = self._rows(table.pre_q, table.pre_y * pp, self.max_tokens)
 
     @staticmethod
@@ -107,18 +107,19 @@ class StepCost:
         return out.tolist()
 
     def prefill(self, q: int, kv: int) -> float:
-        """Prefill attention of one chunk (all stages)."""
+        """Prefill attention of a ``q``-token chunk with context ``kv`` after it (all stages)."""
         if q > self.max_tokens:
             return self.table.prefill_attention(q, kv) * self.pp * self._ks
-        ys = self._pre_kv
-        j = bisect_right(ys, kv)
+        ys = self._pre_prefix
+        c = kv - q  # the table's second axis: context before the chunk
+        j = bisect_right(ys, c)
         if j < 1:
             j = 1
         elif j >= len(ys):
             j = len(ys) - 1
         row = self._pre[q]
         y0 = ys[j - 1]
-        ty = (kv - y0) / (ys[j] - y0)
+        ty = (c - y0) / (ys[j] - y0)
         if ty < 0:
             ty = 0.0
         return row[j - 1] + (row[j] - row[j - 1]) * ty

@@ -5,7 +5,8 @@ A step's time is split by what it scales with:
 * token-wise operators (GEMMs, norms, activations, TP collectives) — total new tokens;
 * LM head — sequences in the batch;
 * decode attention — decoding sequences x their mean KV length;
-* prefill attention — each chunk's new tokens x its context.
+* prefill attention — each chunk's new tokens x the context before it (every grid point
+  is a real chunk, so bilinear interpolation never mixes in a clamped corner).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.isotonic import IsotonicRegression
 
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
@@ -47,25 +49,47 @@ class RooflinePredictor:
 
 
 def _ops_ms(ops: Sequence[Operator], hw: HardwareSpec, predictor: OpLatencyModel) -> float:
-    """Predicted time (ms) of a list of operators, batched per kind and dtypes (a frame
-    carries one dtype: a quantized MoE step has 16-bit router and attention GEMMs beside
-    fp4 expert GEMMs)."""
-    total = 0.0
-    by_kind: dict[tuple, list[Operator]] = {}
-    for o in ops:
-        by_kind.setdefault((o.kind, o.dtype, o.kv_dtype), []).append(o)
+    """Predicted time (ms) of a list of operators."""
+    return float(_ops_ms_each([ops], hw, predictor)[0])
+
+
+def _ops_ms_each(op_lists: Sequence[Sequence[Operator]], hw: HardwareSpec,
+                 predictor: OpLatencyModel) -> np.ndarray:
+    """Predicted time (ms) of each list of operators, with one predictor call per kind and
+    dtypes for all lists together (a frame carries one dtype: a quantized MoE step has
+    16-bit router and attention GEMMs beside fp4 expert GEMMs)."""
+    by_kind: dict[tuple, list[tuple[int, Operator]]] = {}
+    for i, ops in enumerate(op_lists):
+        for o in ops:
+            by_kind.setdefault((o.kind, o.dtype, o.kv_dtype), []).append((i, o))
+    total = np.zeros(len(op_lists))
     for (kind, dtype, kv_dtype), group in by_kind.items():
-        frame = pd.DataFrame([o.shape for o in group])
+        frame = pd.DataFrame([o.shape for _, o in group])
         frame["dtype"] = dtype
         frame["kv_dtype"] = kv_dtype
-        frame["name"] = [o.name for o in group]  # elementwise kernel family (norm, rope, ...)
-        ms = predictor.predict_ms(kind, frame, hw)
-        total += float(np.dot(ms, [o.count for o in group]))
+        frame["name"] = [o.name for _, o in group]  # elementwise kernel family (norm, rope, ...)
+        ms = predictor.predict_ms(kind, frame, hw) * np.array([o.count for _, o in group], dtype=float)
+        total += np.bincount([i for i, _ in group], weights=ms, minlength=len(op_lists))
     return total
 
 
 def _grid(lo: int, hi: int, points: int) -> np.ndarray:
     return np.unique(np.round(np.geomspace(lo, hi, points)).astype(np.int64))
+
+
+# GEMM latency steps up just past each multiple of the kernels' tile rows (m = 512 and 513
+# differ by a whole tile row: +11% for Llama-2-7B's layer at TP2 on H100): the token and
+# sequence grids hold every tile edge and the row after it (as the measured GEMM grids
+# do), so interpolating between grid points never smears a step over hundreds of tokens.
+_TILE_EDGES = ((16, 128), (32, 256), (64, 4096), (256, 16384))  # (spacing, up to)
+
+
+def _edge_grid(lo: int, hi: int, points: int) -> np.ndarray:
+    """The geometric grid plus each tile edge ``e`` and ``e + 1`` up to ``hi``."""
+    edges = [np.arange(step, min(upto, hi) + 1, step) for step, upto in _TILE_EDGES]
+    e = np.concatenate(edges) if edges else np.zeros(0, np.int64)
+    both = np.concatenate([_grid(lo, hi, points), e, e + 1])
+    return np.unique(both[(both >= lo) & (both <= hi)])
 
 
 _DENSE_TOKENS, _DENSE_SEQS = 16384, 4096
@@ -91,8 +115,8 @@ class StepTable:
     dec_kv: list[float]
     dec_y: np.ndarray           # [batch, kv] decode attention of all layers, s
     pre_q: list[float]
-    pre_kv: list[float]
-    pre_y: np.ndarray           # [q, kv] prefill attention of one chunk, all layers, s
+    pre_prefix: list[float]     # context before the chunk (0 = a prompt's first chunk)
+    pre_y: np.ndarray           # [q, prefix] prefill attention of one chunk, all layers, s
     pp_hop_s: float = 0.0       # activation send between stages per step
 
     def __post_init__(self) -> None:
@@ -103,7 +127,7 @@ class StepTable:
         self._dec = np.asarray(self.dec_y, dtype=float).tolist()
         self._pre = np.asarray(self.pre_y, dtype=float).tolist()
         self._dec_b, self._dec_kv = list(map(float, self.dec_b)), list(map(float, self.dec_kv))
-        self._pre_q, self._pre_kv = list(map(float, self.pre_q)), list(map(float, self.pre_kv))
+        self._pre_q, self._pre_prefix = list(map(float, self.pre_q)), list(map(float, self.pre_prefix))
         self._hop = self.pp_hop_s if self.pp > 1 else 0.0
         # Dense per-integer values for the common small counts: one list index per query.
         self._tok_d = [0.0] + [self._lin(*self._tok, float(v)) for v in range(1, _DENSE_TOKENS)]
@@ -138,7 +162,8 @@ class StepTable:
         return self._bilinear(self._dec_b, self._dec_kv, self._dec, seqs, kv_sum / seqs)
 
     def prefill_attention(self, q: int, kv: int) -> float:
-        return self._bilinear(self._pre_q, self._pre_kv, self._pre, q, kv)
+        """A ``q``-token chunk with ``kv`` tokens of context after it."""
+        return self._bilinear(self._pre_q, self._pre_prefix, self._pre, q, kv - q)
 
     def step_time(self, tokens: int, decode_seqs: int = 0, decode_kv_sum: float = 0.0,
                   prefill: Sequence[tuple[int, int]] = ()) -> float:
@@ -153,7 +178,7 @@ class StepTable:
         if decode_seqs:
             t += self._bilinear(self._dec_b, self._dec_kv, self._dec, decode_seqs, decode_kv_sum / decode_seqs)
         for q, kv in prefill:
-            t += self._bilinear(self._pre_q, self._pre_kv, self._pre, q, kv)
+            t += self._bilinear(self._pre_q, self._pre_prefix, self._pre, q, kv - q)
         return t + self._hop
 
 
@@ -168,30 +193,37 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
     max_kv = max_kv or max(model.max_context, 2048)
     layers = model.num_layers // pp
     expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)  # validates TP/PP
-    tok = _grid(1, max_tokens, points)
-    tok_y = [_ops_ms(layer_ops(model, int(t), tp, dtype, fusions), hw, predictor) * layers * 1e-3 for t in tok]
-    seq = _grid(1, max_batch, points // 2)
+    tok = _edge_grid(1, max_tokens, points)
+    tok_y = _ops_ms_each([layer_ops(model, int(t), tp, dtype, fusions) for t in tok], hw, predictor) * layers * 1e-3
+    seq = _edge_grid(1, max_batch, points // 2)
     head = [o for o in expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)
             if o.name == "lm_head"]
-    seq_y = []
-    for s in seq:
-        ops = [Operator(GEMM, "lm_head", {**o.shape, "m": int(s)}, o.dtype) for o in head]
-        seq_y.append(_ops_ms(ops, hw, predictor) * 1e-3)
-    dec_b, dec_kv = _grid(1, max_batch, points // 2), _grid(1, max_kv, points // 2)
-    pre_q, pre_kv = _grid(1, max_tokens, points // 2), _grid(1, max_kv, points // 2)
+    seq_y = _ops_ms_each([[Operator(GEMM, "lm_head", {**o.shape, "m": int(s)}, o.dtype) for o in head]
+                          for s in seq], hw, predictor) * 1e-3
+    dec_b, dec_kv = _grid(1, max_batch, points), _grid(1, max_kv, points)
+    pre_q, pre_prefix = _edge_grid(1, max_tokens, points), np.concatenate([[0], _grid(1, max_kv, points)])
     dec_y = np.zeros((len(dec_b), len(dec_kv)))
-    pre_y = np.zeros((len(pre_q), len(pre_kv)))
+    pre_y = np.zeros((len(pre_q), len(pre_prefix)))
     for n, window in zip(stage_layers(model, pp), (None, model.sliding_window)):
         if n:
             dec_y = dec_y + n * _attention_grid(model, hw, predictor, ATTN_DECODE, dec_b, dec_kv, dtype, kv_dtype,
                                                 tp, window)
-            pre_y = pre_y + n * _attention_grid(model, hw, predictor, ATTN_PREFILL, pre_q, pre_kv, dtype, kv_dtype,
+            pre_y = pre_y + n * _attention_grid(model, hw, predictor, ATTN_PREFILL, pre_q, pre_prefix, dtype, kv_dtype,
                                                 tp, window)
-    # Physics: more tokens, sequences, batch or context never cost less (running max).
-    tok_y = np.maximum.accumulate(np.asarray(tok_y)).tolist()
-    seq_y = np.maximum.accumulate(np.asarray(seq_y)).tolist()
+    # More tokens or sequences never cost less in the simulator. Kernels have dips (a full
+    # tile at 512 tokens beats a ragged one at 449): the closest nondecreasing curve in log
+    # time (isotonic regression) spreads a dip over its neighbours, where a running max
+    # would lift the dip's whole span to its left edge.
+    tok_y, seq_y = _nondecreasing(tok_y), _nondecreasing(seq_y)
+    # Physics: more batch or context never costs less (running max).
     dec_y = np.maximum.accumulate(np.maximum.accumulate(dec_y, axis=0), axis=1)
-    pre_y = np.maximum.accumulate(np.maximum.accumulate(pre_y, axis=0), axis=1)
+    # A chunk with context before it is an extrapolation wherever only prompts from scratch
+    # were measured (AIConfigurator), and small chunks after long contexts come out dearer
+    # than bigger ones: a running max over chunk sizes would lift every bigger chunk to them
+    # (+62% on a 215-token chunk after 2330 tokens, Llama-2-7B TP2 on H100). So a chunk
+    # costs at most any bigger chunk (running min from the top), after more context never
+    # costing less; a min of rows nondecreasing in context stays nondecreasing.
+    pre_y = np.minimum.accumulate(np.maximum.accumulate(pre_y, axis=1)[::-1], axis=0)[::-1]
     hop = 0.0
     if pp > 1:
         bw, lat = hw.link(1)
@@ -199,7 +231,14 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
     return StepTable(model.name, hw.name, tp, pp, tok.astype(float).tolist(), tok_y,
                      seq.astype(float).tolist(), seq_y, dec_b.astype(float).tolist(),
                      dec_kv.astype(float).tolist(), dec_y, pre_q.astype(float).tolist(),
-                     pre_kv.astype(float).tolist(), pre_y, hop)
+                     pre_prefix.astype(float).tolist(), pre_y, hop)
+
+
+def _nondecreasing(y) -> list[float]:
+    """Least-squares nondecreasing fit of ``log y`` (isotonic regression), back in time units."""
+    ly = np.log(np.maximum(np.asarray(y, dtype=float), 1e-30))
+    fit = IsotonicRegression(increasing=True).fit_transform(np.arange(len(ly)), ly)
+    return np.exp(fit).tolist()
 
 
 def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp, window=None) -> np.ndarray:
@@ -214,8 +253,8 @@ def _attention_grid(model, hw, predictor, kind, xs, kvs, dtype, kv_dtype, tp, wi
         for kv in kvs:
             if kind == ATTN_DECODE:
                 rows.append({**proto, "batch": int(x), "kv_len": int(min(kv, window) if window else kv)})
-            else:  # a chunk's context is at least the chunk
-                bs, q, k = windowed_prefill(int(x), int(max(kv, x)), window)
+            else:  # ``kv`` is the context before the chunk here
+                bs, q, k = windowed_prefill(int(x), int(x + kv), window)
                 rows.append({**proto, "batch": bs, "q_len": q, "kv_len": k})
     frame = pd.DataFrame(rows)
     frame["dtype"], frame["kv_dtype"] = op.dtype, op.kv_dtype

@@ -107,8 +107,10 @@ def test_fit_without_kernel_scale_keeps_kernels_as_given():
 def test_trtllm_rows_reserve_kv_for_all_output(traces_dir):
     """TRT-LLM rows run GUARANTEED_NO_EVICT (KV for prompt + output reserved at admission):
     on the real B200 Llama-3.1-70B fp8 TP1 1k/8k row at concurrency 128, whose measured TTFT
-    (137 s) shows clients waiting for whole requests, the simulated TTFT is within 30% of
-    it; vLLM and SGLang rows keep on-demand KV."""
+    (137 s, about 5100 decode steps) shows clients waiting for whole requests, the simulated
+    TTFT counted in simulated decode steps (TTFT / TPOT: how long a request waits, apart
+    from how fast the kernels are, which silicon_fidelity.py measures) is within 15% of the
+    measured one; vLLM and SGLang rows keep on-demand KV."""
     df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
     sel = df[(df.backend == "trtllm") & (df.model_path == "meta-llama/Llama-3.1-70B") & (df.system == "b200_sxm")
              & (df.precision == "fp8") & (df.tp_size == 1) & (df.isl == 1024) & (df.osl == 8192)
@@ -117,7 +119,8 @@ def test_trtllm_rows_reserve_kv_for_all_output(traces_dir):
     assert len(rows) == 1 and rows[0].scenario is not None
     assert rows[0].scenario.deployments[0].scheduler.kv_reservation == "full"
     res = simulate(rows[0].scenario)
-    assert res.summary["ttft_s"]["mean"] == pytest.approx(rows[0].ttft_s, rel=0.3)
+    waited = res.summary["ttft_s"]["mean"] / res.summary["tpot_s"]["mean"]
+    assert waited == pytest.approx(rows[0].ttft_s / rows[0].tpot_s, rel=0.15)
     assert res.summary["preemptions"] == 0
     others = df[(df.backend.isin(["vllm", "sglang"])) & (df["mode"] == "agg")].head(20)
     assert all(r.scenario.deployments[0].scheduler.kv_reservation == "on_demand"
