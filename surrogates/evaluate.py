@@ -140,7 +140,7 @@ def nearest_gpu(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
 
 def holdout_study(table: pd.DataFrame, holdout: str, estimators=ESTIMATORS, max_rows: int = 20000,
-                  seed: int = 0, params: dict | None = None,
+                  seed: int = 0, params: dict | None = None, seen_params: dict | None = None,
                   progress: Progress | None = None) -> dict[str, dict[str, dict[str, dict]]]:
     """``{estimator: {kind: {hardware: metrics}}}`` for one grouped hold-out."""
     acc: dict[str, dict] = {}
@@ -148,7 +148,9 @@ def holdout_study(table: pd.DataFrame, holdout: str, estimators=ESTIMATORS, max_
         for est in estimators:
             if progress:
                 progress(f"{holdout}: {name} / {est}")
-            model = SurrogateModel(est, dict(params or {}) if est == "xgboost" else {}, max_rows=max_rows,
+            xgb = est == "xgboost"
+            model = SurrogateModel(est, dict(params or {}) if xgb else {}, max_rows=max_rows,
+                                   seen_params=dict(seen_params or {}) if xgb else {},
                                    random_state=seed, transfer=holdout == "unseen_gpu")
             model.fit(train)
             _score(acc.setdefault(est, {}), model, test)

@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 
 from profiling.dtypes import normalize_dtype
 from profiling.errors import HermesError
-from profiling.hardware import HardwareSpec, load_catalog
+from profiling.hardware import CATALOG_ENV, HardwareSpec, load_catalog
 from profiling.roofline import add_roofline_features
 
 from .compiled import RooflinePredictor
@@ -46,7 +46,7 @@ KIND_ROW_SCALE = {"gemm": 2.0, "elementwise": 2.5}
 # Only kinds measured on dense shape grids (AIConfigurator) gain from it. Elementwise: in
 # (elements, bytes) the correction hurt an unseen model; with token count and TP it helps
 # a little (MAPE 7.97% -> 7.75%, 7.87% at 1500 rows per variant) for 0.2-0.35 MB of
-# bundle, which is near its 5 MB cap: left out. Every measured shape is kept (no variant
+# bundle, which is near its 6.5 MB cap: left out. Every measured shape is kept (no variant
 # has more rows than this): over 4000 per variant, unseen-shape MAPE of gemm 7.0 -> 6.4%,
 # attn_prefill 6.3 -> 5.3%, attn_decode 9.8 -> 8.2%, in a bundle that xz keeps small.
 RESIDUAL_ROWS_PER_VARIANT = 100_000
@@ -209,6 +209,9 @@ class SurrogateModel:
     estimator: str = "xgboost"
     params: dict = field(default_factory=dict)
     max_rows: int = 40000
+    # Per-kind overrides of ``params`` for the seen-GPU pipeline only ({kind: {name: value}}):
+    # the shipped bundle keeps small trees everywhere but where bigger ones pay (build_bundle).
+    seen_params: dict = field(default_factory=dict)
     interval: float = 0.9
     random_state: int = 0
     transfer: bool = True
@@ -225,8 +228,9 @@ class SurrogateModel:
             rows = table[table["op"] == kind]
             hws = rows["hardware"].unique()  # per distinct name: a per-row lookup costs seconds
             known = rows["hardware"].map({h: h in cat for h in hws}).astype(bool)
-            for h, n in rows.loc[~known, "hardware"].value_counts().items():
-                self.skipped_[f"{kind}@{h}"] = int(n)  # no spec sheet: cannot normalise
+            for h, n in rows.loc[~known, "hardware"].value_counts().items():  # no spec sheet: no roofline
+                raise HermesError(f"hardware '{h}' ({n} {kind} rows) is not in the hardware catalog: add its "
+                                  f"spec sheet with --catalog FILE or ${CATALOG_ENV}")
             rows = add_roofline_features(rows[known], cat)
             rows = rows[(rows["t_roofline_ms"] > 0) & (rows["latency_ms"] > 0)]
             if len(rows) < 20:
@@ -290,7 +294,8 @@ class SurrogateModel:
                   ) -> tuple[Pipeline, ResidualCorrector | None]:
         """The seen-GPU pipeline on ``train``, and its residual corrector on a capped sample of
         ``pool`` (all non-calibration rows: more shapes than the regressor's row budget)."""
-        seen = make_surrogate(kind, self.estimator, **self.params).fit(train, train["latency_ms"].to_numpy())
+        params = {**self.params, **getattr(self, "seen_params", {}).get(kind, {})}
+        seen = make_surrogate(kind, self.estimator, **params).fit(train, train["latency_ms"].to_numpy())
         if not (self.local_correction and self.estimator in CORRECTED and kind in CORRECTED_KINDS):
             return seen, None
         store = _sample(pool, RESIDUAL_ROWS_PER_VARIANT * _n_strata(pool), self.random_state)
@@ -305,7 +310,8 @@ class SurrogateModel:
         residuals over ``MODEL_FOLDS`` folds of the rows' ``model`` names (NaN when fewer
         than 3 models), the variants measured only without a model (shape grids), and the
         quantile per GPU with at least 50 residuals (a GPU profiled for few models, such
-        as Vidur's A30, has much wider errors on a new model than the pool)."""
+        as Vidur's A30, has much wider errors on a new model than the pool; one with too
+        few residuals gets the widest per-GPU quantile)."""
         models = rows["model"].dropna().unique() if "model" in rows else np.array([])
         if len(models) < 3:
             return float("nan"), frozenset(), {}
@@ -326,6 +332,11 @@ class SurrogateModel:
             hw.append(te["hardware"].to_numpy())
         resid, hw = np.concatenate(resid), np.concatenate(hw)
         by_hw = {h: conformal_q(resid[hw == h], self.interval) for h in np.unique(hw) if (hw == h).sum() >= 50}
+        # A GPU profiled for one model has no residuals here (its fold leaves it nothing to
+        # train on); a new model there errs at least like on the worst-known GPU.
+        for h in set(rows.loc[rows["model"].notna(), "hardware"]) - set(by_hw):
+            if by_hw:
+                by_hw[h] = max(by_hw.values())
         per_model = set(variant_ids(kind, rows[rows["model"].notna()]))
         shape_only = set(variant_ids(kind, rows[rows["model"].isna()])) - per_model
         return conformal_q(resid, self.interval), frozenset(shape_only), by_hw
@@ -405,7 +416,8 @@ class SurrogateModel:
         d.mkdir(parents=True, exist_ok=True)
         # xz: the residual store is float tables, a third smaller than zlib level 3; loads in ~0.3 s
         joblib.dump(self, d / MODEL_FILE, compress=("xz", 6))
-        info = {"estimator": self.estimator, "params": self.params, "interval": self.interval,
+        info = {"estimator": self.estimator, "params": self.params,
+                "seen_params": getattr(self, "seen_params", {}), "interval": self.interval,
                 "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware), "dtypes": sorted(m.dtypes),
                               "q_seen": m.q_seen, "q_transfer": m.q_transfer,
                               "q_model": getattr(m, "q_model", float("nan")),

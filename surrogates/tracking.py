@@ -75,7 +75,9 @@ def log_training(model_dir: Path, model: SurrogateModel, *, trace_hash: str, sou
     mlflow = _mlflow()
     with mlflow.start_run(run_name=run_name or f"surrogate-{model.estimator}") as run:
         mlflow.log_params({"estimator": model.estimator, "max_rows": model.max_rows,
-                           "interval": model.interval, **{f"hp.{k}": v for k, v in model.params.items()}})
+                           "interval": model.interval, **{f"hp.{k}": v for k, v in model.params.items()},
+                           **{f"hp.seen.{kind}.{k}": v for kind, hp in getattr(model, "seen_params", {}).items()
+                              for k, v in hp.items()}})
         mlflow.set_tags({"hermes.kind": "surrogate", "trace_hash": trace_hash, "git_commit": git_commit(),
                          "sources": ";".join(sources)[:4000],
                          "hardware": ",".join(model.trained_hardware())})

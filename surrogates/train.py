@@ -68,14 +68,16 @@ def tune(table: pd.DataFrame, trials: int, max_rows: int = 8000, seed: int = 0,
 
 def train_surrogate(table: pd.DataFrame, out_dir: str | Path, *, estimator: str = "xgboost",
                     params: dict | None = None, tune_trials: int = 0, max_rows: int = 40000,
-                    sources: list[str] | None = None, log_mlflow: bool = True, metrics: dict | None = None,
+                    seen_params: dict | None = None, sources: list[str] | None = None,
+                    log_mlflow: bool = True, metrics: dict | None = None,
                     manifest: dict | None = None, progress: Progress | None = None) -> TrainResult:
     """Fit a ``SurrogateModel`` on ``table``, save it to ``out_dir`` and log the run."""
     t0 = time.perf_counter()
     params = dict(params or {})
     if tune_trials and estimator == "xgboost":
         params.update(tune(table, tune_trials, progress=progress))
-    model = SurrogateModel(estimator, params, max_rows=max_rows).fit(table, progress=progress)
+    model = SurrogateModel(estimator, params, max_rows=max_rows,
+                           seen_params=dict(seen_params or {})).fit(table, progress=progress)
     seconds = time.perf_counter() - t0
     digest = table_hash(table)
     info = {"trace_hash": digest, "sources": sources or [], "rows": len(table), "train_seconds": seconds,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -108,3 +109,15 @@ def test_unseen_gpu_is_never_slower_than_a_measured_gpu_it_dominates(fitted):
     bare.specs_ = {}
     l40s = cat.get("L40S")
     assert np.array_equal(fitted.predict("gemm", shapes, l40s).ms, bare.predict("gemm", shapes, l40s).ms)
+
+
+def test_seen_params_override_only_the_seen_pipeline_of_their_kind(gpu_table, fast, tmp_path):
+    """``seen_params`` gives GEMM's seen-GPU pipeline its own trees; GEMM's transfer
+    pipeline and the other kinds keep ``params``; the override is in the saved manifest."""
+    m = SurrogateModel(params=fast, max_rows=2000, seen_params={"gemm": {"n_estimators": 7}}).fit(gpu_table)
+    trees = lambda pipe: pipe.named_steps["regressor"].model_.get_booster().num_boosted_rounds()  # noqa: E731
+    assert trees(m.kinds_["gemm"].seen) == 7
+    assert trees(m.kinds_["gemm"].transfer) == fast["n_estimators"] != 7
+    assert trees(m.kinds_["collective"].seen) == fast["n_estimators"]
+    m.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["seen_params"] == {"gemm": {"n_estimators": 7}}
