@@ -13,26 +13,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from profiling.errors import HermesError, InputError
-from profiling.yamlfile import read_yaml
+
+from .options import csv_options, load_column_map, with_options
 
 REASONS_SHOWN = 5
 
 
 def _err_console() -> Console:
     return Console(stderr=True)
-
-
-def _load_map(spec: str | None) -> dict | str | None:
-    """``--map`` is either FIELD=COLUMN[:UNIT],... or a YAML file of the same mapping."""
-    if not spec:
-        return None
-    p = Path(spec)
-    if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
-        doc = read_yaml(p, "column map file")
-        if not isinstance(doc, dict):
-            raise InputError("a column map file holds FIELD: COLUMN[:UNIT] pairs", file=p)
-        return {str(k): str(v) for k, v in doc.items()}
-    return spec
 
 
 def _summary(table: pd.DataFrame) -> list[dict]:
@@ -83,9 +71,7 @@ def profile() -> None:
               type=click.Choice(["aiconfigurator", "vidur", "splitwise", "torch", "vllm-steps", "csv"]),
               help="Trace format of PATH (a file or a directory tree).")
 @click.option("--hardware", help="Device name from the catalog (overrides what the path says).")
-@click.option("--map", "column_map", help="csv: FIELD=COLUMN[:UNIT],... or a YAML file (units us/ms/s, B/KB/MB/GB).")
-@click.option("--op", help="csv: operator kind of every row when no column gives it.")
-@click.option("--dtype", help="csv: dtype of every row when no column gives it.")
+@with_options(csv_options)
 @click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
               help="Extra hardware catalog YAML (repeatable).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output Parquet file.")
@@ -103,7 +89,7 @@ def ingest(path: Path, fmt: str, hardware: str | None, column_map: str | None, o
     defaults = {k: v for k, v in (("op", op), ("dtype", dtype)) if v}
     with _progress(as_json) as bar:
         task = bar.add_task(f"reading {fmt}", total=None)
-        result = read_traces(path, fmt, hardware=hardware, column_map=_load_map(column_map), catalog=catalog,
+        result = read_traces(path, fmt, hardware=hardware, column_map=load_column_map(column_map), catalog=catalog,
                              defaults=defaults,
                              progress=lambda i, n, f: bar.update(task, completed=i, total=n))
     qfile = qfile or out.with_name(out.name + ".quarantine.csv")

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from profiling.errors import HermesError
 
+from .options import catalog_option
+
 
 @click.command("search")
 @click.argument("space", required=False, type=click.Path(dir_okay=False))
@@ -29,6 +31,7 @@ from profiling.errors import HermesError
 @click.option("-o", "--out", "outdir", default=None, type=click.Path(file_okay=False),
               help="where the best scenario, plots and trials CSV go (default search-results/STUDY)")
 @click.option("--json", "as_json", is_flag=True, help="print only the result JSON on stdout")
+@catalog_option
 def search_cmd(space: str | None, trials: int, storage: str | None, study_name: str | None,
                workers: int, seed: int, heartbeat: int, outdir: str | None, as_json: bool) -> None:
     """Find the deployment with the most output tokens per dollar under the SLOs.

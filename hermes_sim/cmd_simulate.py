@@ -7,6 +7,8 @@ import click
 
 from profiling.errors import HermesError
 
+from .options import catalog_option
+
 
 def _console():
     from rich.console import Console
@@ -82,6 +84,7 @@ def _pipeline_tables(s: dict) -> list:
               help="write summary.json, requests.parquet, trace.json and plots here")
 @click.option("--json", "as_json", is_flag=True, help="print only the summary JSON on stdout")
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
+@catalog_option
 def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, as_json: bool,
                  no_plots: bool) -> None:
     """Simulate SCENARIO_FILE (YAML) and print the summary."""
@@ -130,6 +133,7 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
 @click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
               help="silicon: rows simulated in parallel")
 @click.option("--json", "as_json", is_flag=True)
+@catalog_option
 def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, scenario_opt: str | None,
                  trace: str | None, surrogate: str | None, pattern: str | None, fraction: float | None,
                  seed: int, overhead_in: str | None, overhead_out: str | None, processes: int,

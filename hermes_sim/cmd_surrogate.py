@@ -1,13 +1,17 @@
 """`hermes-sim surrogate train|eval` and `hermes-sim calibrate`."""
 from __future__ import annotations
 
+import functools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
+
+from .options import catalog_option, csv_options, load_column_map, with_options
 
 _err = Console(stderr=True)
 
@@ -51,9 +55,22 @@ def _study_rich(study: dict, title: str) -> Table:
     return t
 
 
-def _load(traces, fmt, hardware, quiet):
-    from surrogates.sources import load_traces
-    return load_traces(list(traces), fmt, hardware, progress=_progress(quiet))
+@dataclass(frozen=True)
+class TraceSource:
+    """Where training or evaluation rows come from (the trace options of a command)."""
+
+    paths: tuple[str, ...]
+    fmt: str | None = None
+    hardware: str | None = None
+    column_map: str | None = None
+    op: str | None = None
+    dtype: str | None = None
+
+    def load(self, quiet: bool):
+        from surrogates.sources import load_traces
+        defaults = {k: v for k, v in (("op", self.op), ("dtype", self.dtype)) if v}
+        return load_traces(list(self.paths), self.fmt, self.hardware, progress=_progress(quiet),
+                           column_map=load_column_map(self.column_map), defaults=defaults)
 
 
 _trace_opts = [
@@ -62,13 +79,17 @@ _trace_opts = [
                  help="Raw trace format (aiconfigurator, vidur, torch, vllm-steps, csv); omit for "
                       "canonical .parquet tables written by `hermes-sim profile ingest`."),
     click.option("--hardware", default=None, help="Override the hardware name of raw traces."),
+    *csv_options,
+    catalog_option,
 ]
 
 
 def _with_traces(f):
-    for opt in reversed(_trace_opts):
-        f = opt(f)
-    return f
+    """The trace options, handed to the command as one ``src: TraceSource``."""
+    @functools.wraps(f)
+    def inner(traces, fmt, hardware, column_map, op, dtype, **kw):
+        return f(src=TraceSource(tuple(traces), fmt, hardware, column_map, op, dtype), **kw)
+    return with_options(_trace_opts)(inner)
 
 
 _HP = {"n_estimators": int, "max_depth": int, "learning_rate": float, "min_child_weight": float,
@@ -107,13 +128,13 @@ def surrogate() -> None:
               help="Estimator hyper-parameter, e.g. --param n_estimators=200 (repeatable).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
-def train_cmd(traces, fmt, hardware, out, estimator, tune_trials, max_rows, params, no_mlflow, as_json) -> None:
+def train_cmd(src: TraceSource, out, estimator, tune_trials, max_rows, params, no_mlflow, as_json) -> None:
     """Fit surrogates on TRACES, save them to OUT and log the run to MLflow."""
     from surrogates.train import train_surrogate
     hp = _parse_params(params)
-    table = _load(traces, fmt, hardware, as_json)
+    table = src.load(as_json)
     res = train_surrogate(table, out, estimator=estimator, params=hp, tune_trials=tune_trials, max_rows=max_rows,
-                          sources=[str(t) for t in traces], log_mlflow=not no_mlflow,
+                          sources=list(src.paths), log_mlflow=not no_mlflow,
                           progress=_progress(as_json))
     info = {"directory": str(Path(res.directory).resolve()), "run_id": res.run_id,
             "reference": res.run_id or str(Path(res.directory).resolve()), "trace_hash": res.trace_hash,
@@ -124,20 +145,20 @@ def train_cmd(traces, fmt, hardware, out, estimator, tune_trials, max_rows, para
         return
     click.echo(f"surrogate saved to {info['directory']} ({res.seconds:.0f} s)")
     if res.run_id:
-        click.echo(f"MLflow run {res.run_id}; use --surrogate {res.run_id}")
+        click.echo(f"MLflow run {res.run_id}; use --surrogate {res.run_id}{_catalog_hint(res.model)}")
 
 
 @surrogate.command("eval")
 @click.argument("model")
 @_with_traces
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
-def eval_cmd(model, traces, fmt, hardware, as_json) -> None:
+def eval_cmd(model, src: TraceSource, as_json) -> None:
     """Accuracy of MODEL (builtin, a directory or an MLflow run id) on TRACES, per op kind
     and hardware: MAPE, median and p90 absolute percentage error, Pearson r, n."""
     from surrogates.evaluate import accuracy_table
     from surrogates.tracking import load_surrogate
     m = load_surrogate(model)
-    acc = accuracy_table(m, _load(traces, fmt, hardware, as_json))
+    acc = accuracy_table(m, src.load(as_json))
     if as_json:
         click.echo(json.dumps(acc))
     else:
@@ -151,7 +172,7 @@ def eval_cmd(model, traces, fmt, hardware, as_json) -> None:
 @click.option("--max-rows", type=click.IntRange(min=100), default=40000, show_default=True)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="XGBoost hyper-parameter.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
-def calibrate(traces, fmt, hardware, out, max_rows, params, as_json) -> None:
+def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
     """One shot for a new GPU: ingest TRACES, train, evaluate on unseen shapes against the
     roofline and Random Forest baselines, register in MLflow, print the reference."""
     from surrogates.evaluate import holdout_study
@@ -160,11 +181,11 @@ def calibrate(traces, fmt, hardware, out, max_rows, params, as_json) -> None:
     from surrogates.train import train_surrogate
     prog = _progress(as_json)
     hp = _parse_params(params)
-    table = _load(traces, fmt, hardware, as_json)
+    table = src.load(as_json)
     study = holdout_study(table, "unseen_shape", ("xgboost", "rf", "roofline"),
                           max_rows=min(max_rows, 20000), params=hp, progress=prog)
     out = out or str(_root() / "mlruns" / "surrogates" / table_hash(table)[:12])
-    res = train_surrogate(table, out, params=hp, max_rows=max_rows, sources=[str(t) for t in traces],
+    res = train_surrogate(table, out, params=hp, max_rows=max_rows, sources=list(src.paths),
                           metrics={"unseen_shape": study.get("xgboost", {})}, progress=prog)
     info = {"reference": res.run_id, "directory": str(Path(res.directory).resolve()),
             "trace_hash": res.trace_hash, "unseen_shape": study}
@@ -173,7 +194,19 @@ def calibrate(traces, fmt, hardware, out, max_rows, params, as_json) -> None:
         return
     Console().print(_study_rich(study, "unseen shapes (20% of shapes held out): surrogate vs baselines"))
     click.echo(f"registered MLflow run {res.run_id} (saved in {info['directory']})")
-    click.echo(f"use it: hermes-sim simulate SCENARIO.yaml --surrogate {res.run_id}")
+    click.echo(f"use it: hermes-sim simulate SCENARIO.yaml --surrogate {res.run_id}{_catalog_hint(res.model)}")
+
+
+def _catalog_hint(model) -> str:
+    """`` --catalog FILE...`` when a trained device is known only from an extra catalog
+    (later commands need its spec sheet too)."""
+    import os
+
+    from profiling.hardware import CATALOG_ENV, builtin_catalog
+    builtin = builtin_catalog()
+    if all(h in builtin for h in model.trained_hardware()):
+        return ""
+    return "".join(f" --catalog {p}" for p in os.environ.get(CATALOG_ENV, "").split(os.pathsep) if p)
 
 
 COMMANDS: list[click.Command] = [surrogate, calibrate]

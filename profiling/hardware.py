@@ -161,9 +161,14 @@ def builtin_catalog_text() -> str:
     return resources.files("profiling").joinpath("data/hardware.yaml").read_text()
 
 
+def builtin_catalog() -> HardwareCatalog:
+    """The devices shipped with the package only."""
+    return HardwareCatalog(_read_specs(builtin_catalog_text(), "builtin hardware.yaml"))
+
+
 def load_catalog(*extra: str | Path) -> HardwareCatalog:
     """Built-in devices, then ``$HERMES_CATALOG`` files, then ``extra`` files (later wins)."""
-    cat = HardwareCatalog(_read_specs(builtin_catalog_text(), "builtin hardware.yaml"))
+    cat = builtin_catalog()
     paths = [p for p in os.environ.get(CATALOG_ENV, "").split(os.pathsep) if p] + list(extra)
     for p in paths:
         path = Path(p)

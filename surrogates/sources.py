@@ -15,8 +15,10 @@ Progress = Callable[[str], None]
 
 
 def load_traces(paths: Sequence[str | Path], fmt: str | None = None, hardware: str | None = None,
-                progress: Progress | None = None) -> pd.DataFrame:
-    """One clean canonical table from canonical Parquet files, or raw paths of format ``fmt``."""
+                progress: Progress | None = None, column_map: dict | str | None = None,
+                defaults: dict | None = None) -> pd.DataFrame:
+    """One clean canonical table from canonical Parquet files, or raw paths of format ``fmt``
+    (``column_map`` and ``defaults``: the field mapping and constant fields of plain CSV)."""
     if not paths:
         raise InputError("no trace files given")
     frames = []
@@ -25,7 +27,7 @@ def load_traces(paths: Sequence[str | Path], fmt: str | None = None, hardware: s
             raise InputError("trace path not found", file=p)
         if fmt:
             from profiling.readers import read_traces
-            res = read_traces(p, fmt, hardware=hardware)
+            res = read_traces(p, fmt, hardware=hardware, column_map=column_map, defaults=defaults)
             df, bad = res.table, len(res.quarantine)
         else:
             if p.is_dir() or p.suffix != ".parquet":

@@ -58,3 +58,30 @@ def test_calibrate_prints_reference_and_baselines(canonical_parquet, tmp_path, c
     g = info["unseen_shape"]
     assert g["xgboost"]["gemm"]["all"]["mape"] < g["roofline"]["gemm"]["all"]["mape"]
     assert load_surrogate(info["reference"]).kinds_
+
+
+def test_calibrate_a_new_gpu_from_a_csv_with_its_spec_sheet(gpu_table, tmp_path, capsys, monkeypatch):
+    """The README's new-GPU flow: the user's own CSV (their column names, microseconds) of a
+    GPU the built-in catalog lacks. Without its spec sheet calibrate exits 2 naming the
+    device; with `--catalog FILE` it trains on it, and the printed reference carries the
+    same `--catalog FILE` for the commands that will use it."""
+    from profiling.hardware import CATALOG_ENV
+    monkeypatch.setenv(CATALOG_ENV, "")  # --catalog appends to it; the old value is restored after the test
+    rows = gpu_table[(gpu_table["hardware"] == "L40S") & (gpu_table["op"] == "gemm")]
+    traces = tmp_path / "foo_gemms.csv"
+    pd.DataFrame({"M": rows["m"], "N": rows["n"], "K": rows["k"],
+                  "lat_us": rows["latency_ms"] * 1e3}).to_csv(traces, index=False)
+    spec = tmp_path / "foo.yaml"
+    spec.write_text("devices:\n  - name: FooGPU\n    peak_tflops: {bf16: 362}\n    mem_capacity_gb: 48\n"
+                    "    mem_bw_gb_s: 864\n    tdp_w: 350\n    price_per_hour: 1.4\n")
+    args = ["calibrate", str(traces), "--format", "csv", "--map", "latency=lat_us:us,m=M,n=N,k=K", "--op", "gemm",
+            "--dtype", "bf16", "--hardware", "FooGPU", "-o", str(tmp_path / "cal"), "--max-rows", "1200",
+            "--param", "n_estimators=40"]
+    code, _, err = _run(capsys, *args, "--json")  # --json: no progress lines on stderr
+    assert code == 2 and "'FooGPU'" in err and "--catalog" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = _run(capsys, *args, "--catalog", str(spec))
+    assert code == 0 and f"--catalog {spec.resolve()}" in out.splitlines()[-1]
+    m = load_surrogate(str(tmp_path / "cal"))
+    assert m.trained_hardware() == ["FooGPU"] and m.kinds_["gemm"].n_train > 1000
+    code, _, err = _run(capsys, *args, "--json", "--catalog", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err and len(err.strip().splitlines()) == 1
