@@ -1,6 +1,8 @@
 """Scenario files: one-line errors naming the field; memory arithmetic when a model does not fit."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -84,3 +86,21 @@ def test_default_scenario_ships_and_loads():
     from importlib import resources
     path = resources.files("simulator").joinpath("scenarios/default.yaml")
     assert load_scenario(str(path)).deployments[0].model == "Llama-3.1-8B"
+
+
+def test_cli_simulates_a_gpu_given_by_catalog_file(tmp_path):
+    """`simulate --catalog FILE` knows a GPU the built-in catalog lacks: without the file the
+    run is one error line naming it, with the file it completes every request."""
+    p = tmp_path / "foo.yaml"
+    p.write_text(GOOD.format(tp=1).replace("H100-SXM", "FooGPU"))
+    spec = tmp_path / "foo_gpu.yaml"
+    spec.write_text("devices:\n  - name: FooGPU\n    peak_tflops: {bf16: 500}\n    mem_capacity_gb: 80\n"
+                    "    mem_bw_gb_s: 2000\n    tdp_w: 500\n    price_per_hour: 2.0\n")
+    env = {k: v for k, v in os.environ.items() if k != "HERMES_CATALOG"}
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "hermes_sim.cli", "simulate", str(p), "--json",  # noqa: E731
+                                         *extra], capture_output=True, text=True, env=env)
+    r = run()
+    assert r.returncode == 2 and "'FooGPU'" in r.stderr and r.stderr.strip().count("\n") == 0
+    r = run("--catalog", str(spec))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["completed"] == 20
