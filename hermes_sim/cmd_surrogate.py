@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,8 +201,6 @@ def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
 def _catalog_hint(model) -> str:
     """`` --catalog FILE...`` when a trained device is known only from an extra catalog
     (later commands need its spec sheet too)."""
-    import os
-
     from profiling.hardware import CATALOG_ENV, builtin_catalog
     builtin = builtin_catalog()
     if all(h in builtin for h in model.trained_hardware()):

@@ -97,8 +97,8 @@ def test_cli_simulates_a_gpu_given_by_catalog_file(tmp_path):
     spec.write_text("devices:\n  - name: FooGPU\n    peak_tflops: {bf16: 500}\n    mem_capacity_gb: 80\n"
                     "    mem_bw_gb_s: 2000\n    tdp_w: 500\n    price_per_hour: 2.0\n")
     env = {k: v for k, v in os.environ.items() if k != "HERMES_CATALOG"}
-    run = lambda *extra: subprocess.run([sys.executable, "-m", "hermes_sim.cli", "simulate", str(p), "--json",  # noqa: E731
-                                         *extra], capture_output=True, text=True, env=env)
+    cmd = [sys.executable, "-m", "hermes_sim.cli", "simulate", str(p), "--json"]
+    run = lambda *extra: subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env)  # noqa: E731
     r = run()
     assert r.returncode == 2 and "'FooGPU'" in r.stderr and r.stderr.strip().count("\n") == 0
     r = run("--catalog", str(spec))
