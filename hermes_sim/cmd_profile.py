@@ -14,7 +14,7 @@ from rich.table import Table
 
 from profiling.errors import HermesError, InputError
 
-from .options import csv_options, load_column_map, with_options
+from .options import catalog_option, csv_options, load_column_map, with_options
 
 REASONS_SHOWN = 5
 
@@ -72,20 +72,19 @@ def profile() -> None:
               help="Trace format of PATH (a file or a directory tree).")
 @click.option("--hardware", help="Device name from the catalog (overrides what the path says).")
 @with_options(csv_options)
-@click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
-              help="Extra hardware catalog YAML (repeatable).")
+@catalog_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output Parquet file.")
 @click.option("--quarantine", "qfile", type=click.Path(path_type=Path),
               help="Quarantine CSV (default: <output>.quarantine.csv).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def ingest(path: Path, fmt: str, hardware: str | None, column_map: str | None, op: str | None,
-           dtype: str | None, catalogs: tuple[Path, ...], out: Path, qfile: Path | None, as_json: bool) -> None:
+           dtype: str | None, out: Path, qfile: Path | None, as_json: bool) -> None:
     """Read traces at PATH into a validated canonical table with roofline features."""
     from profiling.hardware import load_catalog
     from profiling.ingest import read_traces
 
     t0 = time.perf_counter()
-    catalog = load_catalog(*catalogs)
+    catalog = load_catalog()
     defaults = {k: v for k, v in (("op", op), ("dtype", dtype)) if v}
     with _progress(as_json) as bar:
         task = bar.add_task(f"reading {fmt}", total=None)
@@ -116,11 +115,10 @@ def _write(table: pd.DataFrame, out: Path) -> None:
 @click.option("--quick", is_flag=True, help="A small grid (seconds, not minutes).")
 @click.option("--repeats", type=int, default=7, show_default=True, help="Timed runs per shape (median kept).")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs before timing.")
-@click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path))
+@catalog_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output Parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench(device: str, quick: bool, repeats: int, warmup: int, catalogs: tuple[Path, ...], out: Path,
-          as_json: bool) -> None:
+def bench(device: str, quick: bool, repeats: int, warmup: int, out: Path, as_json: bool) -> None:
     """Run real microbenchmarks on this machine and write the canonical table."""
     try:
         from profiling.bench import bench_catalog, hardware_yaml, run_bench
@@ -135,7 +133,7 @@ def bench(device: str, quick: bool, repeats: int, warmup: int, catalogs: tuple[P
         task = bar.add_task(f"bench {device}", total=None)
         df = run_bench(device=device, quick=quick, repeats=repeats, warmup=warmup,
                        progress=lambda i, n: bar.update(task, completed=i, total=n))
-    catalog = bench_catalog(df, load_catalog(*catalogs))
+    catalog = bench_catalog(df, load_catalog())
     clean, quarantine = validate_traces(df)
     table = add_roofline_features(clean, catalog)
     _write(table, out)

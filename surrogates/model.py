@@ -217,25 +217,25 @@ class SurrogateModel:
     transfer: bool = True
     local_correction: bool = True
     kinds_: dict[str, KindModel] = field(default_factory=dict)
-    skipped_: dict[str, int] = field(default_factory=dict)
     specs_: dict[str, HardwareSpec] = field(default_factory=dict)  # spec sheets of the trained GPUs
 
     # ---- training -----------------------------------------------------
     def fit(self, table: pd.DataFrame, progress: Callable[[str], None] | None = None) -> "SurrogateModel":
         cat = load_catalog()
-        self.kinds_, self.skipped_ = {}, {}
+        self.kinds_ = {}
         for kind in [k for k in TRAINABLE if (table["op"] == k).any()]:
             rows = table[table["op"] == kind]
             hws = rows["hardware"].unique()  # per distinct name: a per-row lookup costs seconds
-            known = rows["hardware"].map({h: h in cat for h in hws}).astype(bool)
-            for h, n in rows.loc[~known, "hardware"].value_counts().items():  # no spec sheet: no roofline
-                raise HermesError(f"hardware '{h}' ({n} {kind} rows) is not in the hardware catalog: add its "
-                                  f"spec sheet with --catalog FILE or ${CATALOG_ENV}")
-            rows = add_roofline_features(rows[known], cat)
+            unknown = [h for h in hws if h not in cat]  # no spec sheet: no roofline to normalise by
+            if unknown:
+                n = int((rows["hardware"] == unknown[0]).sum())
+                raise HermesError(f"hardware '{unknown[0]}' ({n} {kind} rows) is not in the hardware catalog: "
+                                  f"add its spec sheet with --catalog FILE or ${CATALOG_ENV}")
+            rows = add_roofline_features(rows, cat)
             rows = rows[(rows["t_roofline_ms"] > 0) & (rows["latency_ms"] > 0)]
             if len(rows) < 20:
                 continue
-            rows = rows.assign(hardware=rows["hardware"].map({h: cat.get(h).name for h in hws if h in cat}))
+            rows = rows.assign(hardware=rows["hardware"].map({h: cat.get(h).name for h in hws}))
             if progress:
                 progress(f"{kind}: {len(rows)} rows on {rows['hardware'].nunique()} device(s)")
             self.kinds_[kind] = self._fit_kind(kind, rows)
@@ -426,7 +426,7 @@ class SurrogateModel:
                               "engine_kernels": {f"{h} {d}": f"{st} {k}".strip()
                                                  for (h, d), (st, k) in getattr(m, "engine_kernels", {}).items()}}
                           for k, m in self.kinds_.items()},
-                "skipped_rows": self.skipped_, **(manifest or {})}
+                **(manifest or {})}
         (d / MANIFEST_FILE).write_text(json.dumps(info, indent=2, default=str))
         return d
 

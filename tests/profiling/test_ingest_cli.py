@@ -109,9 +109,17 @@ def test_unknown_format_and_bad_map(tmp_path, capsys):
                                        "-o", tmp_path / "o")
 
 
-def test_unknown_hardware_is_quarantined_not_guessed(tmp_path, capsys):
-    """Rows on a device the catalog lacks cannot get a roofline: the error says to add it."""
+def test_unknown_hardware_is_quarantined_not_guessed(tmp_path, capsys, monkeypatch):
+    """Rows on a device the catalog lacks cannot get a roofline: the error says to add it;
+    with its spec sheet given by --catalog the same rows ingest."""
     f = tmp_path / "mine.csv"
     pd.DataFrame({"op": ["gemm"], "m": [1], "n": [8], "k": [8], "latency_ms": [0.01]}).to_csv(f, index=False)
     err = _fails(capsys, f, "--format", "csv", "--hardware", "TPU-v9000", "-o", tmp_path / "o.parquet")
     assert "TPU-v9000" in err and "--catalog" in err
+    monkeypatch.setenv("HERMES_CATALOG", "")  # --catalog appends to it; the old value is restored after the test
+    spec = tmp_path / "tpu.yaml"
+    spec.write_text("devices:\n  - name: TPU-v9000\n    kind: asic\n    peak_tflops: {bf16: 900}\n"
+                    "    mem_capacity_gb: 96\n    mem_bw_gb_s: 3000\n    tdp_w: 500\n    price_per_hour: 3.0\n")
+    code = main(["profile", "ingest", str(f), "--format", "csv", "--hardware", "TPU-v9000", "--catalog", str(spec),
+                 "-o", str(tmp_path / "o.parquet"), "--json"])
+    assert code == 0 and set(pd.read_parquet(tmp_path / "o.parquet")["hardware"]) == {"TPU-v9000"}
