@@ -12,6 +12,8 @@ hardware numbers predicting latency directly, without roofline normalisation.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -31,6 +33,9 @@ TRANSFER_OVERHEAD_Q = 0.01
 # Features 1, 2 of RooflineFeatures are log t_compute, log t_memory; 5.. are dtype, stack,
 # hardware and shape (what a Vidur-style forest sees: no roofline columns).
 _LOG_T_COMPUTE, _LOG_T_MEMORY, _RAW_FROM = 1, 2, 5
+# Per-node statistics XGBoost keeps from training (split gain, hessian sum, internal-node
+# weights); prediction reads only the tree structure and the leaf values.
+_TRAINING_ONLY = ("loss_changes", "sum_hessian", "base_weights")
 
 
 class RatioRegressor(RegressorMixin, BaseEstimator):
@@ -94,6 +99,20 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
             self.model_.fit(X[:, _RAW_FROM:], y)
         elif self.model_ is not None:
             self.model_.fit(self._learned(X), np.log(y) - self._log_base(X))
+        return self
+
+    def compact(self) -> "RatioRegressor":
+        """Zero the trees' training-only statistics so a saved model compresses to about
+        half; predictions stay bit-identical (the shipped bundle's deep trees fit its size
+        budget this way)."""
+        if self.estimator != "xgboost" or getattr(self, "model_", None) is None:
+            return self
+        booster = self.model_.get_booster()
+        model = json.loads(booster.save_raw("json"))
+        for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
+            for key in _TRAINING_ONLY:
+                tree[key] = [0.0] * len(tree[key])
+        booster.load_model(bytearray(json.dumps(model).encode()))
         return self
 
     def _log_base(self, X: np.ndarray) -> np.ndarray:

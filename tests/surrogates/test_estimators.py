@@ -46,6 +46,20 @@ def test_never_faster_than_roofline(gpu_table, estimator, fast):
         assert np.all(pred >= g["t_roofline_ms"].to_numpy() * (1 - 1e-9))
 
 
+def test_compact_keeps_predictions_and_shrinks_the_pickle(gpu_table):
+    """compact() zeroes only training statistics: predictions are bit-identical before and
+    after a pickle round trip, and the compressed pickle is at least a third smaller."""
+    import lzma
+    import pickle
+    g = gpu_table[gpu_table["op"] == "gemm"]
+    pipe = make_surrogate("gemm", n_estimators=60, max_depth=8).fit(g, g["latency_ms"].to_numpy())
+    before, size = pipe.predict(g), len(lzma.compress(pickle.dumps(pipe)))
+    pipe.named_steps["regressor"].compact()
+    again = pickle.loads(pickle.dumps(pipe))
+    np.testing.assert_array_equal(again.predict(g), before)
+    assert len(lzma.compress(pickle.dumps(pipe))) < 0.67 * size
+
+
 def test_training_and_simulation_features_identical(gpu_table):
     """Features from ingest-time roofline columns equal those from attach_roofline(hw)."""
     g = gpu_table[(gpu_table["op"] == "gemm") & (gpu_table["hardware"] == "H100-SXM")].head(200)
