@@ -47,8 +47,9 @@ def test_never_faster_than_roofline(gpu_table, estimator, fast):
 
 
 def test_compact_keeps_predictions_and_shrinks_the_pickle(gpu_table):
-    """compact() zeroes only training statistics: predictions are bit-identical before and
-    after a pickle round trip, and the compressed pickle is at least a third smaller."""
+    """compact() moves no prediction by more than 0.2% (half-precision leaves; the training
+    statistics it zeroes are never read), survives a pickle round trip, is idempotent, and
+    leaves the compressed pickle at most half its size."""
     import lzma
     import pickle
     g = gpu_table[gpu_table["op"] == "gemm"]
@@ -56,8 +57,11 @@ def test_compact_keeps_predictions_and_shrinks_the_pickle(gpu_table):
     before, size = pipe.predict(g), len(lzma.compress(pickle.dumps(pipe)))
     pipe.named_steps["regressor"].compact()
     again = pickle.loads(pickle.dumps(pipe))
-    np.testing.assert_array_equal(again.predict(g), before)
-    assert len(lzma.compress(pickle.dumps(pipe))) < 0.67 * size
+    after = again.predict(g)
+    assert np.max(np.abs(np.log(after / before))) < 2e-3
+    again.named_steps["regressor"].compact()
+    np.testing.assert_array_equal(again.predict(g), after)
+    assert len(lzma.compress(pickle.dumps(pipe))) < 0.5 * size
 
 
 def test_training_and_simulation_features_identical(gpu_table):
