@@ -11,9 +11,9 @@ xgboost (ours), rf (Vidur), linear, roofline, and nearest-gpu (copy the closest 
 
 By default every fold is trained exactly as the shipped bundle is (``build_bundle``:
 ``BUNDLE_ROWS`` rows per kind, ``BUNDLE_PARAMS`` trees, ``BUNDLE_SEEN_PARAMS`` for the seen-GPU
-GEMM and attention pipelines), so the figures are what a user of
-the built-in surrogate gets; ``--config large`` uses the library defaults of
-``hermes-sim surrogate train`` (bigger trees) instead. ``cover90`` is the share of held-out
+GEMM and attention pipelines; also ``hermes-sim surrogate train``'s default), so the figures
+are what a user of the built-in surrogate gets; ``--config large`` uses the library defaults
+of ``SurrogateModel`` instead (300 trees of depth 8 on every pipeline, 40k rows). ``cover90`` is the share of held-out
 rows inside the nominal 90% interval.
 """
 from __future__ import annotations

@@ -111,6 +111,18 @@ def _parse_params(items) -> dict:
     return out
 
 
+def _recipe(hp: dict, max_rows: int | None, estimator: str = "xgboost", tune_trials: int = 0
+            ) -> tuple[dict, dict, int]:
+    """(params, seen-pipeline params, rows per kind). Without --param or --tune, XGBoost
+    trains as the built-in bundle does (deep trees only for the seen-GPU GEMM and attention
+    pipelines, where they measurably pay); given either, those params apply everywhere."""
+    from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_ROWS, BUNDLE_SEEN_PARAMS
+    rows = max_rows or BUNDLE_ROWS
+    if hp or tune_trials or estimator != "xgboost":
+        return hp, {}, rows
+    return dict(BUNDLE_PARAMS), {k: dict(v) for k, v in BUNDLE_SEEN_PARAMS.items()}, rows
+
+
 @click.group("surrogate")
 def surrogate() -> None:
     """Train and evaluate per-operator latency surrogates."""
@@ -123,19 +135,20 @@ def surrogate() -> None:
               show_default=True)
 @click.option("--tune", "tune_trials", type=click.IntRange(min=0), default=0,
               help="Optuna trials on a grouped validation fold (xgboost).")
-@click.option("--max-rows", type=click.IntRange(min=100), default=40000, show_default=True,
-              help="Training rows per op kind (spread over hardware).")
+@click.option("--max-rows", type=click.IntRange(min=100), default=None,
+              help="Training rows per op kind, spread over hardware (default: the built-in bundle's).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Estimator hyper-parameter, e.g. --param n_estimators=200 (repeatable).")
+              help="Estimator hyper-parameter for every pipeline, e.g. --param n_estimators=200 "
+                   "(repeatable; default: the built-in bundle's recipe).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
 def train_cmd(src: TraceSource, out, estimator, tune_trials, max_rows, params, no_mlflow, as_json) -> None:
     """Fit surrogates on TRACES, save them to OUT and log the run to MLflow."""
     from surrogates.train import train_surrogate
-    hp = _parse_params(params)
+    hp, seen, rows = _recipe(_parse_params(params), max_rows, estimator, tune_trials)
     table = src.load(as_json)
-    res = train_surrogate(table, out, estimator=estimator, params=hp, tune_trials=tune_trials, max_rows=max_rows,
-                          sources=list(src.paths), log_mlflow=not no_mlflow,
+    res = train_surrogate(table, out, estimator=estimator, params=hp, tune_trials=tune_trials, max_rows=rows,
+                          seen_params=seen, sources=list(src.paths), log_mlflow=not no_mlflow,
                           progress=_progress(as_json))
     info = {"directory": str(Path(res.directory).resolve()), "run_id": res.run_id,
             "reference": res.run_id or str(Path(res.directory).resolve()), "trace_hash": res.trace_hash,
@@ -170,8 +183,10 @@ def eval_cmd(model, src: TraceSource, as_json) -> None:
 @_with_traces
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
               help="Where to save the surrogate (default mlruns/surrogates/<trace hash>).")
-@click.option("--max-rows", type=click.IntRange(min=100), default=40000, show_default=True)
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="XGBoost hyper-parameter.")
+@click.option("--max-rows", type=click.IntRange(min=100), default=None,
+              help="Training rows per op kind (default: the built-in bundle's).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="XGBoost hyper-parameter for every pipeline (default: the built-in bundle's recipe).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
 def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
     """One shot for a new GPU: ingest TRACES, train, evaluate on unseen shapes against the
@@ -181,12 +196,12 @@ def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
     from surrogates.tracking import _root
     from surrogates.train import train_surrogate
     prog = _progress(as_json)
-    hp = _parse_params(params)
+    hp, seen, rows = _recipe(_parse_params(params), max_rows)
     table = src.load(as_json)
     study = holdout_study(table, "unseen_shape", ("xgboost", "rf", "roofline"),
-                          max_rows=min(max_rows, 20000), params=hp, progress=prog)
+                          max_rows=min(rows, 20000), params=hp, seen_params=seen, progress=prog)
     out = out or str(_root() / "mlruns" / "surrogates" / table_hash(table)[:12])
-    res = train_surrogate(table, out, params=hp, max_rows=max_rows, sources=list(src.paths),
+    res = train_surrogate(table, out, params=hp, seen_params=seen, max_rows=rows, sources=list(src.paths),
                           metrics={"unseen_shape": study.get("xgboost", {})}, progress=prog)
     info = {"reference": res.run_id, "directory": str(Path(res.directory).resolve()),
             "trace_hash": res.trace_hash, "unseen_shape": study}

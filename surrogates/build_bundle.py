@@ -3,8 +3,8 @@
     python -m surrogates.build_bundle [--traces ../shared/traces] [-o surrogates/bundle]
 
 Reads the AIConfigurator and Vidur traces with ``profiling.readers``, trains with the
-same code as ``hermes-sim surrogate train`` (smaller trees so the bundle stays a few MB),
-and writes a manifest of sources, commits, licenses, the trace-table hash and sizes.
+same code as ``hermes-sim surrogate train`` and the recipe below (also that command's
+default), and writes a manifest of sources, commits, licenses, the trace-table hash and sizes.
 """
 from __future__ import annotations
 

@@ -36,6 +36,23 @@ def test_train_logs_to_mlflow_and_eval_reports_json(canonical_parquet, tmp_path,
         str(tmp_path / "m")).trained_hardware()
 
 
+def test_train_defaults_to_the_bundle_recipe(canonical_parquet, tmp_path, capsys):
+    """Without --param, `surrogate train` uses the built-in bundle's recipe (deep trees only
+    for the seen-GPU GEMM and attention pipelines); any --param applies to every pipeline
+    and drops those overrides. The manifest records which."""
+    from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_SEEN_PARAMS
+    for extra, params, seen in (((), BUNDLE_PARAMS, BUNDLE_SEEN_PARAMS),
+                                (("--param", "max_depth=5"), {"max_depth": 5}, {})):
+        out = tmp_path / f"m{len(extra)}"
+        code, _, _ = _run(capsys, "surrogate", "train", str(canonical_parquet), "-o", str(out),
+                          "--max-rows", "800", "--no-mlflow", "--json", *extra)
+        assert code == 0
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["params"] == params and man["seen_params"] == seen
+        reg = load_surrogate(str(out)).kinds_["gemm"].seen.named_steps["regressor"]
+        assert reg.max_depth == (seen["gemm"]["max_depth"] if seen else 5)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     """Missing file, non-canonical parquet and unknown run id exit 2 with one line naming the problem."""
     code, _, err = _run(capsys, "surrogate", "train", str(tmp_path / "nope.parquet"), "-o", str(tmp_path / "o"))
