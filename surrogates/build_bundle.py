@@ -42,6 +42,7 @@ BUNDLE_SEEN_PARAMS = {k: {"n_estimators": 300 if k == "gemm" else 500, "max_dept
 # (320k is every training row of the attention kinds; 640k changes nothing).
 BUNDLE_ROWS = 320000
 
+
 def build(traces: Path, out: Path, max_rows: int = BUNDLE_ROWS) -> dict:
     frames = []
     for s in SOURCES:
