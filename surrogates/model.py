@@ -46,7 +46,7 @@ KIND_ROW_SCALE = {"gemm": 2.0, "elementwise": 2.5}
 # Only kinds measured on dense shape grids (AIConfigurator) gain from it. Elementwise: in
 # (elements, bytes) the correction hurt an unseen model; with token count and TP it helps
 # a little (MAPE 7.97% -> 7.75%, 7.87% at 1500 rows per variant) for 0.2-0.35 MB of
-# bundle, which is near its 6.5 MB cap: left out. Every measured shape is kept (no variant
+# bundle, which is near its size cap (test_bundle): left out. Every measured shape is kept (no variant
 # has more rows than this): over 4000 per variant, unseen-shape MAPE of gemm 7.0 -> 6.4%,
 # attn_prefill 6.3 -> 5.3%, attn_decode 9.8 -> 8.2%, in a bundle that xz keeps small.
 RESIDUAL_ROWS_PER_VARIANT = 100_000

@@ -1,6 +1,9 @@
 """scikit-learn conventions and physics of the per-kind pipelines."""
 from __future__ import annotations
 
+import lzma
+import pickle
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -50,8 +53,6 @@ def test_compact_keeps_predictions_and_shrinks_the_pickle(gpu_table):
     """compact() moves no prediction by more than 0.2% (half-precision leaves; the training
     statistics it zeroes are never read), survives a pickle round trip, is idempotent, and
     leaves the compressed pickle at most half its size."""
-    import lzma
-    import pickle
     g = gpu_table[gpu_table["op"] == "gemm"]
     pipe = make_surrogate("gemm", n_estimators=60, max_depth=8).fit(g, g["latency_ms"].to_numpy())
     before, size = pipe.predict(g), len(lzma.compress(pickle.dumps(pipe)))
