@@ -1,6 +1,7 @@
 """Surrogate accuracy on three grouped hold-outs vs baselines, training and compile times,
-step-table lookup cost, and the repeatability of the GEMM measurements themselves (the
-floor no model can beat on a held-out measurement). One result line per figure.
+step-table lookup cost, how GPUs without traces are anchored to a measured sibling, and
+the repeatability of the GEMM measurements themselves (the floor no model can beat on a
+held-out measurement). One result line per figure.
 
     python benchmarks/surrogate_accuracy.py [--traces ../shared/traces] [--config shipped|large]
         [--max-rows N] [--holdouts unseen_shape,unseen_model,unseen_gpu] [--estimators ...] [--json OUT]
@@ -131,6 +132,33 @@ def _efficiency_spread(aic: pd.DataFrame) -> None:
     print(f"efficiency gemm bf16: leave-one-GPU-out error of the peak fraction alone, mean {np.mean(errs):.1f}%")
 
 
+def _siblings(model: SurrogateModel) -> None:
+    """How the built-in surrogate prices catalog GPUs it has no traces of, next to the
+    measured GPU each is anchored to (none across chip families): median and range of the
+    predicted latency ratio on 18 GEMMs and 12 decode-attention shapes, and the spec ratios."""
+    cat = load_catalog()
+    gemm = pd.DataFrame([{"m": m, "n": n, "k": k, "dtype": "bf16"} for m in (1, 8, 64, 512, 4096, 16384)
+                         for n, k in ((4096, 4096), (14336, 4096), (1024, 8192))])
+    dec = pd.DataFrame([{"batch": b, "kv_len": kv, "heads": 32, "kv_heads": 8, "head_dim": 128, "window": 0,
+                         "dtype": "bf16", "kv_dtype": "bf16"} for b in (1, 8, 64, 256) for kv in (512, 4096, 32768)])
+    for hw in cat:
+        if hw.kind != "gpu" or hw.name in model.trained_hardware() or "bf16" not in hw.peak_tflops:
+            continue
+        p = model.predict("gemm", gemm, hw)
+        if "anchored to the measured " not in p.note:
+            print(f"sibling {hw.name:13s} not anchored (no measured GPU of family '{hw.arch}' close on spec)")
+            continue
+        ref_name, w = p.note.split("anchored to the measured ")[1].rstrip(")").split(" (weight ")
+        ref = cat.get(ref_name)
+        out = []
+        for kind, shapes, ms in (("gemm", gemm, p.ms), ("attn_decode", dec, model.predict("attn_decode", dec, hw).ms)):
+            r = ms / model.predict(kind, shapes, ref).ms
+            out.append(f"{kind} x{np.median(r):.2f} [{r.min():.2f}, {r.max():.2f}]")
+        print(f"sibling {hw.name:13s} anchored to {ref.name} (weight {w}): " + ", ".join(out)
+              + f"; spec bf16 FLOP/s x{hw.peak_flops('bf16') / ref.peak_flops('bf16'):.2f}, "
+              f"bandwidth x{hw.mem_bw_gb_s / ref.mem_bw_gb_s:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "traces")
@@ -164,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t0:.0f}s")
     _lookup(full)
     _lookup(load_surrogate())
+    _siblings(load_surrogate())
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return 0

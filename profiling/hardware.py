@@ -34,6 +34,7 @@ class HardwareSpec(BaseModel):
     name: str
     kind: Literal["gpu", "asic", "cpu", "memory"] = "gpu"
     vendor: str = ""
+    arch: str = Field(default="", description="chip family whose kernels it runs (hopper, blackwell...); '' = unknown")
     aliases: tuple[str, ...] = ()
     peak_tflops: dict[str, float] = Field(
         default_factory=dict, description="dense peak TFLOP/s per dtype (bf16, fp8, int8, fp4...)")

@@ -42,3 +42,20 @@ def test_catalog_gpu_without_traces_falls_back_to_spec_sheet():
     h200 = m.predict("gemm", shapes, cat.get("H200"))
     assert h200.provenance[0] == "extrapolated" and "spec sheet" in h200.note
     assert h200.ms[0] < m.predict_ms("gemm", shapes, cat.get("H100-SXM"))[0] * 1.1
+
+
+def test_blackwell_siblings_are_priced_from_b200_measurements():
+    """B300 and GB200 have no traces but are B200's chip family: their bf16 GEMMs and decode
+    attention are anchored to B200's measurements. B300 has B200's bf16 spec sheet, so it
+    lands within 6% of B200 on every shape; GB200 (11% more bf16 FLOP/s, 4% more bandwidth)
+    is never slower than B200 and on no shape more than 12% faster."""
+    m, cat = load_surrogate("builtin"), load_catalog()
+    gemm = pd.DataFrame([{"m": mm, "n": n, "k": 4096, "dtype": "bf16"} for mm in (1, 64, 4096) for n in (4096, 14336)])
+    dec = pd.DataFrame([{"batch": b, "kv_len": kv, "heads": 32, "kv_heads": 8, "head_dim": 128, "window": 0,
+                         "dtype": "bf16", "kv_dtype": "bf16"} for b in (1, 64) for kv in (1024, 16384)])
+    for kind, shapes in (("gemm", gemm), ("attn_decode", dec)):
+        b200 = m.predict_ms(kind, shapes, cat.get("B200"))
+        b300, gb200 = m.predict(kind, shapes, cat.get("B300")), m.predict(kind, shapes, cat.get("GB200"))
+        assert "anchored to the measured B200" in b300.note and "anchored to the measured B200" in gb200.note
+        np.testing.assert_allclose(b300.ms, b200, rtol=0.06, err_msg=kind)
+        assert np.all(gb200.ms <= b200 * (1 + 1e-9)) and np.all(gb200.ms >= b200 * 0.88), kind
