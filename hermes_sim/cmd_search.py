@@ -92,6 +92,11 @@ def _print(con: Console, res) -> None:
         con.print(f"Baseline ({base['description']}): {base.get('reason')}", highlight=False)
     con.print(f"Best scenario: {best['scenario_file']} (run: hermes-sim simulate {best['scenario_file']})",
               highlight=False)
+    from simulator import load_scenario
+
+    from .cmd_simulate import untrained_hardware
+    for line in untrained_hardware(load_scenario(best["scenario_file"])):
+        con.print(f"[yellow]{line}[/]", highlight=False)
     if res.mlflow_experiment:
         con.print(f"MLflow experiment: '{res.mlflow_experiment}' (open with: hermes-sim ui)",
                   highlight=False)

@@ -107,8 +107,23 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
     reasons = result.summary["rejected"]["reasons"]
     for why, n in reasons.items():
         console.print(f"[yellow]rejected {n}: {why}[/]")
+    for line in untrained_hardware(scenario):
+        console.print(f"[yellow]{line}[/]")
     if outdir:
         console.print(f"outputs in {outdir}")
+
+
+def untrained_hardware(scenario) -> list[str]:
+    """How the scenario's surrogate prices each deployment GPU it has no traces of (the
+    spec-sheet transfer model, maybe anchored to a measured sibling): the user should know."""
+    from profiling.hardware import load_catalog
+    from simulator.stepcost import load_predictor
+    predictor = load_predictor(scenario.surrogate)
+    if not hasattr(predictor, "describe_hardware"):
+        return []
+    cat, trained = load_catalog(), set(predictor.trained_hardware())
+    names = dict.fromkeys(cat.get(d.hardware).name for d in scenario.deployments)
+    return [predictor.describe_hardware(cat.get(n)) for n in names if n not in trained]
 
 
 @click.command("validate")

@@ -433,15 +433,10 @@ class SurrogateModel:
         of another family (another stack, other small-kernel overheads) must not pull a
         twin of H100 off H100's measurements. Returns (ms, (sibling, w) or None)."""
         dtypes = shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else ["bf16"]
-        specs = getattr(self, "specs_", {})
-        near = sorted((_spec_distance(hw, specs[h], dtypes, kind == "collective"), h)
-                      for h in km.hardware if h in specs)
-        if not near or not np.isfinite(near[0][0]):
+        sibling = self.sibling(hw, km.hardware, dtypes, kind == "collective")
+        if sibling is None:
             return capped, None
-        w = float(np.exp(-(near[0][0] / SIBLING_SCALE) ** 2))
-        if w < SIBLING_MIN_WEIGHT:
-            return capped, None
-        ref = specs[near[0][1]]
+        ref, w = sibling
         frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=ref.name), ref)
         frame = with_default_stack(frame, getattr(km, "default_stack", {}), "*")
         frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
@@ -450,6 +445,17 @@ class SurrogateModel:
         if kind in DOMINANCE_KINDS and _dominates(hw, ref, dtypes, kind == "collective"):
             est = np.minimum(est, measured)
         return np.exp((1 - w) * np.log(capped) + w * np.log(est)), (ref.name, w)
+
+    def sibling(self, hw: HardwareSpec, measured, dtypes=("bf16",), link: bool = False
+                ) -> tuple[HardwareSpec, float] | None:
+        """The measured GPU (of ``measured``) that ``hw`` is anchored to, and the weight:
+        the nearest on spec in the same chip family, None when its weight is negligible."""
+        specs = getattr(self, "specs_", {})
+        near = sorted((_spec_distance(hw, specs[h], dtypes, link), h) for h in measured if h in specs)
+        if not near or not np.isfinite(near[0][0]):
+            return None
+        w = float(np.exp(-(near[0][0] / SIBLING_SCALE) ** 2))
+        return (specs[near[0][1]], w) if w >= SIBLING_MIN_WEIGHT else None
 
     def _dominance_cap(self, kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec,
                        ms: np.ndarray) -> np.ndarray:
@@ -478,7 +484,9 @@ class SurrogateModel:
         kinds = [k for k, m in self.kinds_.items() if hw.name in m.hardware]
         if kinds:
             return f"{hw.name}: trained on its traces for {', '.join(kinds)}"
-        return f"{hw.name}: no training data; transfer model from its spec sheet (provenance 'extrapolated')"
+        sibling = self.sibling(hw, self.trained_hardware())
+        return (f"{hw.name}: no training data; transfer model from its spec sheet (provenance 'extrapolated')"
+                + (f", anchored to the measured {sibling[0].name} (weight {sibling[1]:.2f})" if sibling else ""))
 
     # ---- persistence --------------------------------------------------
     def save(self, directory: str | Path, manifest: dict | None = None) -> Path:

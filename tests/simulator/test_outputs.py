@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,6 +63,24 @@ def test_cli_json_prints_only_the_summary(tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["completed"] == 50 and (tmp_path / "o" / "summary.json").is_file()
+
+
+def test_cli_simulate_says_how_a_gpu_without_traces_is_priced(tmp_path):
+    """With the built-in surrogate, a scenario on H200 (no traces) ends with a line naming
+    the spec-sheet transfer model and its anchor, H100-SXM; one on H100 (measured) has none."""
+    out = {}
+    for hw in ("H200", "H100-SXM"):
+        p = tmp_path / f"{hw}.yaml"
+        doc = {**BASE, "surrogate": "builtin", "debug": False, "workload": {**BASE["workload"], "num_requests": 30},
+               "deployments": [{**BASE["deployments"][0], "hardware": hw}]}
+        p.write_text(yaml.safe_dump(doc))
+        r = subprocess.run([sys.executable, "-m", "hermes_sim.cli", "simulate", str(p)], capture_output=True,
+                           text=True, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0, r.stderr
+        out[hw] = r.stderr  # the human-readable report goes to stderr (stdout is for --json)
+    assert "H200: no training data; transfer model from its spec sheet" in out["H200"]
+    assert "anchored to the measured H100-SXM (weight 0.60)" in out["H200"]
+    assert "no training data" not in out["H100-SXM"]
 
 
 def test_cli_validate_csv_compares_per_request(tmp_path):
