@@ -50,7 +50,7 @@ from .base import FormatReader, ReadOptions, ReadOutput, read_csv, require_colum
 
 FORMAT = "vidur"
 FILES = ("mlp.csv", "attention.csv", "all_reduce.csv", "send_recv.csv")
-DEVICES = {"h100": "H100-SXM", "a100": "A100-80GB", "a30": "A30", "a40": "A40", "l40s": "L40S",
+DEVICES = {"h100": "H100-SXM", "a100": "A100-80GB", "a30": "A30", "a40": "A40", "l40": "L40", "l40s": "L40S",
            "h200": "H200", "b200": "B200", "mi300x": "MI300X"}
 DTYPE, BYTES, SAMPLES = "fp16", 2.0, 20
 STACK = "vidur"

@@ -133,3 +133,14 @@ def test_elementwise_rows_carry_token_count(vidur):
                    att["batch_size"])
     src_rows = kv["source_row"].astype(int).to_numpy()
     np.testing.assert_array_equal((kv["batch"] * kv["q_len"]).to_numpy(), new[src_rows])
+
+
+def test_every_vidur_device_folder_maps_onto_the_catalog():
+    """Each GPU folder name the reader knows (Vidur's device SKUs: a100, h100, a40, l40...)
+    resolves to a device of the built-in catalog, so its traces can be trained on."""
+    from profiling.hardware import load_catalog
+    from profiling.readers.vidur import DEVICES
+    cat = load_catalog()
+    missing = [f"{k} -> {v}" for k, v in DEVICES.items() if v not in cat]
+    assert not missing, missing
+    assert {"A40", "L40"} <= set(DEVICES.values())
