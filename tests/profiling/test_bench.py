@@ -129,7 +129,8 @@ def test_local_spec_needs_gemm_and_elementwise(quick):
     ("NVIDIA H100 80GB HBM3", "gpu", "H100-SXM"),
     ("NVIDIA H100 PCIe", "gpu", "H100-PCIe"),
     ("NVIDIA A100-SXM4-80GB", "gpu", "A100-80GB"),
-    ("NVIDIA GeForce RTX 4090", "gpu", None),
+    ("NVIDIA GeForce RTX 4090", "gpu", "RTX-4090"),
+    ("NVIDIA GeForce RTX 3060", "gpu", None),
 ])
 def test_device_names_match_catalog(reported, kind, expected):
     """The name a CPU or GPU reports maps to its catalog entry, and an unknown one to none."""
