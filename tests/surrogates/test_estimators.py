@@ -112,3 +112,23 @@ def test_unknown_kernel_variant_gets_mean_over_known_variants(vidur_table, fast)
     expect = np.mean([reg.model_.predict(np.where(np.arange(X.shape[1]) == vc, c, X)) for c in reg.variant_codes_],
                      axis=0)
     np.testing.assert_allclose(reg.predict_log_ratio(X), np.maximum(expect, 0.0), rtol=1e-5)
+
+
+def test_decode_parallelism_features_only_in_the_seen_pipeline():
+    """Seen-GPU decode features end with sequences x KV heads, sequences x heads and the GQA
+    group (log1p); the transfer feature set has none of them; a transformer fitted before
+    they existed (no ``decode_features_``) keeps its old column count."""
+    import pandas as pd
+    rows = pd.DataFrame({"batch": [1, 64], "kv_len": [128, 8192], "heads": [32, 64], "kv_heads": [8, 8],
+                         "head_dim": [128, 128], "window": [0, 0], "dtype": ["bf16"] * 2, "kv_dtype": ["bf16"] * 2})
+    rows = attach_roofline("attn_decode", rows, load_catalog().get("H100-SXM"))
+    seen = RooflineFeatures("attn_decode").fit(rows)
+    names = list(seen.get_feature_names_out())
+    X = seen.transform(rows)
+    assert X.shape[1] == len(names) and names[-3:] == ["log_seq_kv_heads", "log_seq_heads", "log_gqa_group"]
+    np.testing.assert_allclose(X[:, -3:], np.log1p([[8, 32, 4], [512, 4096, 8]]))
+    transfer = RooflineFeatures("attn_decode", hardware_features=False).fit(rows)
+    assert "log_gqa_group" not in transfer.get_feature_names_out()
+    legacy = RooflineFeatures("attn_decode").fit(rows)
+    del legacy.decode_features_
+    assert legacy.transform(rows).shape[1] == X.shape[1] - 3 == len(legacy.get_feature_names_out())
