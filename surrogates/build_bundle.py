@@ -35,6 +35,9 @@ BUNDLE_PARAMS = {"n_estimators": 150, "max_depth": 7, "learning_rate": 0.12}
 #   300 x 12: 4.46 / 2.72 / 4.34% (29 MB). Without the residual correction 300 x 10 gives
 #   5.15 / 3.45 / 5.60%: the kNN store still pays. 500 x 10 alone: prefill 2.83% (400: 2.95%),
 #   decode 4.34% (Random Forest on all rows 4.61%); GEMM gains little (4.61%) for its 0.5 MB.
+#   With the decode parallelism features (features.DECODE_FEATURES) decode is 3.72% at 500
+#   trees, 3.57% at 650 and 3.46% at 800 (+0.7 / +1.4 MB xz); the Random Forest with the
+#   same features scores 3.60%. More trees would take the bundle past its size cap.
 BUNDLE_SEEN_PARAMS = {k: {"n_estimators": 300 if k == "gemm" else 500, "max_depth": 10, "learning_rate": 0.08}
                       for k in ("gemm", "attn_prefill", "attn_decode")}
 # Rows per kind (x2 for GEMM), with 200 x depth 8 seen trees: 80k -> 160k -> 320k took
