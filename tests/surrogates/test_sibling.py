@@ -95,3 +95,16 @@ def test_a_lower_power_cap_is_not_capped_by_the_full_power_gpu(fitted, shapes):
     full = fitted.predict("gemm", shapes, _clone("H100-full", arch="x")).ms
     capped = fitted.predict("gemm", shapes, _clone("H100-490W", arch="x", tdp_w=490)).ms
     assert np.all(capped >= full) and np.any(capped > full * 1.01)
+
+
+def test_a_gpu_worse_on_every_spec_is_never_faster_for_gemms(fitted, shapes):
+    """An H100 copy (of another family, so not anchored) with half the FLOP/s and power and
+    800 GB/s (so it beats no measured GPU on every spec) is dominated by the measured H100:
+    its GEMMs are floored at H100's prediction. Decode attention has no such floor (it cost
+    accuracy leave-one-GPU-out)."""
+    cat = load_catalog()
+    h100 = cat.get("H100-SXM")
+    slow = _clone("H100-half", arch="x", mem_bw_gb_s=800, tdp_w=350,
+                  peak_tflops={k: v / 2 for k, v in h100.peak_tflops.items()})
+    assert np.all(fitted.predict("gemm", shapes, slow).ms >= fitted.predict("gemm", shapes, h100).ms)
+    assert "gemm" in model_mod.FLOOR_KINDS and "attn_decode" not in model_mod.FLOOR_KINDS
