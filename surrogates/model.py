@@ -159,6 +159,11 @@ def _dominates(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> bool:
     return a.mem_bw_gb_s >= b.mem_bw_gb_s
 
 
+def _row_dtypes(shapes: pd.DataFrame) -> np.ndarray:
+    """The dtypes the rows run (bf16 where none is given)."""
+    return shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else np.array(["bf16"])
+
+
 def _spec_distance(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> float:
     """Log-space distance of two spec sheets on what a kernel can use: peak FLOP/s of each
     dtype the rows run (the farthest one counts), memory bandwidth, board power (a lower
@@ -407,8 +412,15 @@ class SurrogateModel:
         else:
             frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
             raw = pipe.predict(frame)
-            ms, sibling = self._sibling_anchor(kind, km, shapes, hw, raw,
-                                               self._dominance_cap(kind, km, shapes, hw, raw))
+            memo: dict[str, np.ndarray] = {}  # measured GPUs' predictions, shared by both bounds
+
+            def measured(ref: HardwareSpec) -> np.ndarray:
+                if ref.name not in memo:
+                    memo[ref.name] = self.predict(kind, shapes, ref).ms
+                return memo[ref.name]
+            dtypes = _row_dtypes(shapes)
+            capped = self._dominance_cap(kind, km, dtypes, hw, raw, measured)
+            ms, sibling = self._sibling_anchor(kind, km, shapes, dtypes, hw, raw, capped, measured)
             qs = np.full(n, q)
         inside = np.full(n, hw.name in km.hardware)
         for c, (lo, hi) in km.ranges.items():
@@ -429,8 +441,9 @@ class SurrogateModel:
             + (f", anchored to the measured {sibling[0]} (weight {sibling[1]:.2f})" if sibling else ""))
         return Prediction(ms, np.maximum(ms * np.exp(-qs), floor), ms * np.exp(qs), prov, note)
 
-    def _sibling_anchor(self, kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec,
-                        raw: np.ndarray, capped: np.ndarray) -> tuple[np.ndarray, tuple[str, float] | None]:
+    def _sibling_anchor(self, kind: str, km: KindModel, shapes: pd.DataFrame, dtypes, hw: HardwareSpec,
+                        raw: np.ndarray, capped: np.ndarray, measured: Callable[[HardwareSpec], np.ndarray]
+                        ) -> tuple[np.ndarray, tuple[str, float] | None]:
         """Prediction for a GPU never measured: its (dominance-capped) transfer prediction
         ``capped``, blended in log space with weight w (``SIBLING_SCALE``) toward the sibling
         estimate, the nearest measured GPU of its family times the transfer model's ratio
@@ -438,7 +451,6 @@ class SurrogateModel:
         sibling when it dominates it. The blend is the last step: a cap from a measured GPU
         of another family (another stack, other small-kernel overheads) must not pull a
         twin of H100 off H100's measurements. Returns (ms, (sibling, w) or None)."""
-        dtypes = shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else ["bf16"]
         sibling = self.sibling(hw, km.hardware, dtypes, kind == "collective")
         if sibling is None:
             return capped, None
@@ -446,10 +458,9 @@ class SurrogateModel:
         frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=ref.name), ref)
         frame = with_default_stack(frame, getattr(km, "default_stack", {}), "*")
         frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
-        measured = self.predict(kind, shapes, ref).ms
-        est = measured * raw / km.transfer.predict(frame)
+        est = measured(ref) * raw / km.transfer.predict(frame)
         if kind in DOMINANCE_KINDS and _dominates(hw, ref, dtypes, kind == "collective"):
-            est = np.minimum(est, measured)
+            est = np.minimum(est, measured(ref))
         return np.exp((1 - w) * np.log(capped) + w * np.log(est)), (ref.name, w)
 
     def sibling(self, hw: HardwareSpec, measured, dtypes=("bf16",), link: bool = False
@@ -463,8 +474,8 @@ class SurrogateModel:
         w = float(np.exp(-(near[0][0] / SIBLING_SCALE) ** 2))
         return (specs[near[0][1]], w) if w >= SIBLING_MIN_WEIGHT else None
 
-    def _dominance_cap(self, kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec,
-                       ms: np.ndarray) -> np.ndarray:
+    def _dominance_cap(self, kind: str, km: KindModel, dtypes, hw: HardwareSpec, ms: np.ndarray,
+                       measured: Callable[[HardwareSpec], np.ndarray]) -> np.ndarray:
         """A GPU never measured is no slower than a measured one it beats on every spec the
         kernel can use (memory bandwidth, board power, peak FLOP/s of each dtype the rows
         run, and for collectives the link), and for ``FLOOR_KINDS`` no faster than one that
@@ -473,7 +484,6 @@ class SurrogateModel:
         each other (floor above cap) the geometric mean of the two."""
         if kind not in DOMINANCE_KINDS:
             return ms
-        dtypes = shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else ["bf16"]
         hi, lo = np.full(len(ms), np.inf), np.zeros(len(ms))
         for name in sorted(km.hardware):
             ref = getattr(self, "specs_", {}).get(name)  # absent in bundles pickled before
@@ -481,9 +491,9 @@ class SurrogateModel:
                 continue
             link = kind == "collective"
             if _dominates(hw, ref, dtypes, link):
-                hi = np.minimum(hi, self.predict(kind, shapes, ref).ms)
+                hi = np.minimum(hi, measured(ref))
             if kind in FLOOR_KINDS and _dominates(ref, hw, dtypes, link):
-                lo = np.maximum(lo, self.predict(kind, shapes, ref).ms)
+                lo = np.maximum(lo, measured(ref))
         return np.where(lo > hi, np.sqrt(lo * hi), np.clip(ms, lo, hi))
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
