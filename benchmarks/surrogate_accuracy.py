@@ -144,17 +144,16 @@ def _siblings(model: SurrogateModel) -> None:
     for hw in cat:
         if hw.kind != "gpu" or hw.name in model.trained_hardware() or "bf16" not in hw.peak_tflops:
             continue
-        p = model.predict("gemm", gemm, hw)
-        if "anchored to the measured " not in p.note:
+        sibling = model.sibling(hw, model.kinds_["gemm"].hardware)
+        if sibling is None:
             print(f"sibling {hw.name:13s} not anchored (no measured GPU of family '{hw.arch}' close on spec)")
             continue
-        ref_name, w = p.note.split("anchored to the measured ")[1].rstrip(")").split(" (weight ")
-        ref = cat.get(ref_name)
+        ref, w = sibling
         out = []
-        for kind, shapes, ms in (("gemm", gemm, p.ms), ("attn_decode", dec, model.predict("attn_decode", dec, hw).ms)):
-            r = ms / model.predict(kind, shapes, ref).ms
+        for kind, shapes in (("gemm", gemm), ("attn_decode", dec)):
+            r = model.predict(kind, shapes, hw).ms / model.predict(kind, shapes, ref).ms
             out.append(f"{kind} x{np.median(r):.2f} [{r.min():.2f}, {r.max():.2f}]")
-        print(f"sibling {hw.name:13s} anchored to {ref.name} (weight {w}): " + ", ".join(out)
+        print(f"sibling {hw.name:13s} anchored to {ref.name} (weight {w:.2f}): " + ", ".join(out)
               + f"; spec bf16 FLOP/s x{hw.peak_flops('bf16') / ref.peak_flops('bf16'):.2f}, "
               f"bandwidth x{hw.mem_bw_gb_s / ref.mem_bw_gb_s:.2f}")
 

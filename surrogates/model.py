@@ -187,6 +187,19 @@ def _spec_distance(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> floa
     return float(np.sqrt(base + worst))
 
 
+def _query_frame(kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec, where: str) -> pd.DataFrame:
+    """``shapes`` on ``hw`` as a pipeline reads them: roofline columns, and the stack and
+    engine kernel measured on ``where`` (the GPU's name, or "*" for the transfer model)."""
+    frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=hw.name), hw)
+    frame = with_default_stack(frame, getattr(km, "default_stack", {}), where)
+    return with_engine_kernel(frame, getattr(km, "engine_kernels", {}), where)
+
+
+def _anchored(sibling: tuple[HardwareSpec, float] | None) -> str:
+    """The note's clause naming the measured GPU a prediction is anchored to."""
+    return f", anchored to the measured {sibling[0].name} (weight {sibling[1]:.2f})" if sibling else ""
+
+
 def _default_stacks(train: pd.DataFrame) -> dict[str, str]:
     """Most common ``stack`` of the training rows per GPU and over all ("*")."""
     if "stack" not in train or train["stack"].isna().all():
@@ -394,23 +407,21 @@ class SurrogateModel:
     def predict(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> Prediction:
         """Latency per row of ``shapes`` (shape columns, ``dtype``, ``kv_dtype``) on ``hw``."""
         km = self.kinds_.get(kind)
-        frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=hw.name), hw)
-        n = len(frame)
+        n = len(shapes)
         if km is None:
+            frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=hw.name), hw)
             ms = RooflinePredictor().predict_ms(kind, frame, hw)
             return Prediction(ms, frame["t_roofline_ms"].to_numpy(dtype=float), np.full(n, np.nan),
                               np.full(n, "roofline-fallback", dtype=object),
                               f"no '{kind}' training data: spec-sheet roofline")
         seen = hw.name in km.hardware or km.transfer is None
         pipe, q = (km.seen, km.q_seen) if seen else (km.transfer, km.q_transfer)
+        frame = _query_frame(kind, km, shapes, hw, hw.name if seen else "*")
         floor = frame["t_roofline_ms"].to_numpy(dtype=float)
-        frame = with_default_stack(frame, getattr(km, "default_stack", {}), hw.name if seen else "*")
         if seen:  # the local correction only knows variants measured on this GPU
-            frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), hw.name)
             ms = _seen_ms(pipe, getattr(km, "residual", None), frame, getattr(km, "stream_prior", None))
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
-            frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
             raw = pipe.predict(frame)
             memo: dict[str, np.ndarray] = {}  # measured GPUs' predictions, shared by both bounds
 
@@ -437,13 +448,12 @@ class SurrogateModel:
             inside &= ~named | np.isin(variant_ids(kind, frame), list(km.variants))
         prov = np.where(inside, "trained", "extrapolated").astype(object)
         note = "" if seen else (
-            f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet"
-            + (f", anchored to the measured {sibling[0]} (weight {sibling[1]:.2f})" if sibling else ""))
+            f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet" + _anchored(sibling))
         return Prediction(ms, np.maximum(ms * np.exp(-qs), floor), ms * np.exp(qs), prov, note)
 
     def _sibling_anchor(self, kind: str, km: KindModel, shapes: pd.DataFrame, dtypes, hw: HardwareSpec,
                         raw: np.ndarray, capped: np.ndarray, measured: Callable[[HardwareSpec], np.ndarray]
-                        ) -> tuple[np.ndarray, tuple[str, float] | None]:
+                        ) -> tuple[np.ndarray, tuple[HardwareSpec, float] | None]:
         """Prediction for a GPU never measured: its (dominance-capped) transfer prediction
         ``capped``, blended in log space with weight w (``SIBLING_SCALE``) toward the sibling
         estimate, the nearest measured GPU of its family times the transfer model's ratio
@@ -455,13 +465,10 @@ class SurrogateModel:
         if sibling is None:
             return capped, None
         ref, w = sibling
-        frame = attach_roofline(kind, shapes.reset_index(drop=True).assign(hardware=ref.name), ref)
-        frame = with_default_stack(frame, getattr(km, "default_stack", {}), "*")
-        frame = with_engine_kernel(frame, getattr(km, "engine_kernels", {}), "*")
-        est = measured(ref) * raw / km.transfer.predict(frame)
+        est = measured(ref) * raw / km.transfer.predict(_query_frame(kind, km, shapes, ref, "*"))
         if kind in DOMINANCE_KINDS and _dominates(hw, ref, dtypes, kind == "collective"):
             est = np.minimum(est, measured(ref))
-        return np.exp((1 - w) * np.log(capped) + w * np.log(est)), (ref.name, w)
+        return np.exp((1 - w) * np.log(capped) + w * np.log(est)), sibling
 
     def sibling(self, hw: HardwareSpec, measured, dtypes=("bf16",), link: bool = False
                 ) -> tuple[HardwareSpec, float] | None:
@@ -485,11 +492,11 @@ class SurrogateModel:
         if kind not in DOMINANCE_KINDS:
             return ms
         hi, lo = np.full(len(ms), np.inf), np.zeros(len(ms))
+        link = kind == "collective"
         for name in sorted(km.hardware):
             ref = getattr(self, "specs_", {}).get(name)  # absent in bundles pickled before
             if ref is None:
                 continue
-            link = kind == "collective"
             if _dominates(hw, ref, dtypes, link):
                 hi = np.minimum(hi, measured(ref))
             if kind in FLOOR_KINDS and _dominates(ref, hw, dtypes, link):
@@ -507,9 +514,8 @@ class SurrogateModel:
         kinds = [k for k, m in self.kinds_.items() if hw.name in m.hardware]
         if kinds:
             return f"{hw.name}: trained on its traces for {', '.join(kinds)}"
-        sibling = self.sibling(hw, self.trained_hardware())
         return (f"{hw.name}: no training data; transfer model from its spec sheet (provenance 'extrapolated')"
-                + (f", anchored to the measured {sibling[0].name} (weight {sibling[1]:.2f})" if sibling else ""))
+                + _anchored(self.sibling(hw, self.trained_hardware())))
 
     # ---- persistence --------------------------------------------------
     def save(self, directory: str | Path, manifest: dict | None = None) -> Path:
