@@ -7,7 +7,8 @@ held-out measurement). One result line per figure.
         [--max-rows N] [--holdouts unseen_shape,unseen_model,unseen_gpu] [--estimators ...] [--json OUT]
 
 Hold-outs: unseen shapes (AIConfigurator, 20% of shapes), unseen model (Vidur token ops,
-leave one model out), unseen GPU (AIConfigurator bf16, leave one GPU out). Estimators:
+leave one model out), unseen GPU (AIConfigurator bf16 and Vidur's elementwise ops, leave one
+GPU out). Estimators:
 xgboost (ours), rf (Vidur), linear, roofline, and nearest-gpu (copy the closest GPU).
 
 By default every fold is trained exactly as the shipped bundle is (``build_bundle``:
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for h in a.holdouts.split(","):
         t0 = time.perf_counter()
-        results[h] = holdout_study(vidur if h == "unseen_model" else aic, h, a.estimators.split(","),
+        table = {"unseen_model": vidur, "unseen_gpu": pd.concat([aic, vidur[vidur["op"] == "elementwise"]])}
+        results[h] = holdout_study(table.get(h, aic), h, a.estimators.split(","),
                                    max_rows=rows, params=params, seen_params=seen_params, progress=log)
         _line(h, results[h])
         print(f"{h}: study time {time.perf_counter() - t0:.0f}s")

@@ -52,6 +52,8 @@ class HardwareSpec(BaseModel):
     price_date: str = ""
     devices_per_node: int = Field(default=8, ge=1)
     cores: int = Field(default=0, ge=0, description="CPU cores (CPUs only)")
+    compute_units: int = Field(default=0, ge=0, description="SMs (NVIDIA) or CUs (AMD); 0 = unknown")
+    clock_ghz: float = Field(default=0.0, ge=0, description="boost clock, GHz; 0 = unknown")
     notes: str = ""
 
     @field_validator("peak_tflops")
@@ -81,12 +83,25 @@ class HardwareSpec(BaseModel):
     def mem_bw(self) -> float:
         return self.mem_bw_gb_s * 1e9
 
+    @property
+    def issue_rate(self) -> float:
+        """Compute-unit cycles per second (SMs x clock): what bounds kernels that spend a few
+        instructions per element (norms, rotary, gathers) rather than DRAM bandwidth. A
+        device without the two numbers is taken as balanced like the A100."""
+        if self.compute_units > 0 and self.clock_ghz > 0:
+            return self.compute_units * self.clock_ghz * 1e9
+        return self.mem_bw / ISSUE_BALANCE_BYTES
+
     def link(self, nodes: int = 1) -> tuple[float, float]:
         """(bandwidth B/s, latency s) of the link a collective over ``nodes`` nodes crosses."""
         if nodes <= 1:
             return self.intra_node_bw_gb_s * 1e9, self.intra_node_latency_us * 1e-6
         return self.inter_node_bw_gb_s * 1e9, self.inter_node_latency_us * 1e-6
 
+
+# DRAM bytes per compute-unit cycle of the A100 (2039 GB/s over 108 SMs x 1.41 GHz): the
+# balance assumed for a device whose catalog entry lacks compute_units or clock_ghz.
+ISSUE_BALANCE_BYTES = 13.4
 
 # A missing format runs no faster than the next wider one the device has. 4-bit weights on a
 # device without 4-bit math are dequantized into 16-bit MMAs (Marlin-style w4a16 kernels:

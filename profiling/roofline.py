@@ -12,6 +12,14 @@ with ``L2_bw = L2_BW_FACTOR x DRAM_bw`` unless the device spec gives ``l2_bw_gb_
 Collectives get a bandwidth-only bound; sliding-window attention counts only the keys
 inside the window.
 
+Elementwise kernels (norms, rotary, activations, gathers) spend a few instructions per
+element, so on a GPU with little compute per byte of bandwidth they run slower than its
+bandwidth says: ``t_issue_ms`` is one compute-unit cycle per element over the device's
+issue rate (SMs x clock). It is not part of the bound: one cycle is an empirical scale
+(Vidur's A100 norms, rotary and activations take 0.7-1 cycle per element in all, the
+embedding gather 2). The transfer model adds it to the roofline as its prior
+(``surrogates.features``).
+
 Whole-step rows (``step_prefill`` / ``step_decode``) get the serial sum of the roofline
 of every operator of the step, expanded from the model catalog (``expand_step``).
 """
@@ -29,7 +37,9 @@ from .operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, ELEMENTWISE, GEMM
 
 FEATURE_COLUMNS = ("flops", "bytes", "arith_intensity", "t_compute_ms", "t_memory_ms",
                    "t_roofline_ms", "l2_resident", "hw_peak_tflops", "hw_mem_bw_gb_s", "hw_link_bw_gb_s",
-                   "hw_link_latency_us")
+                   "hw_link_latency_us", "t_issue_ms")
+# Compute-unit cycles an elementwise kernel spends per element (see the module docstring).
+ISSUE_CYCLES_PER_ELEMENT = 1.0
 # L2 bandwidth as a multiple of DRAM bandwidth, an upper estimate so the bound stays a
 # bound: A100 ~3.5x (5120 B/clk), H100 ~2-3x, Ada (L40S) ~5x by public microbenchmarks;
 # the L40S traces need >= 4x (100 MB fp8 weights read in 28 us).
@@ -86,6 +96,10 @@ def roofline_ms(kind: str, shape: Mapping[str, object], dtype: str, kv_dtype: st
     link_bw = np.where(nodes > 1, inter_bw, intra_bw)
     link_lat = np.where(nodes > 1, inter_lat, intra_lat)
     l2 = np.zeros_like(flops)
+    t_issue = np.zeros_like(flops)
+    if kind == ELEMENTWISE and "elements" in shape:
+        el = np.nan_to_num(np.asarray(shape["elements"], dtype=float) + 0 * flops, nan=0.0)
+        t_issue = el * ISSUE_CYCLES_PER_ELEMENT / hw.issue_rate
     if kind == COLLECTIVE:
         # Bandwidth term only: the spec-sheet per-hop latency is an empirical fudge that
         # one-shot custom all-reduce kernels beat, so it cannot be part of a lower bound;
@@ -112,6 +126,7 @@ def roofline_ms(kind: str, shape: Mapping[str, object], dtype: str, kv_dtype: st
         "hw_mem_bw_gb_s": np.full_like(flops, hw.mem_bw_gb_s),
         "hw_link_bw_gb_s": np.asarray(link_bw, dtype=float) / 1e9 + 0 * flops,
         "hw_link_latency_us": np.asarray(link_lat, dtype=float) * 1e6 + 0 * flops,
+        "t_issue_ms": t_issue * 1e3,
     }
 
 
@@ -160,7 +175,7 @@ def step_roofline_ms(kind: str, part: pd.DataFrame, dtype: str | None, kv_dtype:
             "t_compute_ms": tc * 1e3, "t_memory_ms": tm * 1e3, "t_roofline_ms": tr * 1e3,
             "l2_resident": np.zeros(n), "hw_peak_tflops": np.full(n, peak / 1e12),
             "hw_mem_bw_gb_s": np.full(n, hw.mem_bw_gb_s), "hw_link_bw_gb_s": np.full(n, intra_bw / 1e9),
-            "hw_link_latency_us": np.full(n, intra_lat * 1e6)}
+            "hw_link_latency_us": np.full(n, intra_lat * 1e6), "t_issue_ms": np.zeros(n)}
 
 
 def add_roofline_features(df: pd.DataFrame, catalog: HardwareCatalog) -> pd.DataFrame:

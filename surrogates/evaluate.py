@@ -2,8 +2,9 @@
 
 * ``unseen_shape`` — 20% of the distinct shapes (on every GPU and dtype at once) held out;
 * ``unseen_model`` — leave one model's Vidur profile out (shapes of an unseen model);
-* ``unseen_gpu``  — leave one GPU out of the AIConfigurator tables (bf16), predicted from
-  its spec sheet by the transfer model.
+* ``unseen_gpu``  — leave one GPU out (bf16/fp16 rows: the AIConfigurator tables' GEMMs,
+  attention and all-reduce, Vidur's elementwise ops), predicted from its spec sheet by the
+  transfer model; each fold trains only the kinds its GPU is scored on.
 
 Every hold-out is scored for each estimator (and, for unseen GPUs, the copy-the-nearest-
 GPU baseline) as ``{estimator: {kind: {hardware: metrics}}}``; ``accuracy_table`` scores a
@@ -24,7 +25,7 @@ from .model import SurrogateModel, shape_groups
 HOLDOUTS = ("unseen_shape", "unseen_model", "unseen_gpu")
 Progress = Callable[[str], None]
 _SHAPE_KINDS = ("gemm", "attn_prefill", "attn_decode")
-_GPU_KINDS = ("gemm", "attn_prefill", "attn_decode", "collective")
+_GPU_KINDS = ("gemm", "attn_prefill", "attn_decode", "collective", "elementwise")
 
 
 def metrics(y: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None,
@@ -111,7 +112,8 @@ def _folds(table: pd.DataFrame, holdout: str, seed: int):
         t = table[table["op"].isin(_GPU_KINDS) & table["dtype"].isin(("bf16", "fp16"))]  # NCCL "half"
         t = t[(t["op"] != "collective") | (t["collective"] == "all_reduce")]
         for hw in sorted(t["hardware"].unique()):
-            yield hw, t[t["hardware"] != hw], t[t["hardware"] == hw]
+            test = t[t["hardware"] == hw]
+            yield hw, t[(t["hardware"] != hw) & t["op"].isin(test["op"].unique())], test
     else:
         raise ValueError(f"unknown hold-out '{holdout}' (known: {', '.join(HOLDOUTS)})")
 

@@ -38,6 +38,15 @@ def test_issue_device_present_with_positive_numbers(cat, name):
     assert d.devices_per_node >= 1
 
 
+def test_every_gpu_has_compute_units_and_clock(cat):
+    """Every GPU (NVIDIA and AMD) gives its SM/CU count and boost clock: the issue rate of the
+    elementwise roofline term; ASICs and CPUs may leave them out (A100-balanced fallback)."""
+    for d in cat:
+        if d.kind == "gpu":
+            assert d.compute_units > 0 and 1.0 < d.clock_ghz < 3.0, d.name
+            assert d.issue_rate == pytest.approx(d.compute_units * d.clock_ghz * 1e9)
+
+
 def test_server_cpus(cat):
     """At least two server CPUs, with cores, bf16/int8/fp32 peaks, DDR bandwidth, capacity and a price source."""
     cpus = [d for d in cat if d.kind == "cpu"]

@@ -121,3 +121,20 @@ def test_physically_impossible_rows_are_quarantined(traces_dir):
     rows = src.loc[q["source_row"].astype(int)]
     assert (rows["tensor_parallel"] == 2).all() and (rows["batch_size"] == 64).all()
     assert len(res.table) + len(res.quarantine) == 2 * len(src)
+
+
+def test_elementwise_issue_time_is_one_cycle_per_element_over_sms_times_clock():
+    """An elementwise op's t_issue_ms is its elements over SMs x clock (A100: 108 x 1.41 GHz);
+    other kinds get 0; a device without those numbers is taken as balanced like the A100
+    (its DRAM bandwidth / 13.4 bytes per cycle), so a stripped A100 issues at ~the same rate."""
+    a100 = _hw("A100-80GB")
+    r = roofline_ms("elementwise", {"elements": np.array([1e6, 4e7]), "io_bytes": np.array([4e6, 1.6e8])},
+                    "fp16", None, a100, warm_l2=False)
+    np.testing.assert_allclose(r["t_issue_ms"], np.array([1e6, 4e7]) / (108 * 1.41e9) * 1e3)
+    assert r["t_roofline_ms"][1] == pytest.approx(1.6e8 / a100.mem_bw * 1e3)  # not part of the bound
+    gemm = roofline_ms("gemm", {"m": 64, "n": 4096, "k": 4096}, "bf16", None, a100)
+    assert float(gemm["t_issue_ms"]) == 0.0
+    stripped = a100.model_copy(update={"compute_units": 0})
+    assert stripped.issue_rate == pytest.approx(a100.issue_rate, rel=0.01)
+    a40 = _hw("A40")  # GDDR6: a third of the A100's bandwidth, about its issue rate
+    assert a40.issue_rate / a100.issue_rate == pytest.approx(84 * 1.74 / (108 * 1.41))

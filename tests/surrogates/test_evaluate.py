@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from surrogates.evaluate import holdout_study, metrics
+from surrogates.evaluate import _folds, holdout_study, metrics
 
 
 def test_metrics_hand_computed():
@@ -34,6 +35,21 @@ def test_unseen_gpu_holdout_has_nearest_gpu_baseline(gpu_table, fast):
     assert set(r["nearest-gpu"]["collective"]) >= {"A100-80GB", "H100-SXM", "L40S"}
     for m in r["xgboost"]["collective"].values():
         assert {"mape", "median_ape", "p90_ape", "r", "n"} <= set(m) and m["n"] > 0
+
+
+def test_unseen_gpu_folds_score_elementwise_and_train_only_scored_kinds(gpu_table, vidur_table):
+    """Vidur's elementwise rows join the leave-one-GPU-out study; a fold never has its GPU in
+    training, and trains only the kinds its GPU is scored on (Vidur's subset here is A100's:
+    the A100 fold scores collectives and elementwise, the H100 fold collectives only)."""
+    t = gpu_table[gpu_table["op"] == "collective"]
+    t = pd.concat([t, vidur_table[vidur_table["op"] == "elementwise"]], ignore_index=True)
+    folds = {name: (train, test) for name, train, test in _folds(t, "unseen_gpu", 0)}
+    assert set(folds) == {"A100-80GB", "H100-SXM", "L40S"}
+    for name, (train, test) in folds.items():
+        assert name not in set(train["hardware"]) and set(test["hardware"]) == {name}
+        assert set(train["op"]) <= set(test["op"])
+    assert set(folds["A100-80GB"][1]["op"]) == {"collective", "elementwise"}
+    assert set(folds["H100-SXM"][1]["op"]) == {"collective"}
 
 
 def test_optuna_tuning_on_grouped_validation_fold(gpu_table):
