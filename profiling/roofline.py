@@ -37,7 +37,7 @@ from .operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, ELEMENTWISE, GEMM
 
 FEATURE_COLUMNS = ("flops", "bytes", "arith_intensity", "t_compute_ms", "t_memory_ms",
                    "t_roofline_ms", "l2_resident", "hw_peak_tflops", "hw_mem_bw_gb_s", "hw_link_bw_gb_s",
-                   "hw_link_latency_us", "t_issue_ms")
+                   "hw_link_latency_us", "t_issue_ms", "hw_compute_units")
 # Compute-unit cycles an elementwise kernel spends per element (see the module docstring).
 ISSUE_CYCLES_PER_ELEMENT = 1.0
 # L2 bandwidth as a multiple of DRAM bandwidth, an upper estimate so the bound stays a
@@ -127,6 +127,7 @@ def roofline_ms(kind: str, shape: Mapping[str, object], dtype: str, kv_dtype: st
         "hw_link_bw_gb_s": np.asarray(link_bw, dtype=float) / 1e9 + 0 * flops,
         "hw_link_latency_us": np.asarray(link_lat, dtype=float) * 1e6 + 0 * flops,
         "t_issue_ms": t_issue * 1e3,
+        "hw_compute_units": np.full_like(flops, hw.compute_units or np.nan),  # NaN: not in the catalog
     }
 
 
@@ -175,7 +176,8 @@ def step_roofline_ms(kind: str, part: pd.DataFrame, dtype: str | None, kv_dtype:
             "t_compute_ms": tc * 1e3, "t_memory_ms": tm * 1e3, "t_roofline_ms": tr * 1e3,
             "l2_resident": np.zeros(n), "hw_peak_tflops": np.full(n, peak / 1e12),
             "hw_mem_bw_gb_s": np.full(n, hw.mem_bw_gb_s), "hw_link_bw_gb_s": np.full(n, intra_bw / 1e9),
-            "hw_link_latency_us": np.full(n, intra_lat * 1e6), "t_issue_ms": np.zeros(n)}
+            "hw_link_latency_us": np.full(n, intra_lat * 1e6), "t_issue_ms": np.zeros(n),
+            "hw_compute_units": np.full(n, hw.compute_units or np.nan)}
 
 
 def add_roofline_features(df: pd.DataFrame, catalog: HardwareCatalog) -> pd.DataFrame:

@@ -501,7 +501,8 @@ class SurrogateModel:
                 hi = np.minimum(hi, measured(ref))
             if kind in FLOOR_KINDS and _dominates(ref, hw, dtypes, link):
                 lo = np.maximum(lo, measured(ref))
-        return np.where(lo > hi, np.sqrt(lo * hi), np.clip(ms, lo, hi))
+        clash = lo > hi  # lo * hi only there: elsewhere it may be 0 x inf
+        return np.where(clash, np.sqrt(np.where(clash, lo, 1.0) * np.where(clash, hi, 1.0)), np.clip(ms, lo, hi))
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
         return self.predict(kind, shapes, hw).ms

@@ -140,3 +140,25 @@ def test_elementwise_prior_adds_issue_time(elementwise_gpus, fast):
     assert with_issue < 0.8 * roofline_only, (with_issue, roofline_only)
     del feats.issue_prior_  # as pickled before the issue term: the roofline-only prior
     np.testing.assert_allclose(feats.transform(te)[:, base], np.log(te["t_roofline_ms"]))
+
+
+def test_gemm_transfer_sees_waves_over_the_gpus_sms():
+    """The transfer GEMM features count 128x128 output tiles per SM (waves) and how full the
+    last wave is: 4096x4096 on H100 (132 SMs) is 1024/132 = 7.76 waves, the last 97% full;
+    a device without an SM count gets NaN (XGBoost's missing value); the seen-GPU pipeline
+    and pipelines pickled before the features have no such columns."""
+    f = RooflineFeatures("gemm", hardware_features=False)
+    rows = pd.DataFrame({"m": [4096.0, 64.0], "n": [4096.0, 4096.0], "k": [4096.0, 4096.0], "dtype": "bf16"})
+    f.fit(rows.assign(hardware="H100-SXM"))
+    names = list(f.get_feature_names_out())
+    _, learn = f.transfer_columns()
+    assert {names.index("log_waves"), names.index("wave_fill")} <= set(learn)
+    X = f.transform(rows.assign(hardware="H100-SXM"))
+    waves, fill = X[:, names.index("log_waves")], X[:, names.index("wave_fill")]
+    np.testing.assert_allclose(np.exp(waves), [1024 / 132, 32 / 132])
+    np.testing.assert_allclose(fill, [1024 / 132 / 8, 32 / 132])
+    tpu = f.transform(rows.assign(hardware="TPU-v6e"))  # the catalog gives no SM count
+    assert np.isnan(tpu[:, names.index("log_waves")]).all()
+    assert "log_waves" not in RooflineFeatures("gemm").fit(rows.assign(hardware="H100-SXM")).get_feature_names_out()
+    del f.wave_features_  # as pickled before the wave columns existed
+    assert "log_waves" not in f.get_feature_names_out() and f.transform(rows.assign(hardware="H100-SXM")).shape[1] == len(names) - 2
