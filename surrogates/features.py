@@ -44,11 +44,14 @@ ROOFLINE_FEATURES = ("log_t_roofline", "log_t_compute", "log_t_memory", "log_ai"
 # ring runs over NVLink-class links or PCIe (both ratios transfer to an unseen GPU).
 COLLECTIVE_EXTRA = ("collective_code", "log_alpha_over_beta", "log_link_over_pcie")
 GEMM_TILE_FEATURES = ("m_waste64", "m_waste128", "n_waste128", "log_tiles128", "m_mod16")
-# Transfer GEMMs: 128x128 output tiles per SM (waves) and how full the last wave is, the
-# part of tile quantisation that depends on the GPU (its SM count). Leave-one-GPU-out GEMM
-# MAPE (bf16) 17.74 -> 17.40% (A100 21.2 -> 19.2, H100 14.6 -> 14.0, L40S 22.3 -> 21.8,
-# B200 15.5 -> 15.9).
-GEMM_WAVE_FEATURES = ("log_waves", "wave_fill")
+# Thread blocks per SM (waves) and how full the last wave is: the part of tile and grid
+# quantisation that depends on the GPU's SM count. Blocks: 128x128 output tiles (GEMM),
+# batch x heads x 128-query tiles (prefill), sequences x KV heads (decode). Seen-GPU
+# pipelines, unseen-shape MAPE: GEMM 4.71 -> 4.62%, prefill 2.83 -> 2.71%, decode 3.72 ->
+# 3.67%. Transfer: GEMM only, leave-one-GPU-out 17.74 -> 17.40% (A100 21.2 -> 19.2, H100
+# 14.6 -> 14.0, L40S 22.3 -> 21.8, B200 15.5 -> 15.9); attention lost (prefill 36.3 ->
+# 36.4, decode 33.2 -> 34.6%).
+WAVE_FEATURES = ("log_waves", "wave_fill")
 # Elementwise: token rows, row width (elements per row) and bytes per element (how many
 # tensors the kernel streams); 0 where the row count is unknown.
 ELEMENTWISE_FEATURES = ("log_tokens", "log_width", "bytes_per_element")
@@ -192,11 +195,17 @@ def _tile_features(X: pd.DataFrame, n: int) -> list[np.ndarray]:
             m % 16]
 
 
-def _wave_features(X: pd.DataFrame, units: np.ndarray, n: int) -> list[np.ndarray]:
-    """``GEMM_WAVE_FEATURES``: 128x128 tiles over the GPU's SMs (NaN when it has no count)."""
-    m = np.maximum(X["m"].to_numpy(dtype=float), 1.0) if "m" in X else np.ones(n)
-    nn = np.maximum(X["n"].to_numpy(dtype=float), 1.0) if "n" in X else np.ones(n)
-    waves = np.ceil(m / 128) * np.ceil(nn / 128) / units
+def wave_features(kind: str, X: pd.DataFrame, units: np.ndarray, n: int) -> list[np.ndarray]:
+    """``WAVE_FEATURES`` of ``kind``'s rows on GPUs of ``units`` SMs (NaN without a count)."""
+    col = lambda c: (np.nan_to_num(X[c].to_numpy(dtype=float), nan=1.0) if c in X  # noqa: E731
+                     else np.ones(n))
+    if kind == "gemm":
+        blocks = np.ceil(np.maximum(col("m"), 1) / 128) * np.ceil(np.maximum(col("n"), 1) / 128)
+    elif kind == "attn_prefill":
+        blocks = col("batch") * col("heads") * np.ceil(np.maximum(col("q_len"), 1) / 128)
+    else:
+        blocks = col("batch") * col("kv_heads")
+    waves = np.maximum(blocks, 1.0) / units
     return [np.log(waves), waves / np.ceil(waves)]
 
 
@@ -231,7 +240,7 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         self.with_prior_ = not self.hardware_features
         # Elementwise prior = roofline + issue time (pipelines pickled before: roofline only).
         self.issue_prior_ = self.kind == "elementwise" and not self.hardware_features
-        self.wave_features_ = self.kind == "gemm" and not self.hardware_features
+        self.wave_features_ = self._wave_kind()
         # Shape columns fitted on (pickles from before the elementwise token columns lack it).
         self.shape_columns_ = SHAPE_FEATURES[self.kind]
         return self
@@ -249,11 +258,14 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         # Unfitted: current columns; fitted and pickled before they existed: without them.
         return self.kind == "attn_decode" and self.hardware_features and not hasattr(self, "feature_names_")
 
+    def _wave_kind(self) -> bool:
+        return self.kind == "gemm" or (self.kind in ("attn_prefill", "attn_decode") and self.hardware_features)
+
     def _wave_features(self) -> bool:
         if hasattr(self, "wave_features_"):
             return self.wave_features_
         # Unfitted: current columns; fitted and pickled before they existed: without them.
-        return self.kind == "gemm" and not self.hardware_features and not hasattr(self, "feature_names_")
+        return self._wave_kind() and not hasattr(self, "feature_names_")
 
     def _token_features(self) -> bool:
         return self.kind == "elementwise" and "q_len" in self._shape_columns()
@@ -264,7 +276,7 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         extra += ["variant"] + (list(GEMM_TILE_FEATURES) if self.kind == "gemm" else [])
         extra += list(ELEMENTWISE_FEATURES) if self._token_features() else []
         extra += list(DECODE_FEATURES) if self._decode_features() else []
-        extra += list(GEMM_WAVE_FEATURES) if self._wave_features() else []
+        extra += list(WAVE_FEATURES) if self._wave_features() else []
         hw = list(HARDWARE_FEATURES) if self.hardware_features else []
         if not self.hardware_features:
             extra += list(TRANSFER_FEATURES) + (list(COLLECTIVE_TRANSFER) if self.kind == "collective" else [])
@@ -334,7 +346,7 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         if self._decode_features():
             cols += decode_features(col)
         if self._wave_features():
-            cols += _wave_features(X, col("hw_compute_units"), n)
+            cols += wave_features(self.kind, X, col("hw_compute_units"), n)
         if getattr(self, "with_prior_", False):
             cols += self._transfer_columns(X, col, lg)
         return np.column_stack(cols)

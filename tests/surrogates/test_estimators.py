@@ -115,8 +115,8 @@ def test_unknown_kernel_variant_gets_mean_over_known_variants(vidur_table, fast)
 
 
 def test_decode_parallelism_features_only_in_the_seen_pipeline():
-    """Seen-GPU decode features end with sequences x KV heads, sequences x heads and the GQA
-    group (log1p); the transfer feature set has none of them; a transformer fitted before
+    """Seen-GPU decode features include sequences x KV heads, sequences x heads and the GQA
+    group (log1p), side by side; the transfer feature set has none of them; a transformer fitted before
     they existed (no ``decode_features_``) keeps its old column count."""
     import pandas as pd
     rows = pd.DataFrame({"batch": [1, 64], "kv_len": [128, 8192], "heads": [32, 64], "kv_heads": [8, 8],
@@ -125,8 +125,9 @@ def test_decode_parallelism_features_only_in_the_seen_pipeline():
     seen = RooflineFeatures("attn_decode").fit(rows)
     names = list(seen.get_feature_names_out())
     X = seen.transform(rows)
-    assert X.shape[1] == len(names) and names[-3:] == ["log_seq_kv_heads", "log_seq_heads", "log_gqa_group"]
-    np.testing.assert_allclose(X[:, -3:], np.log1p([[8, 32, 4], [512, 4096, 8]]))
+    dec = [names.index(c) for c in ("log_seq_kv_heads", "log_seq_heads", "log_gqa_group")]
+    assert X.shape[1] == len(names) and dec == list(range(dec[0], dec[0] + 3))
+    np.testing.assert_allclose(X[:, dec], np.log1p([[8, 32, 4], [512, 4096, 8]]))
     transfer = RooflineFeatures("attn_decode", hardware_features=False).fit(rows)
     assert "log_gqa_group" not in transfer.get_feature_names_out()
     legacy = RooflineFeatures("attn_decode").fit(rows)

@@ -142,11 +142,12 @@ def test_elementwise_prior_adds_issue_time(elementwise_gpus, fast):
     np.testing.assert_allclose(feats.transform(te)[:, base], np.log(te["t_roofline_ms"]))
 
 
-def test_gemm_transfer_sees_waves_over_the_gpus_sms():
-    """The transfer GEMM features count 128x128 output tiles per SM (waves) and how full the
-    last wave is: 4096x4096 on H100 (132 SMs) is 1024/132 = 7.76 waves, the last 97% full;
-    a device without an SM count gets NaN (XGBoost's missing value); the seen-GPU pipeline
-    and pipelines pickled before the features have no such columns."""
+def test_waves_over_the_gpus_sms():
+    """GEMM features count 128x128 output tiles per SM (waves) and how full the last wave is:
+    4096x4096 on H100 (132 SMs) is 1024/132 = 7.76 waves, the last 97% full; a device
+    without an SM count gets NaN (XGBoost's missing value). Seen-GPU attention pipelines
+    count blocks too (prefill: batch x heads x 128-query tiles; decode: sequences x KV
+    heads), transfer attention pipelines and pipelines pickled before the columns do not."""
     f = RooflineFeatures("gemm", hardware_features=False)
     rows = pd.DataFrame({"m": [4096.0, 64.0], "n": [4096.0, 4096.0], "k": [4096.0, 4096.0], "dtype": "bf16"})
     f.fit(rows.assign(hardware="H100-SXM"))
@@ -159,6 +160,11 @@ def test_gemm_transfer_sees_waves_over_the_gpus_sms():
     np.testing.assert_allclose(fill, [1024 / 132 / 8, 32 / 132])
     tpu = f.transform(rows.assign(hardware="TPU-v6e"))  # the catalog gives no SM count
     assert np.isnan(tpu[:, names.index("log_waves")]).all()
-    assert "log_waves" not in RooflineFeatures("gemm").fit(rows.assign(hardware="H100-SXM")).get_feature_names_out()
+    dec = pd.DataFrame({"batch": [64.0], "kv_len": [4096.0], "heads": [32.0], "kv_heads": [8.0],
+                        "head_dim": [128.0], "dtype": "bf16", "hardware": "A100-80GB"})
+    seen = RooflineFeatures("attn_decode").fit(dec)
+    seen_names = list(seen.get_feature_names_out())
+    assert np.exp(seen.transform(dec)[0, seen_names.index("log_waves")]) == pytest.approx(64 * 8 / 108)
+    assert "log_waves" not in RooflineFeatures("attn_decode", hardware_features=False).fit(dec).get_feature_names_out()
     del f.wave_features_  # as pickled before the wave columns existed
     assert "log_waves" not in f.get_feature_names_out() and f.transform(rows.assign(hardware="H100-SXM")).shape[1] == len(names) - 2
