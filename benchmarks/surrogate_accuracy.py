@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     _repeatability(aic)
     _efficiency_spread(aic)
     results = {}
+    tables = {"unseen_model": lambda: vidur, "unseen_gpu": lambda: pd.concat([aic, vidur[vidur["op"] == "elementwise"]])}
     for h in a.holdouts.split(","):
         t0 = time.perf_counter()
-        table = {"unseen_model": vidur, "unseen_gpu": pd.concat([aic, vidur[vidur["op"] == "elementwise"]])}
-        results[h] = holdout_study(table.get(h, aic), h, a.estimators.split(","),
+        results[h] = holdout_study(tables.get(h, lambda: aic)(), h, a.estimators.split(","),
                                    max_rows=rows, params=params, seen_params=seen_params, progress=log)
         _line(h, results[h])
         print(f"{h}: study time {time.perf_counter() - t0:.0f}s")

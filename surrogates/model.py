@@ -281,6 +281,14 @@ class SurrogateModel:
     kinds_: dict[str, KindModel] = field(default_factory=dict)
     specs_: dict[str, HardwareSpec] = field(default_factory=dict)  # spec sheets of the trained GPUs
 
+    def __setstate__(self, state: dict) -> None:
+        # Spec sheets pickled before a catalog field existed lack it: re-validate them so
+        # the field gets its default (a surrogate saved by an older version still loads).
+        specs = state.get("specs_") or {}
+        state["specs_"] = {k: HardwareSpec.model_validate(
+            {f: v for f, v in vars(s).items() if f in HardwareSpec.model_fields}) for k, s in specs.items()}
+        self.__dict__.update(state)
+
     # ---- training -----------------------------------------------------
     def fit(self, table: pd.DataFrame, progress: Callable[[str], None] | None = None) -> "SurrogateModel":
         cat = load_catalog()
@@ -501,8 +509,8 @@ class SurrogateModel:
                 hi = np.minimum(hi, measured(ref))
             if kind in FLOOR_KINDS and _dominates(ref, hw, dtypes, link):
                 lo = np.maximum(lo, measured(ref))
-        clash = lo > hi  # lo * hi only there: elsewhere it may be 0 x inf
-        return np.where(clash, np.sqrt(np.where(clash, lo, 1.0) * np.where(clash, hi, 1.0)), np.clip(ms, lo, hi))
+        # min(hi, lo) is hi where the bounds clash and lo elsewhere: never 0 x inf.
+        return np.where(lo > hi, np.sqrt(lo * np.minimum(hi, lo)), np.clip(ms, lo, hi))
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
         return self.predict(kind, shapes, hw).ms

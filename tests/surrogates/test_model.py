@@ -121,3 +121,19 @@ def test_seen_params_override_only_the_seen_pipeline_of_their_kind(gpu_table, fa
     assert trees(m.kinds_["collective"].seen) == fast["n_estimators"]
     m.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["seen_params"] == {"gemm": {"n_estimators": 7}}
+
+
+def test_surrogate_pickled_before_a_catalog_field_still_loads():
+    """A saved surrogate whose spec sheets predate a catalog field (compute_units and
+    clock_ghz were added after bundles and MLflow models had been saved) loads with the
+    field's default instead of failing on the first prediction; the other fields are kept."""
+    import pickle
+
+    spec = load_catalog().get("H100-SXM")
+    old = spec.model_copy()
+    for f in ("compute_units", "clock_ghz"):
+        del old.__dict__[f]  # as unpickled from the older class
+    back = pickle.loads(pickle.dumps(SurrogateModel(specs_={"H100-SXM": old})))
+    got = back.specs_["H100-SXM"]
+    assert got.compute_units == 0 and got.issue_rate == pytest.approx(spec.mem_bw / 13.4)
+    assert got.model_dump(exclude={"compute_units", "clock_ghz"}) == spec.model_dump(exclude={"compute_units", "clock_ghz"})
