@@ -186,13 +186,17 @@ def decode_features(col) -> list[np.ndarray]:
     return [np.log1p(np.nan_to_num(v, nan=0.0)) for v in (b * kvh, b * h, h / np.maximum(kvh, 1.0))]
 
 
+def _tiles128(m: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """128x128 output tiles of an m x n GEMM (m, n >= 1)."""
+    return np.ceil(m / 128) * np.ceil(n / 128)
+
+
 def _tile_features(X: pd.DataFrame, n: int) -> list[np.ndarray]:
     """GEMM tile quantisation: padding waste of m and n to 64/128-wide tiles, tile count."""
     m = np.maximum(X["m"].to_numpy(dtype=float), 1.0) if "m" in X else np.ones(n)
     nn = np.maximum(X["n"].to_numpy(dtype=float), 1.0) if "n" in X else np.ones(n)
     waste = lambda v, t: np.ceil(v / t) * t / v  # noqa: E731
-    return [waste(m, 64), waste(m, 128), waste(nn, 128), np.log(np.ceil(m / 128) * np.ceil(nn / 128)),
-            m % 16]
+    return [waste(m, 64), waste(m, 128), waste(nn, 128), np.log(_tiles128(m, nn)), m % 16]
 
 
 def wave_features(kind: str, X: pd.DataFrame, units: np.ndarray, n: int) -> list[np.ndarray]:
@@ -200,7 +204,7 @@ def wave_features(kind: str, X: pd.DataFrame, units: np.ndarray, n: int) -> list
     col = lambda c: (np.nan_to_num(X[c].to_numpy(dtype=float), nan=1.0) if c in X  # noqa: E731
                      else np.ones(n))
     if kind == "gemm":
-        blocks = np.ceil(np.maximum(col("m"), 1) / 128) * np.ceil(np.maximum(col("n"), 1) / 128)
+        blocks = _tiles128(np.maximum(col("m"), 1), np.maximum(col("n"), 1))
     elif kind == "attn_prefill":
         blocks = col("batch") * col("heads") * np.ceil(np.maximum(col("q_len"), 1) / 128)
     else:
