@@ -16,7 +16,9 @@ By default every fold is trained exactly as the shipped bundle is (``build_bundl
 GEMM and attention pipelines; also ``hermes-sim surrogate train``'s default), so the figures
 are what a user of the built-in surrogate gets; ``--config large`` uses the library defaults
 of ``SurrogateModel`` instead (300 trees of depth 8 on every pipeline, 40k rows). ``cover90`` is the share of held-out
-rows inside the nominal 90% interval.
+rows inside the nominal 90% interval; ``level-known`` (unseen GPU) is the MAPE left if
+the held-out GPU's overall level were known, one factor fitted on its own rows (an
+oracle: the rest is the shape of its efficiency curve, which the spec sheet must carry).
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def _line(holdout: str, study: dict) -> None:
         for kind, by_hw in kinds.items():
             for hw, m in by_hw.items():
                 cov = f" cover90={m['coverage'] * 100:.0f}%" if "coverage" in m else ""
+                if holdout == "unseen_gpu":  # what knowing the GPU's level alone would leave
+                    cov += f" level-known={m['mape_level_known']:.2f}%"
                 print(f"{holdout:13s} {est:11s} {kind:12s} {hw:10s} MAPE={m['mape']:6.2f}% "
                       f"medAPE={m['median_ape']:6.2f}% p90={m['p90_ape']:6.2f}% r={m['r']:.4f} n={m['n']}{cov}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from surrogates.evaluate import _folds, holdout_study, metrics
+from surrogates.evaluate import _finish, _folds, _merge, holdout_study, metrics
 
 
 def test_metrics_hand_computed():
@@ -15,6 +15,22 @@ def test_metrics_hand_computed():
     assert np.isclose(m["mape"], 7.5) and np.isclose(m["median_ape"], 10.0)
     assert np.isclose(m["p90_ape"], np.quantile([10, 10, 0, 10], 0.9))
     assert m["n"] == 4 and np.isclose(m["r"], np.corrcoef(y, p)[0, 1]) and m["coverage"] == 1.0
+
+
+def test_level_known_mape_removes_only_a_constant_factor():
+    """mape_level_known: predictions off by one constant factor score 0 once rescaled (their
+    MAPE stays 50%); a shape-dependent error survives the rescaling; pooled over two GPUs
+    each is rescaled by its own factor."""
+    y = np.array([1.0, 2.0, 4.0, 8.0])
+    m = metrics(y, y / 2)
+    assert np.isclose(m["mape"], 50.0) and np.isclose(m["mape_level_known"], 0.0)
+    assert metrics(y, y * np.array([1.0, 1.0, 1.2, 1.2]))["mape_level_known"] > 5
+    acc: dict = {}
+    _merge(acc, "gemm", "A", y, y / 2)
+    _merge(acc, "gemm", "B", y, y * 3)
+    out = _finish(acc)["gemm"]
+    assert np.isclose(out["all"]["mape_level_known"], 0.0) and out["all"]["mape"] > 100
+    assert np.isclose(out["A"]["mape_level_known"], 0.0)
 
 
 def test_unseen_model_holdout_groups_by_model(vidur_table, fast):
