@@ -33,6 +33,22 @@ def test_provenance_tags(fitted):
     assert fb.provenance[0] == "roofline-fallback" and fb.ms[0] > 0
 
 
+def test_shape_measured_only_on_another_gpu_is_extrapolated_with_a_wider_interval(gpu_table, fast):
+    """A100 measured up to m = 512 only, H100 across the grid: m = 8192 is in the training
+    range (H100's) but not A100's, so on A100 it is 'extrapolated' with the model's widest
+    interval, while on H100 it is 'trained' with the narrow shape interval."""
+    g = gpu_table[gpu_table["op"] == "gemm"]
+    g = g[(g["hardware"] != "A100-80GB") | (g["m"] <= 512)]
+    model = SurrogateModel(params=fast, max_rows=4000).fit(g[g["hardware"] != "L40S"])
+    km, cat = model.kinds_["gemm"], load_catalog()
+    a100 = model.predict("gemm", _shapes([64, 8192]), cat.get("A100-80GB"))
+    h100 = model.predict("gemm", _shapes([8192]), cat.get("H100-SXM"))
+    assert list(a100.provenance) == ["trained", "extrapolated"] and list(h100.provenance) == ["trained"]
+    half = np.log(a100.hi_ms / a100.ms)
+    assert np.isclose(half[1], km.widest_quantile()) and half[1] > 2 * half[0]
+    assert np.isclose(np.log(h100.hi_ms / h100.ms)[0], half[0])
+
+
 def test_kernel_never_measured_on_the_gpu_is_extrapolated(fitted):
     """A kernel variant the GPU never ran in training is flagged 'extrapolated' even at an
     in-range shape (there is no measurement of it to interpolate); the engine kernel is not."""
