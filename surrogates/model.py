@@ -251,7 +251,7 @@ class KindModel:
     transfer: Pipeline | None
     hardware: frozenset[str]
     dtypes: frozenset[str]
-    ranges: dict[str, tuple[float, float]]
+    ranges: dict[str, tuple[float, float]]  # shape column -> (min, max) over all GPUs
     q_seen: float
     q_transfer: float
     n_train: int
@@ -270,12 +270,12 @@ class KindModel:
     # hardware -> shape column -> (min, max) measured on that GPU (``ranges`` pools all GPUs)
     hw_ranges: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
-    def widest_quantile(self) -> float:
-        """The widest interval half-width the model has measured (a new GPU, a new model on
-        any GPU); the shape quantile when it has no other."""
-        qs = [self.q_seen, self.q_transfer, getattr(self, "q_model", float("nan")),
-              *getattr(self, "q_model_hw", {}).values()]
-        return float(max(q for q in qs if np.isfinite(q)))
+    def off_range_quantile(self) -> float:
+        """Interval half-width (log) for a shape a GPU was never measured near: the measured
+        error of shapes a GPU was not profiled at, a new model's on the GPU where those
+        err most (leave-models-out); the shape quantile without per-model rows."""
+        qs = [self.q_seen, getattr(self, "q_model", float("nan")), *getattr(self, "q_model_hw", {}).values()]
+        return float(max((q for q in qs if np.isfinite(q)), default=float("nan")))
 
     def quantile(self, variants: np.ndarray, hardware: str = "") -> np.ndarray:
         """Per-row interval half-width (log). Variants measured only as shape grids get the
@@ -466,15 +466,16 @@ class SurrogateModel:
             capped = self._dominance_cap(kind, km, dtypes, hw, raw, measured)
             ms, sibling = self._sibling_anchor(kind, km, shapes, dtypes, hw, raw, capped, measured)
             qs = np.full(n, q)
-        inside = np.full(n, hw.name in km.hardware) & _within(frame, km.ranges)
+        inside = np.full(n, hw.name in km.hardware)  # a GPU never measured: all extrapolated
         if seen:
-            # Shapes outside what this GPU was measured on (other GPUs' data covers them):
-            # extrapolated, with the widest interval the model measured. Vidur's A30
-            # trained on one model's GEMMs flags half of another model's (k 512-4096 where
-            # it had 3584 and up); 90% interval coverage on them 70 -> 75%.
-            off = ~_within(frame, getattr(km, "hw_ranges", {}).get(hw.name, {}))
+            # Shapes outside what this GPU was measured on, even where other GPUs' data
+            # covers them: extrapolated (Vidur's A30 trained on one model's GEMMs flags half
+            # of another model's: k 512-4096 where it had 3584 and up), with at least the
+            # off-range interval (what widens is a shape-grid kernel's narrow one; per-model
+            # kernels have it already). Surrogates pickled before per-GPU ranges: pooled ones.
+            off = ~_within(frame, getattr(km, "hw_ranges", {}).get(hw.name, km.ranges))
             inside &= ~off
-            qs = np.where(off, np.maximum(qs, km.widest_quantile()), qs)
+            qs = np.where(off, np.maximum(qs, km.off_range_quantile()), qs)
         if "dtype" in frame:
             inside &= frame["dtype"].fillna("bf16").astype(str).isin(km.dtypes).to_numpy()
         if seen and getattr(km, "variants", None):  # a named kernel must have run on this GPU
