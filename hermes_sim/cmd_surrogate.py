@@ -151,15 +151,28 @@ def train_cmd(src: TraceSource, out, estimator, tune_trials, max_rows, params, n
                           seen_params=seen, sources=list(src.paths), log_mlflow=not no_mlflow,
                           progress=_progress(as_json))
     info = {"directory": str(Path(res.directory).resolve()), "run_id": res.run_id,
-            "reference": res.run_id or str(Path(res.directory).resolve()), "trace_hash": res.trace_hash,
-            "train_seconds": round(res.seconds, 2), "params": res.params,
+            "reference": _reference(res), "trace_hash": res.trace_hash,
+            "train_seconds": round(res.seconds, 2), "params": res.params, "tracking_error": res.tracking_error,
             "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware)} for k, m in res.model.kinds_.items()}}
+    _warn_untracked(res)
     if as_json:
         click.echo(json.dumps(info))
         return
     click.echo(f"surrogate saved to {info['directory']} ({res.seconds:.0f} s)")
     if res.run_id:
         click.echo(f"MLflow run {res.run_id}; use --surrogate {res.run_id}{_catalog_hint(res.model)}")
+    elif res.tracking_error:
+        click.echo(f"use --surrogate {info['reference']}{_catalog_hint(res.model)}")
+
+
+def _reference(res) -> str:
+    """What ``--surrogate`` takes for a trained surrogate: its run id, else its directory."""
+    return res.run_id or str(Path(res.directory).resolve())
+
+
+def _warn_untracked(res) -> None:
+    if res.tracking_error:
+        click.echo(f"warning: {res.tracking_error}; the surrogate is saved in {res.directory} only", err=True)
 
 
 @surrogate.command("eval")
@@ -193,24 +206,26 @@ def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
     roofline and Random Forest baselines, register in MLflow, print the reference."""
     from surrogates.evaluate import holdout_study
     from surrogates.sources import table_hash
-    from surrogates.tracking import _root
+    from surrogates.tracking import store_root
     from surrogates.train import train_surrogate
     prog = _progress(as_json)
     hp, seen, rows = _recipe(_parse_params(params), max_rows)
     table = src.load(as_json)
     study = holdout_study(table, "unseen_shape", ("xgboost", "rf", "roofline"),
                           max_rows=min(rows, 20000), params=hp, seen_params=seen, progress=prog)
-    out = out or str(_root() / "mlruns" / "surrogates" / table_hash(table)[:12])
+    out = out or str(store_root() / "surrogates" / table_hash(table)[:12])
     res = train_surrogate(table, out, params=hp, seen_params=seen, max_rows=rows, sources=list(src.paths),
                           metrics={"unseen_shape": study.get("xgboost", {})}, progress=prog)
-    info = {"reference": res.run_id, "directory": str(Path(res.directory).resolve()),
-            "trace_hash": res.trace_hash, "unseen_shape": study}
+    info = {"reference": _reference(res), "run_id": res.run_id, "directory": str(Path(res.directory).resolve()),
+            "trace_hash": res.trace_hash, "tracking_error": res.tracking_error, "unseen_shape": study}
+    _warn_untracked(res)
     if as_json:
         click.echo(json.dumps(info))
         return
     Console().print(_study_rich(study, "unseen shapes (20% of shapes held out): surrogate vs baselines"))
-    click.echo(f"registered MLflow run {res.run_id} (saved in {info['directory']})")
-    click.echo(f"use it: hermes-sim simulate SCENARIO.yaml --surrogate {res.run_id}{_catalog_hint(res.model)}")
+    if res.run_id:
+        click.echo(f"registered MLflow run {res.run_id} (saved in {info['directory']})")
+    click.echo(f"use it: hermes-sim simulate SCENARIO.yaml --surrogate {info['reference']}{_catalog_hint(res.model)}")
 
 
 def _catalog_hint(model) -> str:

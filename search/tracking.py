@@ -1,52 +1,23 @@
 """MLflow tracking: a parent run per study, a nested run per trial, artifacts on the parent.
 
-MLflow is imported lazily (the simulator never imports it). The store is
-``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts in
-``mlruns/artifacts`` (``$HERMES_MLFLOW_ARTIFACTS`` overrides the artifact location).
+MLflow is imported lazily (the simulator never imports it). The store and the artifact
+location are the project's (``surrogates.tracking``: ``$MLFLOW_TRACKING_URI`` or
+``mlruns/mlflow.db``), so surrogate training runs and studies share one MLflow UI.
 Tracking never breaks a search: the first failure disables the tracker and reports one
 line through ``warn``; results stay in the Optuna storage.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from surrogates.tracking import artifact_root, first_line, prepare_store, tracking_uri
+
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
-
-# A dead server must fail fast, not after MLflow's default minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
-
-
-def artifact_root() -> str | None:
-    """Artifact location for new experiments (None: let a remote server decide)."""
-    env = os.environ.get("HERMES_MLFLOW_ARTIFACTS")
-    if env:
-        return Path(env).resolve().as_uri()
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        return (Path.cwd() / "mlruns" / "artifacts").resolve().as_uri()
-    return None
-
-
-def _probe(uri: str) -> None:
-    """Fail within seconds when an HTTP tracking server does not answer."""
-    if uri.startswith(("http://", "https://")):
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3) as r:
-            r.read()
-    elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+__all__ = ["Tracker", "artifact_root", "tracking_uri", "PARENT_ATTR", "EXPERIMENT_ATTR"]
 
 
 class Tracker:
@@ -58,7 +29,7 @@ class Tracker:
         self.client: Any = None
         self.failed = False
         try:
-            _probe(self.uri)
+            prepare_store(self.uri)
             from mlflow.tracking import MlflowClient
             self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as e:  # noqa: BLE001 - any tracking failure disables tracking
@@ -71,9 +42,7 @@ class Tracker:
     def _fail(self, e: BaseException) -> None:
         if not self.failed:
             self.failed = True
-            e = getattr(e, "reason", e)  # urllib wraps the socket error
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            self.warn(f"MLflow tracking at {self.uri} unavailable ({first}); "
+            self.warn(f"MLflow tracking at {self.uri} unavailable ({first_line(e)}); "
                       "results are kept in the Optuna storage only")
 
     def _call(self, fn: Callable[[], Any]) -> Any:

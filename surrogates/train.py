@@ -25,6 +25,9 @@ class TrainResult:
     trace_hash: str
     seconds: float
     params: dict
+    # Why the run is not in MLflow although logging was asked for ('' when it is or was not
+    # asked): the surrogate is saved in ``directory`` either way, never lost to a dead store.
+    tracking_error: str = ""
 
 
 def split_shapes(table: pd.DataFrame, frac: float = 0.2, seed: int = 0) -> np.ndarray:
@@ -85,11 +88,12 @@ def train_surrogate(table: pd.DataFrame, out_dir: str | Path, *, estimator: str 
     if metrics:
         info["metrics"] = metrics
     directory = model.save(out_dir, info)
-    run_id = log_training(directory, model, trace_hash=digest, sources=sources or [],
-                          metrics={**(metrics or {}), "train_seconds": seconds}) if log_mlflow else None
-    return TrainResult(model, directory, run_id, digest, seconds, params)
-
-
-def log_training(*args, **kwargs) -> str:
-    from .tracking import log_training as _log
-    return _log(*args, **kwargs)
+    run_id, error = None, ""
+    if log_mlflow:
+        from .tracking import TrackingUnavailable, log_training
+        try:
+            run_id = log_training(directory, model, trace_hash=digest, sources=sources or [],
+                                  metrics={**(metrics or {}), "train_seconds": seconds})
+        except TrackingUnavailable as e:
+            error = str(e)
+    return TrainResult(model, directory, run_id, digest, seconds, params, error)

@@ -102,3 +102,45 @@ def test_calibrate_a_new_gpu_from_a_csv_with_its_spec_sheet(gpu_table, tmp_path,
     assert m.trained_hardware() == ["FooGPU"] and m.kinds_["gemm"].n_train > 1000
     code, _, err = _run(capsys, *args, "--json", "--catalog", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in err and len(err.strip().splitlines()) == 1
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:  # bound then released: nothing listens there afterwards
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_tracking_server_loses_no_surrogate(canonical_parquet, tmp_path, capsys, monkeypatch):
+    """With MLFLOW_TRACKING_URI pointing at a server that does not answer, training still
+    saves the surrogate, says why it is not in MLflow in one stderr line and gives the
+    directory as the reference (which loads); loading a run id from that store is a
+    one-line error with exit 2, not a traceback."""
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, out, err = _run(capsys, "surrogate", "train", str(canonical_parquet), "-o", str(tmp_path / "m"),
+                          "--max-rows", "800", "--param", "n_estimators=30", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["run_id"] is None and info["reference"] == str((tmp_path / "m").resolve())
+    assert uri in info["tracking_error"]
+    warn = [ln for ln in err.splitlines() if "warning:" in ln]
+    assert len(warn) == 1 and uri in warn[0] and "Traceback" not in err
+    assert load_surrogate(info["reference"]).kinds_["gemm"].n_train > 0
+    code, _, err = _run(capsys, "surrogate", "eval", "a" * 32, str(canonical_parquet))
+    assert code == 2 and uri in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_store_the_user_names_is_honoured(canonical_parquet, tmp_path, capsys, monkeypatch):
+    """MLflow 3 refuses a plain file store unless told otherwise; one the user names in
+    MLFLOW_TRACKING_URI (older setups) takes the training run, and the run loads by id."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "filestore").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # recorded, so the opt-in set below is undone
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    code, out, err = _run(capsys, "surrogate", "train", str(canonical_parquet), "-o", str(tmp_path / "m"),
+                          "--max-rows", "800", "--param", "n_estimators=30", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert len(info["run_id"]) == 32 and info["tracking_error"] == ""
+    assert (tmp_path / "filestore").is_dir()
+    assert load_surrogate(info["run_id"]).trained_hardware() == load_surrogate(info["directory"]).trained_hardware()
