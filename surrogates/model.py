@@ -81,6 +81,12 @@ SIBLING_SCALE = 0.5
 SIBLING_MIN_WEIGHT = 0.01
 # Folds of the leave-models-out calibration (when rows carry a ``model``).
 MODEL_FOLDS = 3
+# Leave-one-GPU-out residuals a dtype, or a dtype and kernel variant, needs for a transfer
+# quantile of its own. One pooled over all dtypes and kernels mixes ones that transfer very
+# differently (shared-traces bundle, GEMM raw q90 of log error: bf16 0.38, fp8 1.16 of
+# which per-tensor kernels are far better than DeepGEMM's block-scaled ones, fp4 1.58,
+# pooled 1.03): a bf16 GEMM on an unmeasured GPU was x2.8 wide where x1.5 covers 90%.
+TRANSFER_QUANTILE_MIN_ROWS = 200
 
 
 def shape_groups(df: pd.DataFrame, kind: str) -> np.ndarray:
@@ -162,6 +168,24 @@ def _dominates(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> bool:
 def _row_dtypes(shapes: pd.DataFrame) -> np.ndarray:
     """The dtypes the rows run (bf16 where none is given)."""
     return shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else np.array(["bf16"])
+
+
+def _named_variants(kind: str, shapes: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """Kernel variant of each query row that named a stack or kernel, else "" (the engine's
+    choice, filled in by ``_query_frame``: sized by its dtype's quantile, since what it is
+    scored against is the fastest kernel measured, not the chosen variant's own times)."""
+    named = np.zeros(len(shapes), bool)
+    for c in ("stack", "kernel"):
+        if c in shapes:
+            named |= shapes[c].notna().to_numpy()
+    return np.where(named, variant_keys(kind, frame).to_numpy(dtype=object), "")
+
+
+def _dtype_of_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's dtype (bf16 where none is given)."""
+    if "dtype" not in frame:
+        return np.full(len(frame), "bf16", dtype=object)
+    return frame["dtype"].fillna("bf16").astype(str).to_numpy(dtype=object)
 
 
 def _spec_distance(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> float:
@@ -269,6 +293,16 @@ class KindModel:
     variants: frozenset[str] = frozenset()
     # hardware -> shape column -> (min, max) measured on that GPU (``ranges`` pools all GPUs)
     hw_ranges: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # Transfer quantiles of leave-one-GPU-out residuals by "dtype|kernel variant" and by
+    # "dtype" (``q_transfer`` pools them all), where there are enough residuals.
+    q_transfer_by: dict[str, float] = field(default_factory=dict)
+
+    def transfer_quantile(self, dtypes: np.ndarray, variants: np.ndarray) -> np.ndarray:
+        """Per-row interval half-width (log) on a GPU never measured: that of the row's
+        dtype and kernel variant ("" for none), else of its dtype, else the pooled one."""
+        by = getattr(self, "q_transfer_by", {})
+        return np.array([by.get(f"{d}|{v}", by.get(str(d), self.q_transfer)) for d, v in zip(dtypes, variants)],
+                        dtype=float)
 
     def off_range_quantile(self) -> float:
         """Interval half-width (log) for a shape a GPU was never measured near: the measured
@@ -354,27 +388,34 @@ class SurrogateModel:
         q_seen = conformal_q(np.abs(np.log(cal["latency_ms"].to_numpy() / _seen_ms(seen, residual, cal, prior))),
                              self.interval)
         q_model, shape_variants, q_model_hw = self._model_quantile(kind, rows[~is_cal], budget)
-        transfer, q_transfer = None, float("nan")
+        transfer, q_transfer, q_transfer_by = None, float("nan"), {}
         hws = sorted(train["hardware"].unique())
         if self.transfer and self.estimator in ("xgboost", "linear"):
             transfer = make_surrogate(kind, self.estimator, hardware_features=False, **self.params)
             transfer.fit(train, train["latency_ms"].to_numpy())
             if len(hws) > 1:  # honest transfer intervals: leave each GPU out once
-                resid = []
+                resid, dts, var = [], [], []
                 for h in hws:  # half the rows: these fits only size the interval
                     tr, te = train[train["hardware"] != h], train[train["hardware"] == h]
                     tr = _sample(tr, budget // 2, self.random_state)
                     p = make_surrogate(kind, self.estimator, hardware_features=False, **self.params)
                     p.fit(tr, tr["latency_ms"].to_numpy())
                     resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / p.predict(te))))
-                q_transfer = conformal_q(np.concatenate(resid), self.interval)
+                    dts.append(_dtype_of_rows(te))
+                    var.append(variant_keys(kind, te).to_numpy(dtype=object))
+                r, d = np.concatenate(resid), np.concatenate(dts)
+                q_transfer = conformal_q(r, self.interval)
+                dv = d + "|" + np.concatenate(var)
+                q_transfer_by = {str(x): conformal_q(r[key == x], self.interval)
+                                 for key in (d, dv) for x in np.unique(key)
+                                 if (key == x).sum() >= TRANSFER_QUANTILE_MIN_ROWS}
         ranges = _shape_ranges(kind, train)
         hw_ranges = {str(h): _shape_ranges(kind, part) for h, part in rows.groupby("hardware")}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
                          ranges, q_seen, q_transfer, len(train), residual, q_model, shape_variants, q_model_hw,
                          self._engine_kernels(kind, seen, transfer, train), prior,
                          _default_stacks(train) if kind in STREAM_PRIOR_KINDS else {},
-                         frozenset(np.unique(variant_ids(kind, rows)).tolist()), hw_ranges)
+                         frozenset(np.unique(variant_ids(kind, rows)).tolist()), hw_ranges, q_transfer_by)
 
     def _engine_kernels(self, kind: str, seen: Pipeline, transfer: Pipeline | None,
                         train: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
@@ -465,7 +506,7 @@ class SurrogateModel:
             dtypes = _row_dtypes(shapes)
             capped = self._dominance_cap(kind, km, dtypes, hw, raw, measured)
             ms, sibling = self._sibling_anchor(kind, km, shapes, dtypes, hw, raw, capped, measured)
-            qs = np.full(n, q)
+            qs = km.transfer_quantile(_dtype_of_rows(frame), _named_variants(kind, shapes, frame))
         inside = np.full(n, hw.name in km.hardware)  # a GPU never measured: all extrapolated
         if seen:
             # Shapes outside what this GPU was measured on, even where other GPUs' data
@@ -570,6 +611,7 @@ class SurrogateModel:
                 "seen_params": getattr(self, "seen_params", {}), "interval": self.interval,
                 "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware), "dtypes": sorted(m.dtypes),
                               "q_seen": m.q_seen, "q_transfer": m.q_transfer,
+                              "q_transfer_by": getattr(m, "q_transfer_by", {}),
                               "q_model": getattr(m, "q_model", float("nan")),
                               "q_model_hw": getattr(m, "q_model_hw", {}),
                               "residual_rows": m.residual.n_stored() if getattr(m, "residual", None) else 0,

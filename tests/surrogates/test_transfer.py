@@ -168,3 +168,44 @@ def test_waves_over_the_gpus_sms():
     assert "log_waves" not in RooflineFeatures("attn_decode", hardware_features=False).fit(dec).get_feature_names_out()
     del f.wave_features_  # as pickled before the wave columns existed
     assert "log_waves" not in f.get_feature_names_out() and f.transform(rows.assign(hardware="H100-SXM")).shape[1] == len(names) - 2
+
+
+@pytest.fixture(scope="module")
+def bf16_fp8_gemms(gpu_table, traces_dir) -> pd.DataFrame:
+    """bf16 GEMMs of A100, H100 and L40S plus TensorRT-LLM fp8 GEMMs of H100 and L40S."""
+    aic = traces_dir / "aiconfigurator/data"
+    fp8 = [read_traces(aic / f"{s}/gemm/trtllm/1.3.0rc20/gemm_perf.parquet", "aiconfigurator").table
+           for s in ("h100_sxm", "l40s")]
+    fp8 = [t[(t["dtype"] == "fp8") & (t["kernel"] == "torch_flow")].sample(2000, random_state=0) for t in fp8]
+    return pd.concat([gpu_table[gpu_table["op"] == "gemm"], *fp8], ignore_index=True)
+
+
+def test_unmeasured_gpu_interval_is_sized_per_dtype_and_kernel(bf16_fp8_gemms, traces_dir, fast):
+    """On a GPU never measured (B200), each row's interval half-width is the leave-one-GPU-out
+    quantile of its own dtype and kernel variant (of its dtype for a variant with too few
+    residuals), not one pooled over dtypes and kernels that transfer very differently; a
+    surrogate pickled before these quantiles uses the pooled one for every row."""
+    from surrogates.model import SurrogateModel
+    m = SurrogateModel(params=fast, max_rows=6000, local_correction=False).fit(bf16_fp8_gemms)
+    km = m.kinds_["gemm"]
+    by = km.q_transfer_by
+    assert {"bf16", "fp8", "bf16|trtllm|torch_flow", "fp8|trtllm|torch_flow"} <= set(by)
+    assert by["bf16"] != by["fp8"] and len({round(v, 9) for v in by.values()} | {round(km.q_transfer, 9)}) > 2
+    b200 = read_traces(traces_dir / "aiconfigurator/data/b200_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet",
+                       "aiconfigurator").table
+    q = b200[(b200["kernel"] == "torch_flow") & b200["dtype"].isin(("bf16", "fp8"))].sample(600, random_state=1)
+    q = q[["m", "n", "k", "dtype"]].reset_index(drop=True)
+    hw = load_catalog().get("B200")
+    named = m.predict("gemm", q.assign(stack="trtllm 1.3.0rc20", kernel="torch_flow"), hw)
+    for dt in ("bf16", "fp8"):
+        assert np.allclose(np.log(named.hi_ms / named.ms)[q["dtype"] == dt], by[f"{dt}|trtllm|torch_flow"]), dt
+    # A variant without residuals of its own, and a query naming no kernel (the engine's
+    # choice, scored against the fastest kernel measured): the dtype's quantile.
+    p = m.predict("gemm", q, hw)
+    other = m.predict("gemm", q.assign(stack="vllm 0.24.0", kernel="no-such-kernel"), hw)
+    for pred in (p, other):
+        half = np.log(pred.hi_ms / pred.ms)
+        for dt in ("bf16", "fp8"):
+            assert np.allclose(half[q["dtype"] == dt], by[dt]), dt
+    del km.q_transfer_by  # as unpickled from a surrogate saved before the field existed
+    assert np.allclose(np.log(m.predict("gemm", q, hw).hi_ms / p.ms), km.q_transfer)
