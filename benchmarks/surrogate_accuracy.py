@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ from profiling.models import resolve_model
 from surrogates import compile_step_table, holdout_study, load_surrogate, load_traces
 from surrogates.compiled import _ops_ms
 from profiling.operators import BatchShape, expand_step
-from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_ROWS, BUNDLE_SEEN_PARAMS
+from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_ROWS, BUNDLE_SEEN_PARAMS, default_traces
+from surrogates.evaluate import HOLDOUTS
 from surrogates.model import SurrogateModel
 
 ESTIMATORS = ("xgboost", "rf", "linear", "roofline")
@@ -163,15 +165,28 @@ def _siblings(model: SurrogateModel) -> None:
               f"bandwidth x{hw.mem_bw_gb_s / ref.mem_bw_gb_s:.2f}")
 
 
+def _names(known) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated list of names from ``known``."""
+    def parse(text: str) -> list[str]:
+        names = [t for t in text.split(",") if t]
+        bad = [t for t in names if t not in known]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or 'empty list'} (known: {', '.join(known)})")
+        return names
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "traces")
+    ap.add_argument("--traces", type=Path, default=default_traces())
     ap.add_argument("--config", choices=("shipped", "large"), default="shipped")
     ap.add_argument("--max-rows", type=int, default=None, help="rows per kind (default: the config's)")
-    ap.add_argument("--holdouts", default="unseen_shape,unseen_model,unseen_gpu")
-    ap.add_argument("--estimators", default=",".join(ESTIMATORS))
+    ap.add_argument("--holdouts", type=_names(HOLDOUTS), default=",".join(HOLDOUTS))
+    ap.add_argument("--estimators", type=_names(ESTIMATORS), default=",".join(ESTIMATORS))
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    if not a.traces.is_dir():
+        ap.error(f"--traces {a.traces}: no such folder (set $HERMES_TRACES or pass the shared traces)")
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     params = dict(BUNDLE_PARAMS) if a.config == "shipped" else {}
     seen_params = dict(BUNDLE_SEEN_PARAMS) if a.config == "shipped" else {}
@@ -184,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     _efficiency_spread(aic)
     results = {}
     tables = {"unseen_model": lambda: vidur, "unseen_gpu": lambda: pd.concat([aic, vidur[vidur["op"] == "elementwise"]])}
-    for h in a.holdouts.split(","):
+    for h in a.holdouts:
         t0 = time.perf_counter()
-        results[h] = holdout_study(tables.get(h, lambda: aic)(), h, a.estimators.split(","),
+        results[h] = holdout_study(tables.get(h, lambda: aic)(), h, a.estimators,
                                    max_rows=rows, params=params, seen_params=seen_params, progress=log)
         _line(h, results[h])
         print(f"{h}: study time {time.perf_counter() - t0:.0f}s")

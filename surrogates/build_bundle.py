@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
+
+from profiling.errors import HermesError
 
 from .sources import load_traces
 from .tracking import BUNDLE_DIR
@@ -46,6 +49,11 @@ BUNDLE_SEEN_PARAMS = {k: {"n_estimators": 300 if k == "gemm" else 500, "max_dept
 BUNDLE_ROWS = 320000
 
 
+def default_traces() -> Path:
+    """``$HERMES_TRACES``, else ``shared/traces`` beside the checkout (as the tests read it)."""
+    return Path(os.environ.get("HERMES_TRACES") or Path(__file__).resolve().parents[2] / "shared" / "traces")
+
+
 def build(traces: Path, out: Path, max_rows: int = BUNDLE_ROWS) -> dict:
     frames = []
     for s in SOURCES:
@@ -68,11 +76,16 @@ def build(traces: Path, out: Path, max_rows: int = BUNDLE_ROWS) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "traces")
+    ap.add_argument("--traces", type=Path, default=default_traces(),
+                    help="the shared traces folder (default: $HERMES_TRACES, else ../shared/traces)")
     ap.add_argument("-o", "--out", type=Path, default=BUNDLE_DIR)
     ap.add_argument("--max-rows", type=int, default=BUNDLE_ROWS)
     a = ap.parse_args(argv)
-    info = build(a.traces, a.out, a.max_rows)
+    try:
+        info = build(a.traces, a.out, a.max_rows)
+    except HermesError as e:  # a user's path or data: one line, never a traceback
+        print(f"build_bundle: error: {e}", file=sys.stderr)
+        return 2
     # Record the artifact's own hash next to the training manifest.
     import json
     man = json.loads((a.out / "manifest.json").read_text())

@@ -59,3 +59,13 @@ def test_blackwell_siblings_are_priced_from_b200_measurements():
         assert "anchored to the measured B200" in b300.note and "anchored to the measured B200" in gb200.note
         np.testing.assert_allclose(b300.ms, b200, rtol=0.06, err_msg=kind)
         assert np.all(gb200.ms <= b200 * (1 + 1e-9)) and np.all(gb200.ms >= b200 * 0.88), kind
+
+
+def test_rebuild_script_reports_a_missing_traces_folder_in_one_line(tmp_path, capsys):
+    """`python -m surrogates.build_bundle --traces WRONG` exits 2 with one error line naming
+    the path (no traceback) and writes no bundle."""
+    from surrogates.build_bundle import main
+    assert main(["--traces", str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and str(tmp_path / "nope") in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out" / "surrogate.joblib").exists()
