@@ -4,11 +4,13 @@ the repeatability of the GEMM measurements themselves (the floor no model can be
 held-out measurement). One result line per figure.
 
     python benchmarks/surrogate_accuracy.py [--traces ../shared/traces] [--config shipped|large]
-        [--max-rows N] [--holdouts unseen_shape,unseen_model,unseen_gpu] [--estimators ...] [--json OUT]
+        [--max-rows N] [--holdouts unseen_shape,unseen_model,unseen_gpu[,unseen_gpu_fp8]]
+        [--estimators ...] [--json OUT]
 
 Hold-outs: unseen shapes (AIConfigurator, 20% of shapes), unseen model (Vidur token ops,
 leave one model out), unseen GPU (AIConfigurator bf16 and Vidur's elementwise ops, leave one
-GPU out). Estimators:
+GPU out); on request unseen_gpu_fp8 (each GPU's fp8 GEMMs from the other GPUs' GEMMs of
+every dtype). Estimators:
 xgboost (ours), rf (Vidur), linear, roofline, and nearest-gpu (copy the closest GPU).
 
 By default every fold is trained exactly as the shipped bundle is (``build_bundle``:
@@ -38,7 +40,7 @@ from surrogates import compile_step_table, holdout_study, load_surrogate, load_t
 from surrogates.compiled import _ops_ms
 from profiling.operators import BatchShape, expand_step
 from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_ROWS, BUNDLE_SEEN_PARAMS, default_traces
-from surrogates.evaluate import HOLDOUTS
+from surrogates.evaluate import HOLDOUTS, TRANSFER_HOLDOUTS
 from surrogates.model import SurrogateModel
 
 ESTIMATORS = ("xgboost", "rf", "linear", "roofline")
@@ -49,7 +51,7 @@ def _line(holdout: str, study: dict) -> None:
         for kind, by_hw in kinds.items():
             for hw, m in by_hw.items():
                 cov = f" cover90={m['coverage'] * 100:.0f}%" if "coverage" in m else ""
-                if holdout == "unseen_gpu":  # what knowing the GPU's level alone would leave
+                if holdout in TRANSFER_HOLDOUTS:  # what knowing the GPU's level alone would leave
                     cov += f" level-known={m['mape_level_known']:.2f}%"
                 print(f"{holdout:13s} {est:11s} {kind:12s} {hw:10s} MAPE={m['mape']:6.2f}% "
                       f"medAPE={m['median_ape']:6.2f}% p90={m['p90_ape']:6.2f}% r={m['r']:.4f} n={m['n']}{cov}")
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", type=Path, default=default_traces())
     ap.add_argument("--config", choices=("shipped", "large"), default="shipped")
     ap.add_argument("--max-rows", type=int, default=None, help="rows per kind (default: the config's)")
-    ap.add_argument("--holdouts", type=_names(HOLDOUTS), default=",".join(HOLDOUTS))
+    ap.add_argument("--holdouts", type=_names(HOLDOUTS), default="unseen_shape,unseen_model,unseen_gpu",
+                    help="comma-separated (default: the three above; unseen_gpu_fp8 on request, ~10 min)")
     ap.add_argument("--estimators", type=_names(ESTIMATORS), default=",".join(ESTIMATORS))
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)

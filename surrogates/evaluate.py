@@ -4,7 +4,9 @@
 * ``unseen_model`` — leave one model's Vidur profile out (shapes of an unseen model);
 * ``unseen_gpu``  — leave one GPU out (bf16/fp16 rows: the AIConfigurator tables' GEMMs,
   attention and all-reduce, Vidur's elementwise ops), predicted from its spec sheet by the
-  transfer model; each fold trains only the kinds its GPU is scored on.
+  transfer model; each fold trains only the kinds its GPU is scored on;
+* ``unseen_gpu_fp8`` — the same for fp8 GEMMs, each GPU's fp8 rows predicted by a model
+  trained on every GEMM (all dtypes) of the other GPUs, as the shipped bundle is.
 
 Every hold-out is scored for each estimator (and, for unseen GPUs, the copy-the-nearest-
 GPU baseline) as ``{estimator: {kind: {hardware: metrics}}}``; ``accuracy_table`` scores a
@@ -22,7 +24,8 @@ from profiling.hardware import load_catalog
 from .estimators import ESTIMATORS
 from .model import SurrogateModel, shape_groups
 
-HOLDOUTS = ("unseen_shape", "unseen_model", "unseen_gpu")
+HOLDOUTS = ("unseen_shape", "unseen_model", "unseen_gpu", "unseen_gpu_fp8")
+TRANSFER_HOLDOUTS = ("unseen_gpu", "unseen_gpu_fp8")  # a GPU never measured: spec-sheet transfer
 Progress = Callable[[str], None]
 _SHAPE_KINDS = ("gemm", "attn_prefill", "attn_decode")
 _GPU_KINDS = ("gemm", "attn_prefill", "attn_decode", "collective", "elementwise")
@@ -128,6 +131,10 @@ def _folds(table: pd.DataFrame, holdout: str, seed: int):
         for hw in sorted(t["hardware"].unique()):
             test = t[t["hardware"] == hw]
             yield hw, t[(t["hardware"] != hw) & t["op"].isin(test["op"].unique())], test
+    elif holdout == "unseen_gpu_fp8":
+        t = table[table["op"] == "gemm"]
+        for hw in sorted(t.loc[t["dtype"] == "fp8", "hardware"].unique()):
+            yield hw, t[t["hardware"] != hw], t[(t["hardware"] == hw) & (t["dtype"] == "fp8")]
     else:
         raise ValueError(f"unknown hold-out '{holdout}' (known: {', '.join(HOLDOUTS)})")
 
@@ -167,10 +174,10 @@ def holdout_study(table: pd.DataFrame, holdout: str, estimators=ESTIMATORS, max_
             xgb = est == "xgboost"
             model = SurrogateModel(est, dict(params or {}) if xgb else {}, max_rows=max_rows,
                                    seen_params=dict(seen_params or {}) if xgb else {},
-                                   random_state=seed, transfer=holdout == "unseen_gpu")
+                                   random_state=seed, transfer=holdout in TRANSFER_HOLDOUTS)
             model.fit(train)
             _score(acc.setdefault(est, {}), model, test)
-        if holdout == "unseen_gpu":
+        if holdout in TRANSFER_HOLDOUTS:
             for kind, part in test.groupby("op"):
                 p = nearest_gpu(train[train["op"] == kind], part)
                 _merge(acc.setdefault("nearest-gpu", {}), kind, part["hardware"].iloc[0],

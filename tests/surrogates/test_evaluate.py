@@ -78,3 +78,25 @@ def test_optuna_tuning_on_grouped_validation_fold(gpu_table):
     best = tune(g, 2, max_rows=800)
     assert set(best) == {"n_estimators", "max_depth", "learning_rate", "min_child_weight"}
     assert 100 <= best["n_estimators"] <= 500 and 4 <= best["max_depth"] <= 10
+
+
+def test_unseen_gpu_fp8_folds_score_fp8_gemms_from_every_dtype_of_the_other_gpus(gpu_table, traces_dir, fast):
+    """The fp8 hold-out leaves out each GPU with fp8 GEMMs in turn: it is scored on that GPU's
+    fp8 GEMMs only, trained on the other GPUs' GEMMs of every dtype (never its own rows), and
+    gets the nearest-GPU baseline like the bf16 hold-out."""
+    from profiling.readers import read_traces
+    aic = traces_dir / "aiconfigurator/data"
+    fp8 = [read_traces(aic / f"{s}/gemm/trtllm/1.3.0rc20/gemm_perf.parquet", "aiconfigurator").table
+           for s in ("h100_sxm", "l40s")]
+    fp8 = [x[x["dtype"] == "fp8"].sample(1500, random_state=0) for x in fp8]
+    t = pd.concat([gpu_table, *fp8], ignore_index=True)
+    folds = {name: (train, test) for name, train, test in _folds(t, "unseen_gpu_fp8", 0)}
+    assert set(folds) == {"H100-SXM", "L40S"}
+    for name, (train, test) in folds.items():
+        assert set(test["hardware"]) == {name} and set(test["dtype"]) == {"fp8"} and set(test["op"]) == {"gemm"}
+        assert name not in set(train["hardware"]) and set(train["op"]) == {"gemm"}
+        assert {"bf16", "fp8"} <= set(train["dtype"])
+    r = holdout_study(t, "unseen_gpu_fp8", ("xgboost",), max_rows=2000, params=fast)
+    assert set(r["xgboost"]["gemm"]) == {"H100-SXM", "L40S", "all"}
+    assert {"H100-SXM", "L40S"} <= set(r["nearest-gpu"]["gemm"])
+    assert 0 < r["xgboost"]["gemm"]["all"]["coverage"] <= 1
