@@ -489,7 +489,7 @@ class SurrogateModel:
                               np.full(n, "roofline-fallback", dtype=object),
                               f"no '{kind}' training data: spec-sheet roofline")
         seen = hw.name in km.hardware or km.transfer is None
-        pipe, q = (km.seen, km.q_seen) if seen else (km.transfer, km.q_transfer)
+        pipe = km.seen if seen else km.transfer
         frame = _query_frame(kind, km, shapes, hw, hw.name if seen else "*")
         floor = frame["t_roofline_ms"].to_numpy(dtype=float)
         if seen:  # the local correction only knows variants measured on this GPU
