@@ -109,15 +109,19 @@ def _print(con: Console, res) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def ui_cmd(port: int, host: str) -> None:
     """Start the MLflow UI on the local store (mlruns/) and print where to point the browser."""
-    from search.tracking import artifact_root, tracking_uri
+    from search.tracking import artifact_root, prepare_store, tracking_uri
 
     uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if uri.startswith(("http://", "https://")):
         click.echo(f"MLflow tracking server in use: {uri} (open it in a browser)")
         return
-    db = Path(uri[len("sqlite:///"):])
-    if not db.exists():
-        raise HermesError(f"no MLflow store at {db}; run `hermes-sim search` first")
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.exists():
+            raise HermesError(f"no MLflow store at {db}; run `hermes-sim search` first")
+    else:  # a database or file store the user named: served by a local UI all the same
+        db = uri
+        prepare_store(uri)
     exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     root = artifact_root()

@@ -17,7 +17,7 @@ from surrogates.tracking import artifact_root, first_line, prepare_store, tracki
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
-__all__ = ["Tracker", "artifact_root", "tracking_uri", "PARENT_ATTR", "EXPERIMENT_ATTR"]
+__all__ = ["Tracker", "artifact_root", "prepare_store", "tracking_uri", "PARENT_ATTR", "EXPERIMENT_ATTR"]
 
 
 class Tracker:

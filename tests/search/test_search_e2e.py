@@ -195,3 +195,45 @@ def test_ui_without_a_store_is_one_line_error(tmp_path):
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no MLflow store" in r.stderr
+
+
+def test_ui_serves_a_file_store_the_user_names(tmp_path):
+    """`hermes-sim ui` with MLFLOW_TRACKING_URI naming a file store (older MLflow setups)
+    starts a local UI on it that lists the store's experiments, instead of telling the user
+    to open a file URI in a browser."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    store = (tmp_path / "fs").as_uri()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_ALLOW_FILE_STORE"},
+           "MLFLOW_TRACKING_URI": store}
+    seed = ("from surrogates.tracking import _mlflow\nm = _mlflow()\n"
+            "with m.start_run():\n    m.log_metric('x', 1.0)\n")
+    subprocess.run([sys.executable, "-c", seed], env=env, check=True, timeout=120, cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Own session: the UI's server processes are stopped with it, as Ctrl-C stops the group.
+    ui = subprocess.Popen([sys.executable, "-m", "hermes_sim.cli", "ui", "--port", str(port)], cwd=tmp_path,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=10"
+        names, deadline = None, time.time() + 90
+        while names is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    names = {e["name"] for e in json.load(r)["experiments"]}
+            except OSError:
+                time.sleep(1)
+        assert names is not None and "hermes-surrogates" in names
+    finally:
+        import signal
+        os.killpg(ui.pid, signal.SIGINT)
+        try:
+            ui.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
