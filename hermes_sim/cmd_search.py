@@ -128,10 +128,32 @@ def ui_cmd(port: int, host: str) -> None:
     if root:
         cmd += ["--default-artifact-root", root]
     click.echo(f"MLflow UI on {db}: open http://{host}:{port}  (Ctrl-C to stop)")
+    _serve(cmd)
+
+
+def _serve(cmd: list[str]) -> None:
+    """Run the MLflow UI until it exits or we are stopped (Ctrl-C or SIGTERM), then stop
+    it with its server workers: they live in their own session, which a signal to this
+    process alone would otherwise leave running."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+    def stop(*_args) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        subprocess.run(cmd, check=False, env=os.environ.copy())
+        proc.wait()
     except KeyboardInterrupt:
-        pass
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS: list[click.Command] = [search_cmd, ui_cmd]

@@ -200,7 +200,8 @@ def test_ui_without_a_store_is_one_line_error(tmp_path):
 def test_ui_serves_a_file_store_the_user_names(tmp_path):
     """`hermes-sim ui` with MLFLOW_TRACKING_URI naming a file store (older MLflow setups)
     starts a local UI on it that lists the store's experiments, instead of telling the user
-    to open a file URI in a browser."""
+    to open a file URI in a browser; a SIGTERM to the command alone stops the UI's server
+    too (the port stops answering)."""
     import json
     import socket
     import subprocess
@@ -216,7 +217,6 @@ def test_ui_serves_a_file_store_the_user_names(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # Own session: the UI's server processes are stopped with it, as Ctrl-C stops the group.
     ui = subprocess.Popen([sys.executable, "-m", "hermes_sim.cli", "ui", "--port", str(port)], cwd=tmp_path,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -229,11 +229,16 @@ def test_ui_serves_a_file_store_the_user_names(tmp_path):
             except OSError:
                 time.sleep(1)
         assert names is not None and "hermes-surrogates" in names
+        ui.terminate()  # SIGTERM to the command's own process only
+        ui.wait(timeout=30)
+        time.sleep(1)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=5)
     finally:
-        import signal
-        os.killpg(ui.pid, signal.SIGINT)
-        try:
-            ui.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+        if ui.poll() is None:
+            ui.terminate()
+            try:
+                ui.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+                ui.wait()
