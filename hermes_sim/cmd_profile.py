@@ -32,14 +32,15 @@ def _summary(table: pd.DataFrame) -> list[dict]:
 
 
 def _report(kind: str, per: list[dict], quarantine: pd.DataFrame, files: int, seconds: float,
-            out: Path, qfile: Path | None, as_json: bool) -> None:
+            out: Path, qfile: Path | None, as_json: bool, skipped: tuple[Path, ...] = (), note: str = "") -> None:
     reasons = quarantine["reason"].astype(str).value_counts().head(REASONS_SHOWN) if len(quarantine) else pd.Series()
     if as_json:
         click.echo(json.dumps({
             "command": f"profile {kind}", "output": str(out), "rows": sum(p["rows"] for p in per),
             "files": files, "seconds": round(seconds, 3), "by_op_hardware": per,
             "quarantined": int(len(quarantine)), "quarantine_file": str(qfile) if qfile else None,
-            "quarantine_reasons": {k: int(v) for k, v in reasons.items()}}))
+            "quarantine_reasons": {k: int(v) for k, v in reasons.items()},
+            "skipped_files": [str(p) for p in skipped]}))
         return
     console = Console()
     table = Table(title=f"{sum(p['rows'] for p in per)} rows from {files} file(s) -> {out}")
@@ -52,6 +53,8 @@ def _report(kind: str, per: list[dict], quarantine: pd.DataFrame, files: int, se
         console.print(f"[yellow]{len(quarantine)} row(s) quarantined[/] -> {qfile}")
         for reason, n in reasons.items():
             console.print(f"  {n:>8}  {reason}")
+    if note:
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
     console.print(f"done in {seconds:.1f} s")
 
 
@@ -98,7 +101,7 @@ def ingest(path: Path, fmt: str, hardware: str | None, column_map: str | None, o
     elif qfile.exists():
         qfile.unlink()  # a stale quarantine of an earlier run would mislead
     _report("ingest", _summary(result.table), result.quarantine, result.files, time.perf_counter() - t0,
-            out, qfile if len(result.quarantine) else None, as_json)
+            out, qfile if len(result.quarantine) else None, as_json, result.skipped, result.skipped_note())
 
 
 def _write(table: pd.DataFrame, out: Path) -> None:

@@ -23,7 +23,7 @@ from .errors import HermesError, InputError
 from .hardware import HardwareCatalog, load_catalog
 from .operators import COLLECTIVE
 from .readers import READERS
-from .readers.base import ReadOptions
+from .readers.base import DATA_SUFFIXES, ReadOptions, refuse_lfs_pointer
 from .roofline import add_roofline_features, roofline_problems
 from .schema import QUARANTINE_COLUMNS, conform, empty_quarantine, quarantine_rows, validate_traces
 
@@ -39,6 +39,15 @@ class IngestResult:
     table: pd.DataFrame
     quarantine: pd.DataFrame
     files: int
+    skipped: tuple[Path, ...] = ()  # data files under the path that the format does not read
+
+    def skipped_note(self, shown: int = 3) -> str:
+        """One line naming the data files the format left unread ('' when none)."""
+        if not self.skipped:
+            return ""
+        names = ", ".join(p.name for p in self.skipped[:shown])
+        more = f" and {len(self.skipped) - shown} more" if len(self.skipped) > shown else ""
+        return f"{len(self.skipped)} data file(s) not of this format, not read: {names}{more}"
 
     def summary(self) -> pd.DataFrame:
         """Rows per (op, hardware) with the median roofline efficiency."""
@@ -61,6 +70,16 @@ def trace_files(path: Path, fmt: str) -> list[Path]:
     if not files:
         raise InputError(f"no {fmt} trace files found in this directory ({reader.description})", file=path)
     return files
+
+
+def skipped_files(path: Path, fmt: str) -> tuple[Path, ...]:
+    """Data files (``DATA_SUFFIXES``) under a directory that ``fmt`` does not read: told to
+    the user, so that a table of a kind no reader knows is never dropped unseen."""
+    if not path.is_dir():
+        return ()
+    reader = READERS[fmt]
+    return tuple(sorted(p for p in path.rglob("*") if p.is_file() and not reader.matches(p)
+                        and "".join(p.suffixes[-1:]).lower() in DATA_SUFFIXES))
 
 
 def _absurd(table: pd.DataFrame) -> pd.Series:
@@ -89,6 +108,7 @@ def read_traces(path: str | Path, fmt: str, hardware: str | None = None, column_
     for i, f in enumerate(files):
         if progress:
             progress(i, len(files), f)
+        refuse_lfs_pointer(f)
         out = reader.read(f, opts)
         tables.append(out.table)
         quarantines.append(out.quarantine)
@@ -119,4 +139,4 @@ def read_traces(path: str | Path, fmt: str, hardware: str | None = None, column_
     if table.empty:
         first = "; ".join(quarantine["reason"].astype(str).drop_duplicates().head(3)) or "no rows"
         raise InputError(f"no usable {fmt} rows ({len(quarantine)} quarantined: {first})", file=path)
-    return IngestResult(table, quarantine, len(files))
+    return IngestResult(table, quarantine, len(files), skipped_files(path, fmt))

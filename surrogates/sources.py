@@ -29,6 +29,8 @@ def load_traces(paths: Sequence[str | Path], fmt: str | None = None, hardware: s
             from profiling.readers import read_traces
             res = read_traces(p, fmt, hardware=hardware, column_map=column_map, defaults=defaults)
             df, bad = res.table, len(res.quarantine)
+            if progress and res.skipped:
+                progress(f"{p}: {res.skipped_note()}")
         else:
             if p.is_dir() or p.suffix != ".parquet":
                 raise InputError("not a canonical trace table (.parquet from `hermes-sim profile ingest`); "

@@ -1,4 +1,6 @@
-"""NVIDIA AIConfigurator perf tables (``data/<system>/<family>/<backend>/<ver>/*.parquet``).
+"""NVIDIA AIConfigurator perf tables (``data/<system>/<family>/<backend>/<ver>/*.parquet``,
+and the CSV ``*.txt`` tables of its older ``systems/data/<system>/<backend>/<ver>/`` layout,
+whose ``framework``/``version``/``device`` columns the Parquet tables also carry).
 
 * ``gemm_perf``: ``gemm_dtype, m, n, k, latency`` -> ``gemm``.
 * ``context_attention_perf``: prefill of ``batch_size`` sequences of ``isl`` tokens with no
@@ -26,7 +28,7 @@ import pyarrow as pa
 import yaml
 
 from ..errors import InputError
-from .base import FormatReader, ReadOptions, ReadOutput, require_columns, source_label
+from .base import FormatReader, ReadOptions, ReadOutput, read_csv, require_columns, source_label
 
 FORMAT = "aiconfigurator"
 TABLES = ("gemm_perf", "context_attention_perf", "generation_attention_perf", "nccl_perf",
@@ -60,8 +62,20 @@ _COLLECTIVES = {"all_reduce": "all_reduce", "allreduce": "all_reduce", "all_gath
 _ELEMENT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp32": 4.0}
 
 
+SUFFIXES = (".parquet", ".txt")
+
+
 def matches(path: Path) -> bool:
-    return path.suffix == ".parquet" and path.stem in TABLES
+    return path.suffix in SUFFIXES and path.stem in TABLES
+
+
+def _frame(path: Path) -> pd.DataFrame:
+    if path.suffix == ".txt":
+        return read_csv(path, "AIConfigurator")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise InputError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
 
 
 def _dtype(col: pd.Series) -> pd.Series:
@@ -140,13 +154,10 @@ def _stack(path: Path, df: pd.DataFrame) -> str | None:
 
 def read(path: Path, opts: ReadOptions) -> ReadOutput:
     table = path.stem
-    if table not in TABLES:
-        raise InputError(f"not an AIConfigurator perf table (expected one of {', '.join(t + '.parquet' for t in TABLES)})",
-                         file=path)
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, pa.ArrowException, ValueError) as e:
-        raise InputError(f"not a readable Parquet file ({str(e).splitlines()[0]})", file=path) from None
+    if not matches(path):
+        raise InputError(f"not an AIConfigurator perf table (expected one of {', '.join(t + '.parquet' for t in TABLES)}"
+                         " or its .txt)", file=path)
+    df = _frame(path)
     require_columns(df, _REQUIRED[table], path, f"AIConfigurator {table} table")
     n = len(df)
     out: dict[str, object] = {"source_row": np.arange(n, dtype=float), "latency_ms": df["latency"].to_numpy(float)}

@@ -46,6 +46,26 @@ class FormatReader:
     read: Callable[[Path, ReadOptions], ReadOutput]
 
 
+# First bytes of a Git LFS pointer: what a clone without ``git lfs`` holds in place of a
+# data file (AIConfigurator's upstream tables are stored this way).
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+# Suffixes of files that hold measurements: a directory's such files that a format does not
+# read are reported, never skipped in silence.
+DATA_SUFFIXES = (".parquet", ".csv", ".txt", ".json", ".jsonl", ".gz")
+
+
+def refuse_lfs_pointer(path: Path) -> None:
+    """Raise one clear line if ``path`` is a Git LFS pointer instead of the data it names."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror or e})", file=path) from None
+    if head == LFS_POINTER:
+        raise InputError("a Git LFS pointer, not the measured data: fetch it with `git lfs pull` "
+                         "in the repository it came from", file=path)
+
+
 def source_label(fmt: str, path: Path) -> str:
     return f"{fmt}:{path}"
 

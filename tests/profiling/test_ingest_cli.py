@@ -123,3 +123,25 @@ def test_unknown_hardware_is_quarantined_not_guessed(tmp_path, capsys, monkeypat
     code = main(["profile", "ingest", str(f), "--format", "csv", "--hardware", "TPU-v9000", "--catalog", str(spec),
                  "-o", str(tmp_path / "o.parquet"), "--json"])
     assert code == 0 and set(pd.read_parquet(tmp_path / "o.parquet")["hardware"]) == {"TPU-v9000"}
+
+
+def test_data_files_the_format_does_not_read_are_reported(tmp_path, capsys):
+    """A system folder with a table of a kind no reader knows (MoE) and an end-to-end CSV:
+    the kernel table ingests, and both other files are named in the human output and listed
+    under skipped_files in JSON, not dropped unseen (collection_meta.yaml is no data file)."""
+    d = tmp_path / "data" / "h100_sxm" / "gemm" / "vllm" / "1.0"
+    d.mkdir(parents=True)
+    pd.DataFrame({"gemm_dtype": ["bfloat16"] * 2, "m": [64, 128], "n": [4096] * 2, "k": [4096] * 2,
+                  "latency": [0.02, 0.03]}).to_parquet(d / "gemm_perf.parquet")
+    pd.DataFrame({"num_tokens": [1], "latency": [0.01]}).to_parquet(d / "moe_perf.parquet")
+    (d / "collection_meta.yaml").write_text("runtime: {framework: vllm, version: 1.0}\n")
+    (tmp_path / "data" / "silicon_sample.csv").write_text("isl,osl\n1,1\n")
+    out = tmp_path / "o.parquet"
+    assert main(["profile", "ingest", str(tmp_path / "data"), "--format", "aiconfigurator", "-o", str(out),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rows"] == 2 and doc["files"] == 1
+    assert sorted(p.rsplit("/", 1)[-1] for p in doc["skipped_files"]) == ["moe_perf.parquet", "silicon_sample.csv"]
+    assert main(["profile", "ingest", str(tmp_path / "data"), "--format", "aiconfigurator", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 data file(s) not of this format, not read: moe_perf.parquet, silicon_sample.csv" in text

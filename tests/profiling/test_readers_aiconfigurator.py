@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from profiling.errors import InputError
 from profiling.readers import aiconfigurator, read_traces
 from profiling.readers.base import ReadOptions
 
@@ -123,3 +124,46 @@ def test_hardware_override_and_reader_without_system_dir(tmp_path):
     f = next(root.rglob("gemm_perf.parquet"))
     out = aiconfigurator.read(f, ReadOptions(hardware="H200"))
     assert out.table["hardware"].tolist() == ["H200"] and out.table["dtype"].tolist() == ["fp8"]
+
+
+def test_txt_tables_of_the_upstream_layout_read_like_parquet(traces_dir, tmp_path):
+    """AIConfigurator's own repository keeps its tables as CSV ``*.txt`` under
+    ``systems/data/<system>/<backend>/<ver>/`` with framework/version columns: the real H100
+    GEMM and decode tables written that way give the same rows, hardware and stack."""
+    src = traces_dir / "aiconfigurator" / "data" / "h100_sxm"
+    dest = tmp_path / "systems" / "data" / "h100_sxm" / "vllm" / "0.24.0"
+    dest.mkdir(parents=True)
+    parquet = [next((src / "gemm" / "vllm").rglob("gemm_perf.parquet")),
+               next((src / "attention" / "vllm").rglob("generation_attention_perf.parquet"))]
+    for f in parquet:
+        df = pd.read_parquet(f)
+        if "framework" not in df:  # the upstream .txt tables always carry them
+            df.insert(0, "framework", "VLLM")
+            df.insert(1, "version", "0.24.0")
+        df.to_csv(dest / f"{f.stem}.txt", index=False)
+    (dest / "moe_perf.txt").write_text("framework,version,num_tokens,latency\nVLLM,0.24.0,1,0.01\n")
+    got = read_traces(tmp_path / "systems", "aiconfigurator")
+    want = pd.concat([read_traces(f, "aiconfigurator").table for f in parquet], ignore_index=True)
+    assert got.files == 2 and len(got.table) == len(want) > 10_000
+    assert set(got.table["hardware"]) == {"H100-SXM"} and set(got.table["stack"]) == {"vllm 0.24.0"}
+    key = ["op", "m", "n", "k", "batch", "kv_len", "heads", "kv_heads", "dtype", "kernel"]
+    a = got.table.sort_values(key + ["latency_ms"])["latency_ms"].to_numpy()
+    b = want.sort_values(key + ["latency_ms"])["latency_ms"].to_numpy()
+    assert np.allclose(a, b, rtol=1e-9)
+    # The table of a kind no reader knows is named, not dropped unseen.
+    assert [p.name for p in got.skipped] == ["moe_perf.txt"] and "moe_perf.txt" in got.skipped_note()
+
+
+def test_git_lfs_pointer_is_one_clear_error(tmp_path):
+    """A clone without git-lfs holds pointers in place of the tables: one line naming the file
+    and the fix, not a Parquet or CSV parser error."""
+    d = tmp_path / "data" / "h200_sxm" / "gemm" / "trtllm" / "1.0"
+    d.mkdir(parents=True)
+    pointer = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:a9fc5f9628d521008d438540acf27eb3850c052d18efac44bf52cbdcd6bdc98b\nsize 376333\n")
+    (d / "gemm_perf.txt").write_text(pointer)
+    with pytest.raises(InputError) as e:
+        read_traces(tmp_path / "data", "aiconfigurator")
+    msg = str(e.value)
+    assert "gemm_perf.txt" in msg and "Git LFS pointer" in msg and "git lfs pull" in msg
+    assert len(msg.splitlines()) == 1

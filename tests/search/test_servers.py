@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
 
 from search.storage import counts
 
