@@ -2,7 +2,10 @@
 
 The built-in catalog lives in ``profiling/data/hardware.yaml``. Users add or override
 devices with their own YAML (same schema) via ``load_catalog(extra)`` or the
-``HERMES_CATALOG`` environment variable (``os.pathsep``-separated paths).
+``HERMES_CATALOG`` environment variable (``os.pathsep``-separated paths). An
+AIConfigurator system YAML (``gpu:``/``node:`` sections, e.g. ``b60.yaml``) is accepted
+in their place as one device named after the file; it carries no price (0, which the
+search refuses to price a fleet with).
 """
 from __future__ import annotations
 
@@ -153,24 +156,77 @@ class HardwareCatalog:
         return list(self._specs)
 
 
-def _read_specs(text: str, source: str) -> list[HardwareSpec]:
+# AIConfigurator system YAML: ``gpu:`` key -> catalog dtype of its dense peak (FLOP/s).
+_AIC_PEAKS = {"bfloat16_tc_flops": "bf16", "float16_tc_flops": "fp16", "fp8_tc_flops": "fp8",
+              "int8_tc_flops": "int8", "fp4_tc_flops": "fp4", "float32_tc_flops": "fp32"}
+
+
+def _aiconfigurator_device(doc: dict, source: str) -> dict:
+    """Catalog fields of an AIConfigurator system YAML (SI units there, GB and TFLOP/s here)."""
+    gpu, node = doc.get("gpu") or {}, doc.get("node") or {}
+    try:
+        peaks = {d: float(gpu[k]) / 1e12 for k, d in _AIC_PEAKS.items() if gpu.get(k)}
+        if "bf16" not in peaks and "fp16" in peaks:
+            peaks["bf16"] = peaks["fp16"]
+        lat = float(node.get("p2p_latency") or 0.0) * 1e6
+        return {"name": Path(source).stem, "kind": "gpu", "peak_tflops": peaks,
+                "mem_capacity_gb": float(gpu["mem_capacity"]) / 1e9, "mem_bw_gb_s": float(gpu["mem_bw"]) / 1e9,
+                "intra_node_bw_gb_s": float(node.get("intra_node_bw") or 0.0) / 1e9,
+                "inter_node_bw_gb_s": float(node.get("inter_node_bw") or 0.0) / 1e9,
+                "intra_node_latency_us": lat, "inter_node_latency_us": lat,
+                "pcie_bw_gb_s": float(node.get("pcie_bw") or 0.0) / 1e9,
+                "devices_per_node": int(node.get("num_gpus_per_node") or 8), "tdp_w": float(gpu["power"]),
+                "price_per_hour": 0.0, "price_source": "none: an AIConfigurator spec sheet has no price",
+                "notes": f"from the AIConfigurator system YAML {source}"}
+    except KeyError as e:
+        raise InputError(f"AIConfigurator system YAML without gpu.{e.args[0]}", file=source) from None
+    except (TypeError, ValueError) as e:
+        raise InputError(f"AIConfigurator system YAML with a non-numeric value ({e})", file=source) from None
+
+
+# Fields an AIConfigurator sheet sets on a device the catalog already has (its name,
+# aliases, architecture, SM count, clock, L2 and price stay the catalog's).
+_AIC_MEASURED = ("peak_tflops", "mem_capacity_gb", "mem_bw_gb_s", "intra_node_bw_gb_s", "inter_node_bw_gb_s",
+                 "intra_node_latency_us", "inter_node_latency_us", "pcie_bw_gb_s", "devices_per_node", "tdp_w")
+
+
+def _validate(d: dict, source: str, i: int = 0) -> HardwareSpec:
+    try:
+        return HardwareSpec.model_validate(d)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "?"
+        name = d.get("name", f"#{i}") if isinstance(d, dict) else f"#{i}"
+        raise InputError(f"device '{name}' field '{field}': {err['msg']}", file=source) from None
+
+
+def _load(text: str, source: str) -> dict:
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=source) from None
-    devices = doc.get("devices") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _add_file(cat: HardwareCatalog, path: Path) -> None:
+    doc = _load(path.read_text(), str(path))
+    if "devices" not in doc and isinstance(doc.get("gpu"), dict):  # AIConfigurator system YAML
+        d = _aiconfigurator_device(doc, str(path))
+        if d["name"] in cat:
+            known = cat.get(d["name"]).model_dump()
+            d = {**known, **{k: d[k] for k in _AIC_MEASURED}, "peak_tflops": {**known["peak_tflops"], **d["peak_tflops"]},
+                 "notes": d["notes"]}
+        cat.add(_validate(d, str(path)))
+        return
+    for s in _specs(doc, str(path)):
+        cat.add(s)
+
+
+def _specs(doc: dict, source: str) -> list[HardwareSpec]:
+    devices = doc.get("devices")
     if not isinstance(devices, list):
-        raise InputError("expected a top-level 'devices:' list", file=source)
-    specs = []
-    for i, d in enumerate(devices):
-        try:
-            specs.append(HardwareSpec.model_validate(d))
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) or "?"
-            name = d.get("name", f"#{i}") if isinstance(d, dict) else f"#{i}"
-            raise InputError(f"device '{name}' field '{field}': {err['msg']}", file=source) from None
-    return specs
+        raise InputError("expected a top-level 'devices:' list (or an AIConfigurator system YAML)", file=source)
+    return [_validate(d, source, i) for i, d in enumerate(devices)]
 
 
 def builtin_catalog_text() -> str:
@@ -179,7 +235,7 @@ def builtin_catalog_text() -> str:
 
 def builtin_catalog() -> HardwareCatalog:
     """The devices shipped with the package only."""
-    return HardwareCatalog(_read_specs(builtin_catalog_text(), "builtin hardware.yaml"))
+    return HardwareCatalog(_specs(_load(builtin_catalog_text(), "builtin hardware.yaml"), "builtin hardware.yaml"))
 
 
 def load_catalog(*extra: str | Path) -> HardwareCatalog:
@@ -190,6 +246,5 @@ def load_catalog(*extra: str | Path) -> HardwareCatalog:
         path = Path(p)
         if not path.is_file():
             raise InputError("hardware catalog file not found", file=path)
-        for s in _read_specs(path.read_text(), str(path)):
-            cat.add(s)
+        _add_file(cat, path)
     return cat

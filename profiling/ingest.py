@@ -123,7 +123,8 @@ def read_traces(path: str | Path, fmt: str, hardware: str | None = None, column_
     catalog = catalog or load_catalog()
     table = add_roofline_features(clean, catalog)
     del clean
-    why = roofline_problems(table, catalog)
+    sheets = dict(filter(None, map(reader.spec_sheet, files))) if reader.spec_sheet and not hardware else {}
+    why = roofline_problems(table, catalog, sheets)
     absurd = (_absurd(table) & (why == "")).to_numpy()
     why[absurd] = (f"latency more than {ABSURD_SPEEDUP:g}x below the roofline bound: "
                    "wrong unit or wrong hardware?")

@@ -25,6 +25,7 @@ of every operator of the step, expanded from the model catalog (``expand_step``)
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -214,16 +215,20 @@ def add_roofline_features(df: pd.DataFrame, catalog: HardwareCatalog) -> pd.Data
     return out.assign(**feats)
 
 
-def roofline_problems(df: pd.DataFrame, catalog: HardwareCatalog) -> pd.Series:
-    """Per row: why the roofline could not be computed ('' when it was)."""
+def roofline_problems(df: pd.DataFrame, catalog: HardwareCatalog,
+                      sheets: dict[str, Path] | None = None) -> pd.Series:
+    """Per row: why the roofline could not be computed ('' when it was). ``sheets``: spec-sheet
+    files that came with the traces, by hardware name, named in the reason."""
     why = pd.Series("", index=df.index, dtype=object)
     missing = df["t_roofline_ms"].isna()
     if not missing.any():
         return why
     for name in df.loc[missing, "hardware"].dropna().unique():
         if name not in catalog:
+            sheet = (sheets or {}).get(name)
             why[missing & (df["hardware"] == name)] = (
-                f"hardware '{name}' is not in the catalog (add it with --catalog FILE)")
+                f"hardware '{name}' is not in the catalog (add it with --catalog "
+                + (f"{sheet}, its spec sheet that came with these traces)" if sheet else "FILE)"))
     for model in df.loc[missing & (why == ""), "model"].dropna().unique():
         try:
             from .models import resolve_model

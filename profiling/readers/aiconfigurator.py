@@ -19,6 +19,7 @@ system YAML next to ``data/`` gives GPUs per node for the collective's node coun
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,9 +99,15 @@ def _meta_stack(directory: Path) -> str | None:
     return None
 
 
+def _where(path: Path) -> Path:
+    """Absolute path as given: a symlinked table is filed under the folder that links it
+    (``resolve`` would name the system of the link's target)."""
+    return Path(os.path.abspath(path))
+
+
 def _system(path: Path) -> str | None:
     """``data/<system>/...`` -> system directory name."""
-    parts = path.resolve().parts
+    parts = _where(path).parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == "data":
             return parts[i + 1]
@@ -110,7 +117,7 @@ def _system(path: Path) -> str | None:
 @lru_cache(maxsize=64)
 def _gpus_per_node(path: Path, system: str) -> int:
     """From the system YAML (``<root>/<system>.yaml`` beside ``data/``); 8 when absent."""
-    for parent in path.resolve().parents:
+    for parent in _where(path).parents:
         if parent.name == "data":
             spec = parent.parent / f"{system}.yaml"
             if spec.is_file():
@@ -120,6 +127,19 @@ def _gpus_per_node(path: Path, system: str) -> int:
                 except (yaml.YAMLError, TypeError, ValueError):
                     raise InputError("system YAML has no valid node.num_gpus_per_node", file=spec) from None
     return 8
+
+
+def spec_sheet(path: Path) -> tuple[str, Path] | None:
+    """(hardware, ``<root>/<system>.yaml``) of a table under ``<root>/data/<system>/``, when
+    that system YAML exists (the catalog reads it with --catalog)."""
+    system = _system(path)
+    if not system:
+        return None
+    for parent in _where(path).parents:
+        if parent.name == "data":
+            sheet = parent.parent / f"{system}.yaml"
+            return (SYSTEM_HARDWARE.get(system, system), sheet) if sheet.is_file() else None
+    return None
 
 
 def _kernel(kernel: pd.Series, df: pd.DataFrame, table: str) -> np.ndarray:
@@ -198,4 +218,4 @@ def read(path: Path, opts: ReadOptions) -> ReadOutput:
 
 
 READER = FormatReader(FORMAT, "NVIDIA AIConfigurator perf tables (gemm, attention, nccl, custom all-reduce)",
-                      matches, read)
+                      matches, read, spec_sheet)

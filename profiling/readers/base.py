@@ -44,6 +44,9 @@ class FormatReader:
     description: str
     matches: Callable[[Path], bool]
     read: Callable[[Path, ReadOptions], ReadOutput]
+    # (hardware name, spec-sheet file) a file of the format comes with, if any: named to
+    # the user when that hardware is not in the catalog.
+    spec_sheet: Callable[[Path], tuple[str, Path] | None] | None = None
 
 
 # First bytes of a Git LFS pointer: what a clone without ``git lfs`` holds in place of a

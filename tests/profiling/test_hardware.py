@@ -231,3 +231,28 @@ def test_missing_catalog_file_and_unknown_device(tmp_path):
         load_catalog(tmp_path / "nope.yaml")
     with pytest.raises(HermesError, match="unknown hardware 'H900'"):
         load_catalog().get("H900")
+
+
+def test_aiconfigurator_system_yaml_is_a_catalog_file(traces_dir, tmp_path):
+    """A GPU the catalog lacks comes in from its AIConfigurator system YAML (Intel B60: 456 GB/s,
+    98.3 bf16 TFLOP/s, 24 GiB, 200 W, PCIe links), with price 0 and a source saying why; the
+    YAML of a GPU the catalog has updates its numbers but keeps its name, SM count and price."""
+    aic = traces_dir / "aiconfigurator"
+    b60 = load_catalog(aic / "b60.yaml").get("B60")
+    assert (b60.mem_bw_gb_s, b60.peak_tflops["bf16"], b60.tdp_w) == pytest.approx((456.0, 98.304, 200.0))
+    assert b60.mem_capacity_gb == pytest.approx(24 * 2**30 / 1e9)
+    assert (b60.intra_node_bw_gb_s, b60.intra_node_latency_us) == pytest.approx((28.4, 2.0))
+    assert b60.price_per_hour == 0 and "no price" in b60.price_source
+    builtin = load_catalog().get("H100-SXM")
+    sheet = tmp_path / "h100_sxm.yaml"
+    doc = yaml.safe_load((aic / "h100_sxm.yaml").read_text())
+    doc["gpu"]["mem_bw"] = 3.0e12  # a user's measured bandwidth
+    sheet.write_text(yaml.safe_dump(doc))
+    h = load_catalog(sheet).get("h100_sxm")
+    assert h.name == "H100-SXM" and h.mem_bw_gb_s == pytest.approx(3000.0)
+    assert (h.compute_units, h.price_per_hour, h.aliases) == (builtin.compute_units, builtin.price_per_hour,
+                                                              builtin.aliases)
+    del doc["gpu"]["mem_bw"]
+    sheet.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="h100_sxm.yaml: AIConfigurator system YAML without gpu.mem_bw"):
+        load_catalog(sheet)

@@ -145,3 +145,23 @@ def test_data_files_the_format_does_not_read_are_reported(tmp_path, capsys):
     assert main(["profile", "ingest", str(tmp_path / "data"), "--format", "aiconfigurator", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "2 data file(s) not of this format, not read: moe_perf.parquet, silicon_sample.csv" in text
+
+
+def test_unknown_gpu_names_the_spec_sheet_that_came_with_the_traces(traces_dir, tmp_path, capsys):
+    """AIConfigurator tables of a GPU the catalog lacks (real L40S GEMMs filed as Intel B60,
+    beside the real b60.yaml): the error names that YAML as the --catalog to pass; passed, the
+    rows ingest on B60 (and those faster than B60's roofline are quarantined as such)."""
+    src = next((traces_dir / "aiconfigurator" / "data" / "l40s" / "gemm" / "vllm").rglob("gemm_perf.parquet"))
+    d = tmp_path / "data" / "b60" / "gemm" / "vllm" / "1.0"
+    d.mkdir(parents=True)
+    (d / "gemm_perf.parquet").symlink_to(src)
+    sheet = tmp_path / "b60.yaml"
+    sheet.write_text((traces_dir / "aiconfigurator" / "b60.yaml").read_text())
+    err = _fails(capsys, tmp_path / "data", "--format", "aiconfigurator", "-o", tmp_path / "o.parquet")
+    assert f"hardware 'B60' is not in the catalog (add it with --catalog {sheet}" in err
+    assert main(["profile", "ingest", str(tmp_path / "data"), "--format", "aiconfigurator", "--catalog", str(sheet),
+                 "-o", str(tmp_path / "o.parquet"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["op"], r["hardware"]) for r in doc["by_op_hardware"]] == [("gemm", "B60")] and doc["rows"] > 1000
+    assert set(doc["quarantine_reasons"]) == {"latency more than 1.25x below the roofline bound: "
+                                              "wrong unit or wrong hardware?"}

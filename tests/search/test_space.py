@@ -54,6 +54,16 @@ def test_bad_space_gives_one_line_naming_the_field(doc, needle):
     assert needle.replace("Value error, ", "") in msg, msg
 
 
+def test_hardware_without_a_price_is_refused(traces_dir, monkeypatch):
+    """A GPU added from a spec sheet without a price (AIConfigurator's b60.yaml) cannot be
+    priced in tokens per dollar: the space names the choice and the fix instead of NaN trials."""
+    monkeypatch.setenv("HERMES_CATALOG", str(traces_dir / "aiconfigurator" / "b60.yaml"))
+    with pytest.raises(InputError) as ei:
+        parse_space(space(params={"deployments.0.hardware": {"choices": ["H100-SXM", "B60"]}}), source="s.yaml")
+    assert "params.deployments.0.hardware.choices[1]: hardware 'B60' has no price" in str(ei.value)
+    assert "--catalog" in str(ei.value)
+
+
 def test_slo_units_are_converted_to_seconds():
     """Units in the key or in the value both become seconds in the scenario's SLOs."""
     sp = parse_space(space(slo={"ttft_p90_ms": 500, "tpot_p90": "40ms", "e2e_p99": "2s"}))
