@@ -147,7 +147,7 @@ def test_data_files_the_format_does_not_read_are_reported(tmp_path, capsys):
     assert "2 data file(s) not of this format, not read: moe_perf.parquet, silicon_sample.csv" in text
 
 
-def test_unknown_gpu_names_the_spec_sheet_that_came_with_the_traces(traces_dir, tmp_path, capsys):
+def test_unknown_gpu_names_the_spec_sheet_that_came_with_the_traces(traces_dir, tmp_path, capsys, monkeypatch):
     """AIConfigurator tables of a GPU the catalog lacks (real L40S GEMMs filed as Intel B60,
     beside the real b60.yaml): the error names that YAML as the --catalog to pass; passed, the
     rows ingest on B60 (and those faster than B60's roofline are quarantined as such)."""
@@ -159,6 +159,7 @@ def test_unknown_gpu_names_the_spec_sheet_that_came_with_the_traces(traces_dir, 
     sheet.write_text((traces_dir / "aiconfigurator" / "b60.yaml").read_text())
     err = _fails(capsys, tmp_path / "data", "--format", "aiconfigurator", "-o", tmp_path / "o.parquet")
     assert f"hardware 'B60' is not in the catalog (add it with --catalog {sheet}" in err
+    monkeypatch.setenv("HERMES_CATALOG", "")  # --catalog appends to it; the old value is restored after the test
     assert main(["profile", "ingest", str(tmp_path / "data"), "--format", "aiconfigurator", "--catalog", str(sheet),
                  "-o", str(tmp_path / "o.parquet"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
