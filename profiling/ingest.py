@@ -79,7 +79,7 @@ def skipped_files(path: Path, fmt: str) -> tuple[Path, ...]:
         return ()
     reader = READERS[fmt]
     return tuple(sorted(p for p in path.rglob("*") if p.is_file() and not reader.matches(p)
-                        and "".join(p.suffixes[-1:]).lower() in DATA_SUFFIXES))
+                        and p.suffix.lower() in DATA_SUFFIXES))
 
 
 def _absurd(table: pd.DataFrame) -> pd.Series:

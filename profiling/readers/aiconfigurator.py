@@ -114,32 +114,33 @@ def _system(path: Path) -> str | None:
     return None
 
 
+def _system_yaml(path: Path, system: str) -> Path | None:
+    """The system YAML ``<root>/<system>.yaml`` beside a ``data/`` folder above ``path``."""
+    for parent in _where(path).parents:
+        if parent.name == "data" and (parent.parent / f"{system}.yaml").is_file():
+            return parent.parent / f"{system}.yaml"
+    return None
+
+
 @lru_cache(maxsize=64)
 def _gpus_per_node(path: Path, system: str) -> int:
-    """From the system YAML (``<root>/<system>.yaml`` beside ``data/``); 8 when absent."""
-    for parent in _where(path).parents:
-        if parent.name == "data":
-            spec = parent.parent / f"{system}.yaml"
-            if spec.is_file():
-                try:
-                    doc = yaml.safe_load(spec.read_text()) or {}
-                    return int((doc.get("node") or {}).get("num_gpus_per_node") or 8)
-                except (yaml.YAMLError, TypeError, ValueError):
-                    raise InputError("system YAML has no valid node.num_gpus_per_node", file=spec) from None
-    return 8
+    """From the system YAML; 8 when absent."""
+    spec = _system_yaml(path, system)
+    if spec is None:
+        return 8
+    try:
+        doc = yaml.safe_load(spec.read_text()) or {}
+        return int((doc.get("node") or {}).get("num_gpus_per_node") or 8)
+    except (yaml.YAMLError, TypeError, ValueError):
+        raise InputError("system YAML has no valid node.num_gpus_per_node", file=spec) from None
 
 
 def spec_sheet(path: Path) -> tuple[str, Path] | None:
     """(hardware, ``<root>/<system>.yaml``) of a table under ``<root>/data/<system>/``, when
     that system YAML exists (the catalog reads it with --catalog)."""
     system = _system(path)
-    if not system:
-        return None
-    for parent in _where(path).parents:
-        if parent.name == "data":
-            sheet = parent.parent / f"{system}.yaml"
-            return (SYSTEM_HARDWARE.get(system, system), sheet) if sheet.is_file() else None
-    return None
+    sheet = _system_yaml(path, system) if system else None
+    return (SYSTEM_HARDWARE.get(system, system), sheet) if sheet else None
 
 
 def _kernel(kernel: pd.Series, df: pd.DataFrame, table: str) -> np.ndarray:
