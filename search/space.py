@@ -212,10 +212,10 @@ def _check_hardware(space: SpaceFile, file: str) -> None:
                 if str(c) not in catalog:
                     raise InputError(f"params.{path}.choices[{i}]: unknown hardware '{c}' "
                                      f"(known: {', '.join(sorted(catalog.names()))})", file=file)
-                if catalog.get(str(c)).price_per_hour <= 0:  # tokens per dollar needs a price
+                spec = catalog.get(str(c))
+                if spec.price_per_hour <= 0:  # tokens per dollar needs a price
                     raise InputError(f"params.{path}.choices[{i}]: hardware '{c}' has no price (price_per_hour 0: "
-                                     f"{catalog.get(str(c)).price_source or 'not given'}); set one in a --catalog "
-                                     "file", file=file)
+                                     f"{spec.price_source or 'not given'}); set one in a --catalog file", file=file)
 
 
 def parse_space(doc: Any, *, source: str = "<space>", root: Path | None = None) -> SearchSpace:

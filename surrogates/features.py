@@ -166,7 +166,8 @@ def _flavour(fam: pd.Series, X: pd.DataFrame) -> pd.Series:
     usual = fam.map(_EW_USUAL_TENSORS)
     if not usual.notna().any() or "io_bytes" not in X or "elements" not in X:
         return out
-    b = X["dtype"].fillna("bf16").map(dtype_bytes) if "dtype" in X else pd.Series(2.0, index=X.index)
+    dt = X["dtype"].fillna("bf16") if "dtype" in X else pd.Series("bf16", index=X.index)
+    b = dt.map({d: dtype_bytes(d) for d in dt.unique()})  # per distinct dtype, not per row
     k = (X["io_bytes"].astype(float) / (X["elements"].astype(float).clip(lower=1.0) * b)).round()
     other = usual.notna() & k.notna() & (k != usual)
     return out.where(~other, "|" + k.fillna(0).astype(int).astype(str) + "t")

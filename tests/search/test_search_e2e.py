@@ -15,7 +15,7 @@ from search.storage import counts, make_storage
 from search.bounds import Bounder
 from search.study import PROVEN_ATTR, open_study, run_worker
 
-from search_helpers import run_cli, small_space
+from search_helpers import run_cli, small_space, stop_process
 
 
 def test_infeasible_candidates_carry_their_reason():
@@ -236,9 +236,4 @@ def test_ui_serves_a_file_store_the_user_names(tmp_path):
             urllib.request.urlopen(url, timeout=5)
     finally:
         if ui.poll() is None:
-            ui.terminate()
-            try:
-                ui.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                ui.kill()
-                ui.wait()
+            stop_process(ui)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from search.storage import counts
 
-from search_helpers import free_port, run_cli, small_space
+from search_helpers import free_port, run_cli, small_space, stop_process
 
 
 def _pg_bin() -> Path | None:
@@ -110,11 +110,7 @@ def mlflow_server(tmp_path, _mlflow_template):
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
         log.close()
 
 
