@@ -1,4 +1,4 @@
-"""Calibrate the vector-search cost model (simulator.retrieval_cost) against faiss on this machine.
+"""Calibrate the vector-search cost model (simulator.pipelines.retrieval_cost) against faiss on this machine.
 
 Measures flat, IVF, IVF-PQ and HNSW searches over a grid of corpus sizes, dimensions,
 nprobe/ef and batch sizes (one thread, best CPU time of several runs: the machine is shared), plus
@@ -25,7 +25,7 @@ import pandas as pd
 from profiling.hardware import HardwareSpec
 
 from profiling.bench import local_cpu_spec, run_bench
-from simulator.retrieval_cost import IndexSpec, VectorSearchModel, fit_vector_search
+from simulator.pipelines.retrieval_cost import IndexSpec, VectorSearchModel, fit_vector_search
 
 
 def build(kind: str, xb: np.ndarray, nlist: int, m: int):

@@ -2,7 +2,7 @@
 
 Dense-model rows (Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B; aggregated serving) each become
 a closed-loop scenario at the recorded concurrency (``silicon_concurrency``, else
-batch_size) replaying the row's benchmark setup (``simulator.silicon.bench_protocol``):
+batch_size) replaying the row's benchmark setup (``simulator.fidelity.silicon.bench_protocol``):
 InferenceMAX rows use 10 x concurrency prompts with lengths uniform in [0.8 L, L] and an
 8192-token budget (TRT-LLM 1k/1k below TP8 with the batch waiting its launch script sets);
 AIConfigurator-harness rows use fixed lengths, 10 requests per client, and for TRT-LLM
@@ -82,8 +82,8 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, e
     """Rows never calibrated on (``title``), simulated with the overhead fitted on the
     dense aggregated rows of their stack and GPU, as a user's new model or deployment
     would be. Prints and returns their MAPE per model and overall."""
-    from simulator.calibrate import apply_engines, report, run_rows
-    from simulator.silicon import silicon_rows
+    from simulator.fidelity.calibrate import apply_engines, report, run_rows
+    from simulator.fidelity.silicon import silicon_rows
 
     every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
     theta = {**theta, **{r.group: theta[n] for r in every if r.scenario is not None and r.group not in theta
@@ -110,8 +110,9 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, e
 
 def main() -> None:
     from profiling.models import load_models
-    from simulator.calibrate import apply_engines, engine_doc, fit_engines, fit_overhead, report, run_rows, split_rows
-    from simulator.silicon import read_silicon, silicon_rows
+    from simulator.fidelity.calibrate import apply_engines, engine_doc, fit_engines, fit_overhead, report, run_rows, split_rows
+    from profiling.readers.serving import read_silicon
+    from simulator.fidelity.silicon import silicon_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--surrogate", default="builtin")

@@ -37,7 +37,7 @@ import pandas as pd
 from profiling.hardware import load_catalog
 from profiling.models import resolve_model
 from surrogates import compile_step_table, holdout_study, load_surrogate, load_traces
-from surrogates.compiled import _ops_ms
+from surrogates.compiled import ops_ms
 from profiling.operators import BatchShape, expand_step
 from surrogates.build_bundle import BUNDLE_PARAMS, BUNDLE_ROWS, BUNDLE_SEEN_PARAMS, default_traces
 from surrogates.evaluate import HOLDOUTS, TRANSFER_HOLDOUTS
@@ -70,7 +70,7 @@ def _lookup(model: SurrogateModel) -> None:
     errs = []
     for prefill, dec in _lookup_cases():
         b = BatchShape(prefill=prefill, decode_kv=dec)
-        direct = _ops_ms(expand_step(llm, b, tp=2), hw, model) * 1e-3
+        direct = ops_ms(expand_step(llm, b, tp=2), hw, model) * 1e-3
         errs.append(abs(st.step_time(b.tokens, len(dec), float(sum(dec)), list(prefill)) - direct) / direct)
     print(f"compiled-table Llama-2-7b H100 TP2: compile={compile_s:.2f}s lookup={us:.2f}us/query "
           f"(1 prefill chunk + decodes) lookup error vs direct prediction on {len(errs)} steps: "
@@ -125,8 +125,8 @@ def _repeatability(aic: pd.DataFrame) -> None:
 def _efficiency_spread(aic: pd.DataFrame) -> None:
     """Why an unseen GPU is hard here: the fraction of its spec-sheet bf16 peak a GPU
     reaches on large GEMMs differs from GPU to GPU, and the spec sheet does not tell it (a
-    level fitted on machine balance, bytes per FLOP, overshot each held-out GPU: GEMM
-    MAPE 17.9 -> 19.6%). Predicting a held-out GPU's fraction by the geometric mean of the
+    level fitted on machine balance, bytes per FLOP, overshot each held-out GPU).
+    Predicting a held-out GPU's fraction by the geometric mean of the
     others' is the error of a model that gets every shape right but this one level."""
     g = aic[(aic["op"] == "gemm") & (aic["dtype"] == "bf16") & (aic["flops"] > 1e12)]
     eff = (g["t_compute_ms"] / g["latency_ms"]).groupby(g["hardware"]).median()

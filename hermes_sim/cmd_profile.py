@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from profiling.atomicfile import atomic_path, write_text_atomic
 from profiling.errors import HermesError, InputError
 
 from .options import catalog_option, csv_options, load_column_map, with_options
@@ -84,9 +85,11 @@ def ingest(path: Path, fmt: str, hardware: str | None, column_map: str | None, o
            dtype: str | None, out: Path, qfile: Path | None, as_json: bool) -> None:
     """Read traces at PATH into a validated canonical table with roofline features."""
     from profiling.hardware import load_catalog
-    from profiling.ingest import read_traces
+    from profiling.ingest import read_traces, refuse_output_over_input
 
     t0 = time.perf_counter()
+    qfile = qfile or out.with_name(out.name + ".quarantine.csv")
+    refuse_output_over_input(path, {"-o/--output": out, "--quarantine": qfile})
     catalog = load_catalog()
     defaults = {k: v for k, v in (("op", op), ("dtype", dtype)) if v}
     with _progress(as_json) as bar:
@@ -94,23 +97,24 @@ def ingest(path: Path, fmt: str, hardware: str | None, column_map: str | None, o
         result = read_traces(path, fmt, hardware=hardware, column_map=load_column_map(column_map), catalog=catalog,
                              defaults=defaults,
                              progress=lambda i, n, f: bar.update(task, completed=i, total=n))
-    qfile = qfile or out.with_name(out.name + ".quarantine.csv")
     _write(result.table, out)
     if len(result.quarantine):
-        result.quarantine.to_csv(qfile, index=False)
+        _write(result.quarantine, qfile, as_csv=True)
     elif qfile.exists():
         qfile.unlink()  # a stale quarantine of an earlier run would mislead
     _report("ingest", _summary(result.table), result.quarantine, result.files, time.perf_counter() - t0,
             out, qfile if len(result.quarantine) else None, as_json, result.skipped, result.skipped_note())
 
 
-def _write(table: pd.DataFrame, out: Path) -> None:
+def _write(table: pd.DataFrame, out: Path, as_csv: bool = False) -> None:
+    """Parquet (or CSV) at ``out``, replaced whole or not at all."""
     if out.parent and not out.parent.exists():
         raise InputError("output directory does not exist", file=out.parent)
     try:
-        table.to_parquet(out, index=False)
+        with atomic_path(out) as tmp:
+            (table.to_csv if as_csv else table.to_parquet)(tmp, index=False)
     except OSError as e:
-        raise InputError(f"cannot write Parquet ({e.strerror or e})", file=out) from None
+        raise InputError(f"cannot write {'CSV' if as_csv else 'Parquet'} ({e.strerror or e})", file=out) from None
 
 
 @profile.command("bench")
@@ -142,10 +146,11 @@ def bench(device: str, quick: bool, repeats: int, warmup: int, out: Path, as_jso
     _write(table, out)
     qfile = out.with_name(out.name + ".quarantine.csv")
     if len(quarantine):
-        quarantine.to_csv(qfile, index=False)
+        _write(quarantine, qfile, as_csv=True)
     spec = df.attrs.get("hardware_spec")
     if spec:  # the measured spec of a local CPU, usable later as --catalog
-        out.with_name(out.name + ".hardware.yaml").write_text(hardware_yaml(HardwareSpec.model_validate(spec)))
+        write_text_atomic(out.with_name(out.name + ".hardware.yaml"),
+                          hardware_yaml(HardwareSpec.model_validate(spec)))
     _report("bench", _summary(table), quarantine, 0, time.perf_counter() - t0, out,
             qfile if len(quarantine) else None, as_json)
 

@@ -49,8 +49,6 @@ def search_cmd(space: str | None, trials: int, storage: str | None, study_name: 
             click.echo(f"warning: {msg}", err=True)
 
     sp = load_space(space)
-    err.print(f"searching '{sp.name}' ({len(sp.params)} parameters, objective {sp.objective}) "
-              f"for {trials} trials", highlight=False)
     res = run_search(sp, trials=trials, storage_url=storage, study_name=study_name,
                      workers=workers, seed=seed, heartbeat_s=heartbeat, outdir=outdir,
                      console=err, warn=warn)
@@ -115,6 +113,7 @@ def ui_cmd(port: int, host: str) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"MLflow tracking server in use: {uri} (open it in a browser)")
         return
+    _refuse_taken_port(host, port)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.exists():
@@ -129,6 +128,25 @@ def ui_cmd(port: int, host: str) -> None:
         cmd += ["--default-artifact-root", root]
     click.echo(f"MLflow UI on {db}: open http://{host}:{port}  (Ctrl-C to stop)")
     _serve(cmd)
+
+
+def _refuse_taken_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as the UI server will (with SO_REUSEADDR, so a closed
+    connection lingering in TIME_WAIT does not count): when another process listens there,
+    "open http://..." would point the user at that process instead of the UI."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise HermesError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise HermesError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); "
+                              "another program may be using it: pick a free port with --port") from None
 
 
 def _serve(cmd: list[str]) -> None:

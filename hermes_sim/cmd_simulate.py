@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from profiling.errors import HermesError
+from profiling.errors import HermesError, InputError
 
 from .options import catalog_option
 
@@ -17,8 +18,10 @@ def _console():
 
 def _progress_bar(console, label: str):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    # Off when stderr is not a terminal: a stopped transient bar leaves a blank line there,
+    # which would precede an error line.
     return Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                    TimeElapsedColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
 def _fmt(x, unit: str = "") -> str:
@@ -92,7 +95,16 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
     scenario = load_scenario(scenario_file)
     if surrogate is not None:
         scenario = scenario.model_copy(update={"surrogate": surrogate})
-    check_fit(scenario)
+    if outdir:
+        check_out_dir(outdir)
+    try:
+        check_fit(scenario)
+    except InputError:
+        raise
+    except HermesError as e:
+        raise InputError(str(e), file=scenario_file) from None
+    if "workload" not in scenario.model_fields_set:
+        click.echo(f"hermes-sim: note: {scenario_file} has no 'workload': {default_workload()}", err=True)
     console = _console()
     with _progress_bar(console, f"simulating {scenario.name}") as bar:
         task = bar.add_task("sim", total=1.0)
@@ -113,11 +125,39 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
         console.print(f"outputs in {outdir}")
 
 
+OUTPUT_FILES = ("summary.json", "requests.parquet", "trace.json")
+
+
+def check_out_dir(outdir: str) -> None:
+    """Refuse an output folder that cannot be written before simulating, not after: it, or
+    the nearest part of its path that exists, must be a writable folder."""
+    from pathlib import Path
+    out = Path(outdir)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output folder: '{probe}' is a file, not a folder", file=out)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder: '{probe}' is not writable", file=out)
+    for name in OUTPUT_FILES:
+        if probe == out and (out / name).is_dir():
+            raise InputError(f"output folder: {name} there is a folder, not a file", file=out)
+
+
+def default_workload() -> str:
+    """What a scenario without a workload section simulates, in words."""
+    from simulator.scenario import Workload
+    w = Workload()
+    return (f"simulating the default, {w.num_requests} {w.arrival} requests at {w.rate_rps:g} req/s with "
+            f"{w.prompt_tokens.mean:g}-token prompts and {w.output_tokens.mean:g}-token outputs")
+
+
 def untrained_hardware(scenario) -> list[str]:
     """How the scenario's surrogate prices each deployment GPU it has no traces of (the
     spec-sheet transfer model, maybe anchored to a measured sibling): the user should know."""
     from profiling.hardware import load_catalog
-    from simulator.stepcost import load_predictor
+    from simulator.engine.stepcost import load_predictor
     predictor = load_predictor(scenario.surrogate)
     if not hasattr(predictor, "describe_hardware"):
         return []
@@ -126,12 +166,28 @@ def untrained_hardware(scenario) -> list[str]:
     return [predictor.describe_hardware(cat.get(n)) for n in names if n not in trained]
 
 
+# Serving-run formats `validate` replays with the run's own engine (profiling.readers.runs),
+# besides the older silicon and csv comparisons; 'sglang' is short for sglang-bench.
+RUN_FORMAT_CHOICES = ("auto", "vllm-bench", "llmservingsim", "sglang", "sglang-bench", "inference-perf",
+                      "genai-perf", "aiperf", "request-csv")
+
+
 @click.command("validate")
-@click.argument("measurements", type=click.Path(dir_okay=False))
+@click.argument("measurements", type=click.Path())
 @click.argument("scenario_arg", required=False, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["silicon", "vllm-bench", "csv"]), default=None,
-              help="silicon: silicon_sample.csv rows; vllm-bench: benchmark_serving JSON (+ --trace, "
-                   "--scenario); csv: per-request arrival_s,prompt_tokens,output_tokens,ttft_s[,tpot_s,e2e_s]")
+@click.option("--format", "fmt", type=click.Choice(["silicon", "csv", *RUN_FORMAT_CHOICES]), default=None,
+              help="silicon: silicon_sample.csv rows; csv: per-request arrival_s,prompt_tokens,output_tokens,"
+                   "ttft_s[,tpot_s,e2e_s] against --scenario; vllm-bench with --trace and --scenario: the "
+                   "per-request comparison; any other (auto detects it): a serving run replayed on its own "
+                   "engine, model and GPU (a SCENARIO replaces that deployment)")
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "trtllm"]), default=None,
+              help="run: the serving engine, where the file does not say")
+@click.option("--engine-version", default=None, help="run: the engine's release (e.g. 0.19.0)")
+@click.option("--model", default=None, help="run: the model served (catalog or Hugging Face name)")
+@click.option("--gpu", default=None, help="run: the GPU (hardware catalog name)")
+@click.option("--tp", type=click.IntRange(1), default=None, help="run: tensor-parallel size")
+@click.option("-o", "--out", "outdir", type=click.Path(file_okay=False), default=None,
+              help="run: write validate.json and validate.png (latency CDFs, per-request scatter) here")
 @click.option("--scenario", "scenario_opt", type=click.Path(dir_okay=False), default=None)
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="vllm-bench: the replayed request trace")
 @click.option("--surrogate", default=None)
@@ -139,9 +195,11 @@ def untrained_hardware(scenario) -> list[str]:
 @click.option("--calibrate", "fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="silicon: fit the framework overhead (and engine settings a harness did not record) on "
                    "this seeded fraction of each stack/GPU group and report the error on the other rows")
-@click.option("--seed", type=int, default=0, show_default=True, help="silicon: seed of the --calibrate split")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="silicon: seed of the --calibrate split; run: seed of arrivals drawn at the recorded rate")
 @click.option("--overhead", "overhead_in", type=click.Path(dir_okay=False), default=None,
-              help="silicon: replay with the overhead per stack/GPU group saved by --overhead-out")
+              help="silicon: replay with the overhead per stack/GPU group saved by --overhead-out; run: an "
+                   "engine overhead file (a scenario's overhead: block as JSON, or per stack/GPU group)")
 @click.option("--overhead-out", type=click.Path(dir_okay=False), default=None,
               help="silicon: write what --calibrate fitted (JSON: 'overhead' per group, each a scenario's "
                    "overhead: block, and 'engine' settings per group)")
@@ -149,27 +207,42 @@ def untrained_hardware(scenario) -> list[str]:
               help="silicon: rows simulated in parallel")
 @click.option("--json", "as_json", is_flag=True)
 @catalog_option
-def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, scenario_opt: str | None,
+def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, engine: str | None,
+                 engine_version: str | None, model: str | None, gpu: str | None, tp: int | None,
+                 outdir: str | None, scenario_opt: str | None,
                  trace: str | None, surrogate: str | None, pattern: str | None, fraction: float | None,
                  seed: int, overhead_in: str | None, overhead_out: str | None, processes: int,
                  as_json: bool) -> None:
     """Compare measured TTFT/TPOT/E2E with the simulation, row by row."""
-    from simulator import load_scenario
-    from simulator.validate import replay_requests
+    from simulator.fidelity.validate import load_replay_scenario, replay_requests, validate_mode
     scenario_file = scenario_opt or scenario_arg
-    fmt = fmt or ("csv" if scenario_file else "silicon")
+    overrides = {k: v for k, v in (("engine", engine), ("version", engine_version), ("model", model),
+                                   ("gpu", gpu), ("tp", tp)) if v is not None}
+    fmt = validate_mode(measurements, fmt, scenario_file, trace, bool(overrides))
     console = _console()
+    if fmt not in ("silicon", "csv", "vllm-bench-trace"):
+        if fraction is not None or overhead_out:
+            raise HermesError("--calibrate and --overhead-out apply to --format silicon only")
+        _validate_run(console, measurements, fmt, scenario_file, trace, overrides, surrogate, seed,
+                      overhead_in, outdir, as_json)
+        return
+    if overrides or outdir:
+        raise HermesError("--engine, --engine-version, --model, --gpu, --tp and -o apply to serving runs, "
+                          f"not --format {'vllm-bench with --trace' if fmt == 'vllm-bench-trace' else fmt}")
+    fmt = "vllm-bench" if fmt == "vllm-bench-trace" else fmt
     if fmt == "silicon":
         rep = _validate_silicon(console, measurements, surrogate, pattern, fraction, seed, overhead_in,
                                 overhead_out, processes)
     elif fraction is not None or overhead_in or overhead_out:
-        raise HermesError("--calibrate, --overhead and --overhead-out apply to --format silicon only")
+        raise HermesError("--calibrate, --overhead and --overhead-out apply to --format silicon (--overhead "
+                          "to serving runs too), not to a per-request comparison against a scenario")
     else:
         if not scenario_file:
             raise HermesError(f"--format {fmt} needs a scenario (--scenario FILE)")
         if fmt == "vllm-bench" and not trace:
-            raise HermesError("--format vllm-bench needs --trace FILE (the replayed request trace)")
-        scenario = load_scenario(scenario_file)
+            raise HermesError("--format vllm-bench with a scenario needs --trace FILE (the replayed request "
+                              "trace); --format auto replays the result as a serving run")
+        scenario = load_replay_scenario(scenario_file)   # its workload is replaced by the measured requests
         if surrogate:
             scenario = scenario.model_copy(update={"surrogate": surrogate})
         rep = replay_requests(measurements, scenario, fmt, trace)
@@ -179,14 +252,89 @@ def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, s
     _print_report(console, rep)
 
 
+def _validate_run(console, measurements: str, fmt: str, scenario_file: str | None, trace: str | None,
+                  overrides: dict, surrogate: str | None, seed: int, overhead_in: str | None,
+                  outdir: str | None, as_json: bool) -> None:
+    """Replay a serving run on its own engine (or SCENARIO's deployment) and report fidelity."""
+    from pathlib import Path
+
+    from profiling.readers.runs import read_run
+    from simulator.fidelity.runs import (load_run_overhead, plot_replay, replay_report, replay_run,
+                                         replay_scenario)
+    from simulator.fidelity.validate import load_replay_scenario
+    if outdir:
+        check_out_dir(outdir)
+    extra = {"trace": trace} if trace and fmt == "vllm-bench" else {}
+    if trace and fmt != "vllm-bench":
+        raise HermesError(f"--trace applies to --format vllm-bench, not {fmt}")
+    run = read_run(measurements, fmt, **overrides, **extra)
+    overhead = load_run_overhead(overhead_in, run.info) if overhead_in else None
+    with console.status(f"replaying {len(run.requests)} requests"):
+        if scenario_file:
+            scenario = load_replay_scenario(scenario_file)   # its deployments replace the run's
+            if surrogate:
+                scenario = scenario.model_copy(update={"surrogate": surrogate})
+            if overhead is not None:
+                scenario = scenario.model_copy(update={"deployments": [
+                    d.model_copy(update={"overhead": overhead}) for d in scenario.deployments]})
+            rep = replay_scenario(run, scenario, seed=seed)
+        else:
+            rep = replay_run(run, overhead=overhead, surrogate=surrogate or "builtin", seed=seed)
+    doc = replay_report(rep)
+    if outdir:
+        from profiling.atomicfile import write_text_atomic
+        out = Path(outdir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "validate.json", json.dumps(doc, default=lambda x: None) + "\n")
+        plot_replay(rep, out / "validate.png")
+    if as_json:
+        click.echo(json.dumps(doc, default=lambda x: None))
+        return
+    _print_run_report(console, doc)
+    if outdir:
+        console.print(f"outputs in {outdir} (validate.json, validate.png)")
+
+
+def _print_run_report(console, doc: dict) -> None:
+    from rich.table import Table
+    r, e = doc["run"], doc["errors"]
+    t = Table(title=f"{r['engine']} {r['version']} {r['model']} on {r['gpu']} (TP{r['tp']} DP{r['dp']}): "
+                    f"simulated vs real, {e['compared']} of {e['requests']} requests", show_edge=False)
+    for c in ("metric", "real (ms)", "simulated (ms)", "error %", "per-request MAPE %"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    for k in ("ttft", "tpot", "e2e"):
+        for q in ("mean", "p50", "p90", "p99"):
+            v = e[f"{k}_{q}"]
+            mape = e[f"{k}_mape"] if q == "mean" else None
+            t.add_row(f"{k.upper()} {q}", _fmt(v["real"], "ms"), _fmt(v["sim"], "ms"),
+                      "-" if v["err_pct"] is None else f"{v['err_pct']:+.1f}",
+                      "" if mape is None else f"{mape:.1f}", end_section=q == "p99")
+    console.print(t)
+    tp = e["output_tokens_per_s"]
+    console.print(f"output tokens/s: real {_fmt(tp['real'])}, simulated {_fmt(tp['sim'])}"
+                  + ("" if tp["err_pct"] is None else f" ({tp['err_pct']:+.1f}%)")
+                  + ("" if e["e2e_ratio"] is None else f"; mean E2E simulated / real {e['e2e_ratio']:.3f}"),
+                  highlight=False)
+    sat = e["saturation"]
+    console.print(f"[yellow]{sat['note']}[/]" if sat["note"] else f"saturation: {sat['line']}", highlight=False)
+    for n in doc["notes"]:
+        console.print(f"note: {n}", highlight=False)
+    skipped = doc["unsupported"]
+    for u in skipped[:50]:
+        console.print(f"[yellow]not compared {u['id']}: {u['reason']}[/]", highlight=False)
+    if len(skipped) > 50:
+        console.print(f"[yellow]... {len(skipped) - 50} more not compared (use --json for all)[/]")
+
+
 def _validate_silicon(console, measurements: str, surrogate: str | None, pattern: str | None,
                       fraction: float | None, seed: int, overhead_in: str | None, overhead_out: str | None,
                       processes: int) -> dict:
     """Replay silicon rows; with ``fraction``, first fit the overhead on a seeded share of
     each stack/GPU group and report only the other rows."""
-    from simulator.calibrate import (apply_engines, engine_doc, fit_engines, fit_overhead, load_overhead,
+    from simulator.fidelity.calibrate import (apply_engines, engine_doc, fit_engines, fit_overhead, load_overhead,
                                      report, run_rows, save_overhead, split_rows)
-    from simulator.silicon import read_silicon, silicon_rows
+    from profiling.readers.serving import read_silicon
+    from simulator.fidelity.silicon import silicon_rows
     if fraction is not None and overhead_in:
         raise HermesError("give either --calibrate (fit the overhead here) or --overhead FILE (use a fitted one)")
     if overhead_out and fraction is None:
@@ -211,8 +359,10 @@ def _validate_silicon(console, measurements: str, surrogate: str | None, pattern
     ok = apply_engines(ok, engines)
     with _progress_bar(console, "replaying rows") as bar:
         task = bar.add_task("rows", total=1.0)
-        rep = report(run_rows(ok, theta, progress=lambda f: bar.update(task, completed=f), processes=processes))
-    rep["unsupported"] = [{"id": r.id, "reason": r.unsupported} for r in rows if r.unsupported]
+        rep = report(run_rows(ok, theta, progress=lambda f: bar.update(task, completed=f), processes=processes),
+                     str(measurements))
+    rep["unsupported"] = ([{"id": r.id, "reason": r.unsupported} for r in rows if r.unsupported]
+                          + rep.get("unsupported", []))
     if theta is not None:
         rep["overhead"] = {g: th.model_dump() for g, th in sorted(theta.items())}
         rep["default_overhead_groups"] = sorted({r.group for r in ok} - set(theta))
@@ -247,8 +397,11 @@ def _print_report(console, rep: dict) -> None:
     for k in ("ttft_mape", "tpot_mape", "e2e_mape"):
         if rep.get(k) is not None:
             console.print(f"{k}: {rep[k]:.1f}%")
-    for u in rep.get("unsupported", []):
-        console.print(f"[yellow]unsupported {u['id']}: {u['reason']}[/]")
+    skipped = rep.get("unsupported", [])
+    for u in skipped[:50]:
+        console.print(f"[yellow]not compared {u['id']}: {u['reason']}[/]", highlight=False)
+    if len(skipped) > 50:
+        console.print(f"[yellow]... {len(skipped) - 50} more not compared (use --json for all)[/]")
     cal = rep.get("calibration")
     if cal:
         console.print(f"overhead fitted on {cal['rows']} rows ({cal['fraction']:.0%} of each stack/GPU group, "

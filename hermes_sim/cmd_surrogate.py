@@ -95,6 +95,11 @@ def _with_traces(f):
 
 _HP = {"n_estimators": int, "max_depth": int, "learning_rate": float, "min_child_weight": float,
        "subsample": float, "colsample_bytree": float, "reg_lambda": float}
+# What XGBoost and scikit-learn accept, checked before loading traces and fitting (the
+# estimators' own errors come only mid-training): (low, low included, high or None).
+_HP_RANGE = {"n_estimators": (1, True, None), "max_depth": (1, True, None), "learning_rate": (0, False, None),
+             "min_child_weight": (0, True, None), "subsample": (0, False, 1), "colsample_bytree": (0, False, 1),
+             "reg_lambda": (0, True, None)}
 
 
 def _parse_params(items) -> dict:
@@ -105,9 +110,15 @@ def _parse_params(items) -> dict:
         if not sep or name not in _HP:
             raise HermesError(f"--param '{it}': expected NAME=VALUE with NAME one of {', '.join(_HP)}")
         try:
-            out[name] = _HP[name](value)
+            v = out[name] = _HP[name](value)
         except ValueError:
             raise HermesError(f"--param '{it}': '{value}' is not a valid {_HP[name].__name__}") from None
+        lo, closed, hi = _HP_RANGE[name]
+        if not math.isfinite(v):
+            raise HermesError(f"--param '{it}': {name} must be a finite number")
+        if v < lo or (v == lo and not closed) or (hi is not None and v > hi):
+            bound = f"{'>=' if closed else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise HermesError(f"--param '{it}': {name} must be {bound}")
     return out
 
 
@@ -192,18 +203,72 @@ def eval_cmd(model, src: TraceSource, as_json) -> None:
         Console().print(_accuracy_rich(acc, f"surrogate {model}"))
 
 
+def _with_traces_or_runs(f):
+    """``_with_traces`` whose TRACES may be absent (``calibrate --runs`` reads them as runs)."""
+    @functools.wraps(f)
+    def inner(traces, fmt, hardware, column_map, op, dtype, **kw):
+        return f(src=TraceSource(tuple(traces), fmt, hardware, column_map, op, dtype), **kw)
+    return with_options([click.argument("traces", nargs=-1, required=False, metavar="TRACES|RUNS..."),
+                         *_trace_opts[1:]])(inner)
+
+
 @click.command("calibrate")
-@_with_traces
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Where to save the surrogate (default mlruns/surrogates/<trace hash>).")
+@_with_traces_or_runs
+@click.option("-o", "--out", "out", type=click.Path(), default=None,
+              help="Where to save the surrogate (default mlruns/surrogates/<trace hash>); with --runs the "
+                   "engine profile JSON (default <engine>-profile.json).")
 @click.option("--max-rows", type=click.IntRange(min=100), default=None,
               help="Training rows per op kind (default: the built-in bundle's).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="XGBoost hyper-parameter for every pipeline (default: the built-in bundle's recipe).")
+@click.option("--runs", "runs_mode", is_flag=True,
+              help="The arguments are serving runs (vLLM bench JSON, LLMServingSim folders, ...): fit the "
+                   "engine on them and save an engine profile a scenario names (engine: {profile: FILE}).")
+@click.option("--holdout", multiple=True, metavar="RUN",
+              help="--runs: a run to measure on, not fit on (repeatable; one of the RUNS).")
+@click.option("--holdout-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="--runs: hold out this seeded fraction of the runs (whole runs, never requests).")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="--runs: Optuna trials, each replaying every fitting run (default 60).")
+@click.option("--max-requests", type=click.IntRange(min=1), default=None,
+              help="--runs: replay only each run's first N requests by arrival (faster trials).")
+@click.option("--seed", type=int, default=0, show_default=True, help="--runs: sampler and split seed.")
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "trtllm"]), default=None,
+              help="--runs: the serving engine, where a file does not say")
+@click.option("--engine-version", default=None, help="--runs: the engine's release, where a file does not say")
+@click.option("--model", default=None, help="--runs: the model served, where a file does not say")
+@click.option("--gpu", default=None, help="--runs: the GPU (hardware catalog name), where a file does not say")
+@click.option("--tp", type=click.IntRange(1), default=None, help="--runs: tensor-parallel size")
+@click.option("--surrogate", default=None, help="--runs: kernel surrogate the replays use (default builtin).")
+@click.option("--no-mlflow", is_flag=True, help="--runs: do not log the calibration to MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
-def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
+def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdout_fraction, trials, max_requests,
+              seed, engine, engine_version, model, gpu, tp, surrogate, no_mlflow, as_json) -> None:
     """One shot for a new GPU: ingest TRACES, train, evaluate on unseen shapes against the
-    roofline and Random Forest baselines, register in MLflow, print the reference."""
+    roofline and Random Forest baselines, register in MLflow, print the reference.
+
+    With --runs: fit the serving engine's parameters on RUNS (split by run: --holdout or
+    --holdout-fraction are measured, not fitted on), print before/after per held-out run, save
+    the engine profile (-o) and log it to MLflow."""
+    from profiling.errors import HermesError
+    run_opts = {"--holdout": holdout, "--holdout-fraction": holdout_fraction, "--trials": trials,
+                "--max-requests": max_requests, "--engine": engine, "--engine-version": engine_version,
+                "--model": model, "--gpu": gpu, "--tp": tp, "--surrogate": surrogate, "--no-mlflow": no_mlflow}
+    if runs_mode:
+        if params or max_rows:
+            raise HermesError("--param and --max-rows train a surrogate; they do not apply to --runs")
+        overrides = {k: v for k, v in (("engine", engine), ("version", engine_version), ("model", model),
+                                       ("gpu", gpu), ("tp", tp)) if v is not None}
+        _calibrate_runs(src, out, list(holdout), holdout_fraction, trials, max_requests, seed, overrides,
+                        surrogate or "builtin", no_mlflow, as_json)
+        return
+    given = [k for k, v in run_opts.items() if v not in (None, (), False)]
+    if given:
+        raise HermesError(f"{given[0]} applies to calibrate --runs only")
+    if not src.paths:
+        raise HermesError("calibrate needs TRACES (kernel traces) or --runs RUN... (serving runs)")
+    if out and Path(out).is_file():
+        raise HermesError(f"{out}: -o is the surrogate's directory, not a file")
     from surrogates.evaluate import holdout_study
     from surrogates.sources import table_hash
     from surrogates.tracking import store_root
@@ -226,6 +291,105 @@ def calibrate(src: TraceSource, out, max_rows, params, as_json) -> None:
     if res.run_id:
         click.echo(f"registered MLflow run {res.run_id} (saved in {info['directory']})")
     click.echo(f"use it: hermes-sim simulate SCENARIO.yaml --surrogate {info['reference']}{_catalog_hint(res.model)}")
+
+
+def _pick_holdout(paths: list[str], holdout: list[str], fraction: float | None, seed: int) -> list[int]:
+    """Indices of the held-out runs: those named (each must be one of the runs) or a seeded
+    fraction of them (at least one, never all)."""
+    from profiling.errors import HermesError
+    if holdout and fraction is not None:
+        raise HermesError("give --holdout or --holdout-fraction, not both")
+    if holdout:
+        where = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
+        out = []
+        for h in holdout:
+            i = where.get(str(Path(h).resolve()))
+            if i is None:
+                raise HermesError(f"--holdout {h}: not among the runs given ({', '.join(paths)})")
+            out.append(i)
+        if len(set(out)) == len(paths):
+            raise HermesError("--holdout names every run: none is left to fit the engine on")
+        return sorted(set(out))
+    if fraction is None:
+        return []
+    if len(paths) < 2:
+        raise HermesError("--holdout-fraction needs at least two runs (one to fit on, one to hold out)")
+    import numpy as np
+    k = min(max(1, round(fraction * len(paths))), len(paths) - 1)
+    return sorted(np.random.default_rng(seed).choice(len(paths), size=k, replace=False).tolist())
+
+
+def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials, max_requests, seed: int,
+                    overrides: dict, surrogate: str, no_mlflow: bool, as_json: bool) -> None:
+    """``calibrate --runs``: fit the engine on some runs, score the held-out ones, save the profile."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from profiling.errors import HermesError
+    from profiling.readers.runs import read_run
+    from simulator.fidelity import engine_fit as ef
+    from surrogates.tracking import TrackingUnavailable
+    paths = list(src.paths)
+    if not paths:
+        raise HermesError("calibrate --runs needs at least one RUN (a serving benchmark file or folder)")
+    if src.hardware or src.column_map or src.op or src.dtype:
+        raise HermesError("--hardware, --map, --op and --dtype describe kernel traces; with --runs give --gpu")
+    held_idx = _pick_holdout(paths, holdout, fraction, seed)
+    if out and Path(out).is_dir():
+        raise HermesError(f"{out}: -o is the profile's JSON file, not a directory")
+    try:   # an unwritable -o fails now, not after the fit
+        Path(out or ".").resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HermesError(f"{out}: cannot create its folder ({e.strerror or type(e).__name__})") from None
+    runs = [ef.first_requests(read_run(p, src.fmt, **overrides), max_requests) for p in paths]
+    engine = ef._one_engine(runs)
+    fit_runs = [r for i, r in enumerate(runs) if i not in held_idx]
+    held_runs = [r for i, r in enumerate(runs) if i in held_idx]
+    trials = trials or ef.DEFAULT_TRIALS
+    with Progress(TextColumn("[dim]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                  TimeElapsedColumn(), console=_err, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"preparing {len(runs)} run(s)", total=trials, best="")
+        reps = [ef.prepare(r, surrogate) for r in runs]
+        fit_reps = [r for i, r in enumerate(reps) if i not in held_idx]
+        bar.update(task, description=f"fitting {engine} on {len(fit_reps)} run(s)")
+        fit = ef.fit_engine(fit_runs, trials=trials, seed=seed, surrogate=surrogate, replays=fit_reps,
+                            progress=lambda i, n, b: bar.update(task, completed=i, best=f"loss {b:.2f}%"))
+        bar.update(task, description="scoring held-out runs")
+        held = [(ef.score(reps[i], ef.OverheadConfig(), seed), ef.score(reps[i], fit.params, seed)) for i in held_idx]
+    doc = ef.profile_doc(fit, fit_runs, held_out={
+        "runs": [{"run": b.run, "source": r.info.source, "before": ef.asdict(b), "after": ef.asdict(a)}
+                 for (b, a), r in zip(held, held_runs)],
+        "loss_before": ef.loss([b for b, _ in held]) if held else None,
+        "loss_after": ef.loss([a for _, a in held]) if held else None})
+    path = ef.save_profile(doc, out or f"{engine}-profile.json")
+    plot = ef.plot_fit(fit, held, path.with_suffix(".png"))
+    run_id, warning = None, None
+    if not no_mlflow:
+        try:
+            run_id = ef.log_mlflow(doc, path, plot, held)
+        except TrackingUnavailable as e:
+            warning = f"{e}; the profile is saved in {path} only"
+            click.echo(f"warning: {warning}", err=True)
+    info = {"profile": str(path.resolve()), "plot": str(plot.resolve()), "run_id": run_id, "engine": engine,
+            "versions": doc["versions"], "overhead": doc["overhead"], "fitted_on": [r["run"] for r in doc["fitted_on"]],
+            "loss_before": fit.loss_before, "loss_after": fit.loss_after, "held_out": doc["held_out"],
+            "tracking_error": warning}
+    if as_json:
+        click.echo(json.dumps(ef.clean(info)))
+        return
+    t = Table(title=f"{engine} engine: per-request MAPE % before (engine defaults) -> after (fitted)")
+    for c in ("run", "role", "E2E MAPE %", "TTFT MAPE %", "sim/real mean E2E"):
+        t.add_column(c, justify="left" if c in ("run", "role") else "right")
+    rows = [(b, a, "fitted on") for b, a in zip(fit.before, fit.after)] + [(b, a, "held out") for b, a in held]
+    for b, a, role in rows:
+        t.add_row(b.run, role, f"{_fmt(b.e2e_mape)} -> {_fmt(a.e2e_mape)}", f"{_fmt(b.ttft_mape)} -> {_fmt(a.ttft_mape)}",
+                  f"{b.e2e_ratio:.2f} -> {a.e2e_ratio:.2f}")
+    Console().print(t)
+    click.echo(f"loss ({ef.LOSS}) on the fitting runs: {fit.loss_before:.2f} -> {fit.loss_after:.2f}")
+    if held:
+        click.echo(f"loss on the held-out runs: {doc['held_out']['loss_before']:.2f} -> {doc['held_out']['loss_after']:.2f}")
+    click.echo(f"engine profile saved to {path} (plot {plot.name})" + (f"; MLflow run {run_id}" if run_id else ""))
+    click.echo(f"use it: engine: {{name: {engine}, version: ..., profile: {path}}} in a scenario, or "
+               f"hermes-sim validate RUN --overhead {path}")
 
 
 def _catalog_hint(model) -> str:

@@ -15,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .dtypes import normalize_dtype
 from .errors import HermesError, InputError
+from .yamlfile import parse_yaml, read_yaml
 
 CATALOG_ENV = "HERMES_CATALOG"
 
@@ -201,15 +201,13 @@ def _validate(d: dict, source: str, i: int = 0) -> HardwareSpec:
 
 
 def _load(text: str, source: str) -> dict:
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=source) from None
+    doc = parse_yaml(text, source) or {}
     return doc if isinstance(doc, dict) else {}
 
 
 def _add_file(cat: HardwareCatalog, path: Path) -> None:
-    doc = _load(path.read_text(), str(path))
+    doc = read_yaml(path, "catalog file") or {}     # binary, duplicate keys, size: one line
+    doc = doc if isinstance(doc, dict) else {}
     if "devices" not in doc and isinstance(doc.get("gpu"), dict):  # AIConfigurator system YAML
         d = _aiconfigurator_device(doc, str(path))
         if d["name"] in cat:

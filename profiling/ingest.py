@@ -12,6 +12,7 @@ second than the HBM delivers.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,6 +60,32 @@ class IngestResult:
         return pd.DataFrame({"rows": g.size(), "median_efficiency": g["eff"].median()}).reset_index()
 
 
+def walk_files(path: Path) -> list[Path]:
+    """Every file under the folder ``path``, descending into symlinked folders (a system
+    folder linked into a ``data/`` tree is read like a copied one; ``rglob`` skips it).
+    A link back to a folder it sits in is not followed, so the walk ends. Paths keep the
+    link's name."""
+    out: list[Path] = []
+
+    def walk(d: Path, ancestors: frozenset) -> None:
+        st = os.stat(d)
+        here = ancestors | {(st.st_dev, st.st_ino)}
+        if len(here) == len(ancestors):
+            return                                   # a link to a folder above it
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise InputError(f"cannot list this folder ({e.strerror or e})", file=d) from None
+        for entry in entries:
+            if entry.is_dir():                       # follows links
+                walk(Path(entry.path), here)
+            elif entry.is_file():
+                out.append(Path(entry.path))
+
+    walk(path, frozenset())
+    return out
+
+
 def trace_files(path: Path, fmt: str) -> list[Path]:
     """The files of ``path`` the format reads: ``path`` itself, or its matching descendants."""
     reader = READERS[fmt]
@@ -66,10 +93,28 @@ def trace_files(path: Path, fmt: str) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError("no such file or directory", file=path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and reader.matches(p))
+    files = sorted(p for p in walk_files(path) if p.is_file() and reader.matches(p))
     if not files:
         raise InputError(f"no {fmt} trace files found in this directory ({reader.description})", file=path)
     return files
+
+
+def refuse_output_over_input(path: Path, outputs: dict[str, Path]) -> None:
+    """Raise ``InputError`` when an output (``{option: path}``) is the input ``path`` (also
+    through a link), another output, or lies inside the input folder being read: writing it
+    would destroy the raw traces or be read back as one on the next run."""
+    src = Path(path).resolve()
+    seen: dict[Path, str] = {}
+    for option, out in outputs.items():
+        dest = Path(out).resolve()
+        if dest == src or (dest.exists() and src.exists() and os.path.samefile(dest, src)):
+            raise InputError(f"{option} names the input being read; it would overwrite it", file=out)
+        if src.is_dir() and src in dest.parents:
+            raise InputError(f"{option} lies inside the input folder {path} being read; "
+                             "write it elsewhere", file=out)
+        if dest in seen:
+            raise InputError(f"{option} and {seen[dest]} name the same file", file=out)
+        seen[dest] = option
 
 
 def skipped_files(path: Path, fmt: str) -> tuple[Path, ...]:
@@ -78,7 +123,7 @@ def skipped_files(path: Path, fmt: str) -> tuple[Path, ...]:
     if not path.is_dir():
         return ()
     reader = READERS[fmt]
-    return tuple(sorted(p for p in path.rglob("*") if p.is_file() and not reader.matches(p)
+    return tuple(sorted(p for p in walk_files(path) if p.is_file() and not reader.matches(p)
                         and p.suffix.lower() in DATA_SUFFIXES))
 
 

@@ -5,6 +5,7 @@ the model's Hugging Face config that matters, so they can be checked against the
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -157,6 +158,9 @@ class ModelSpec(BaseModel):
             return cls.model_validate(_from_hf(config, name))
         except KeyError as e:
             raise InputError(f"config has no '{e.args[0]}' field", file=src) from None
+        except _BadCount as e:
+            raise InputError(f"field '{e.key}' must be a positive whole number (got {e.value!r})",
+                             file=src) from None
         except ValidationError as e:
             err = e.errors()[0]
             raise InputError(f"field '{'.'.join(map(str, err['loc']))}': {err['msg']}", file=src) from None
@@ -177,12 +181,33 @@ def _pick(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
     return default
 
 
+class _BadCount(ValueError):
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(key)
+        self.key, self.value = key, value
+
+
+def _count(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> int:
+    """The positive whole number under the first of ``keys`` present; a zero, fraction or
+    string raises naming the config key (0 heads would divide by zero further on)."""
+    for k in keys:
+        v = cfg.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1 or v != int(v):
+            raise _BadCount(k, v)
+        return int(v)
+    if default is KeyError:
+        raise KeyError(keys[0])
+    return default
+
+
 def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     mtype = str(cfg.get("model_type", "")).lower()
     archs = " ".join(cfg.get("architectures") or []).lower()
-    hidden = int(_pick(cfg, "hidden_size", "n_embd", "n_embed", "d_model"))
-    heads = int(_pick(cfg, "num_attention_heads", "n_head", "num_heads"))
-    kv = int(_pick(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", default=heads))
+    hidden = _count(cfg, "hidden_size", "n_embd", "n_embed", "d_model")
+    heads = _count(cfg, "num_attention_heads", "n_head", "num_heads")
+    kv = _count(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", default=heads)
     if cfg.get("multi_query") and mtype in ("falcon",):
         kv = 1
     encoder = mtype in ("bert", "xlm-roberta", "roberta", "deberta-v2", "nomic_bert")
@@ -198,14 +223,14 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     return dict(
         name=name or cfg.get("_name_or_path") or mtype or "model",
         arch="cross-encoder" if cross else ("encoder" if encoder else "decoder"),
-        num_layers=int(_pick(cfg, "num_hidden_layers", "n_layer", "num_layers")),
+        num_layers=_count(cfg, "num_hidden_layers", "n_layer", "num_layers"),
         hidden_size=hidden, num_heads=heads, num_kv_heads=kv,
         head_dim=int(cfg.get("head_dim") or hidden // heads),
         intermediate_size=int(inter),
-        vocab_size=int(_pick(cfg, "vocab_size", "padded_vocab_size")),
+        vocab_size=_count(cfg, "vocab_size", "padded_vocab_size"),
         gated_mlp=gated,
-        num_experts=int(_pick(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=1)),
-        experts_per_token=int(_pick(cfg, "num_experts_per_tok", "moe_topk", default=1)),
+        num_experts=_count(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=1),
+        experts_per_token=_count(cfg, "num_experts_per_tok", "moe_topk", default=1),
         moe_intermediate_size=cfg.get("moe_intermediate_size"),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", mtype in ("bloom", "gpt2"))),
         bias=bias, qkv_bias=bool(cfg.get("qkv_bias") or cfg.get("attention_bias") or mtype in ("qwen", "qwen2")
@@ -214,7 +239,7 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
         position_embeddings=int(cfg.get("max_position_embeddings", 0)) if encoder else 0,
         type_vocab_size=int(cfg.get("type_vocab_size", 0)) if encoder else 0,
         dtype=normalize_dtype(torch_dtype) if torch_dtype != "float32" else "fp32",
-        max_context=int(_pick(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096)),
+        max_context=_count(cfg, "max_position_embeddings", "n_positions", "seq_length", default=4096),
         sliding_layers=sliding,
         sliding_window=int(cfg["sliding_window"]) if sliding else None,
     )

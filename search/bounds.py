@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .expr import catalog
-from .objective import params_hash, sim_api, to_scenario
+from .objective import params_hash
+from .simapi import sim_api, to_scenario
 from .space import SearchSpace
 
 REL_TOL = 1e-6
@@ -108,7 +109,7 @@ class Bounder:
             sim = sim_api()
             reqs = sim.build_requests(w, scen.seed)
             if scen.pipelines:  # pipeline classes may rewrite lengths: draw as simulate does
-                from simulator.pipeline_build import max_context, prepare_requests
+                from simulator.pipelines.build import max_context, prepare_requests
                 reqs = prepare_requests(reqs, list(scen.pipelines), scen.seed, max_context(scen))[0]
             out = np.maximum(np.asarray(reqs.output, float) * calls, 1.0)
             last = float(np.nanmax(reqs.arrival)) if len(reqs) else 0.0

@@ -24,11 +24,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from profiling.models import resolve_model
-from simulator.stepcost import with_overhead
+from simulator.engine.stepcost import with_overhead
 from surrogates.compiled import RooflinePredictor, compile_step_table
 
 from .expr import catalog
-from .objective import params_hash, sim_api, to_scenario
+from .objective import params_hash
+from .simapi import sim_api, to_scenario
 from .space import SearchSpace
 
 @dataclass(frozen=True)

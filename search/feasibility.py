@@ -11,6 +11,7 @@ from profiling.errors import HermesError
 from profiling.models import resolve_model
 
 from .expr import Requirement, catalog
+from .simapi import sim_api
 
 
 def parallelism_reason(scenario: dict) -> str | None:
@@ -55,7 +56,6 @@ def requirement_reason(scenario: dict, requirements: Iterable[Requirement]) -> s
 
 def fit_reason(scenario_obj: Any) -> str | None:
     """The simulator's memory check; its message carries the memory arithmetic."""
-    from .objective import sim_api
     try:
         sim_api().check_fit(scenario_obj)
     except HermesError as e:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from profiling.errors import HermesError
 
 from .feasibility import fit_reason, parallelism_reason, requirement_reason
+from .simapi import sim_api, to_scenario
 from .space import SearchSpace
 
 WORST_LATENCY_S = 1e6  # latency objective of a candidate that was never simulated
@@ -142,26 +143,6 @@ def prepare(space: SearchSpace, values: dict[str, Any]) -> tuple[Any, str | None
         return None, f"invalid scenario: {e}"
     reason = fit_reason(scen)
     return (None, reason) if reason else (scen, None)
-
-
-def sim_api() -> Any:
-    """The simulator's public API (``simulate``, ``check_fit``, ``Scenario``, ``parse_scenario``)."""
-    import simulator
-    return simulator
-
-
-def to_scenario(doc: dict) -> Any:
-    """Validate a scenario dict with the simulator's own rules (one-line HermesError)."""
-    simulator = sim_api()
-    parse = getattr(simulator, "parse_scenario", None)
-    if parse is not None:
-        return parse(doc, "candidate")
-    from pydantic import ValidationError
-    try:
-        return simulator.Scenario.model_validate(doc)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise HermesError(".".join(map(str, err["loc"])) + ": " + err["msg"]) from None
 
 
 def simulate_doc(space: SearchSpace, scen: Any, *, prune: bool = True) -> tuple[dict, bool, Any]:

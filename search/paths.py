@@ -65,3 +65,19 @@ def deep_merge(base: dict, over: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def exceeds(doc: Any, limit: int) -> bool:
+    """True when ``doc`` holds more than ``limit`` values counting each use of a shared
+    value (a YAML alias) again, as copying or serializing it would, without expanding it."""
+    n, stack = 0, [doc]
+    while stack:
+        x = stack.pop()
+        n += 1
+        if n > limit:
+            return True
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return False

@@ -12,6 +12,8 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from profiling.atomicfile import savefig_atomic, write_text_atomic
+
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -62,7 +64,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 def best_scenario_yaml(scenario: dict, path: Path, header: str) -> Path:
     """Write the best configuration as a scenario file ``hermes-sim simulate`` runs as is."""
     text = yaml.safe_dump(scenario, sort_keys=False)
-    path.write_text("".join(f"# {line}\n" for line in header.splitlines()) + text)
+    write_text_atomic(path, "".join(f"# {line}\n" for line in header.splitlines()) + text)
     return path
 
 
@@ -87,7 +89,7 @@ def plot_history(trials: list[FrozenTrial], path: Path) -> Path:
     ax.set(xlabel="trial", ylabel="output tokens per dollar", title="Optimization history")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -107,6 +109,6 @@ def plot_pareto(trials: list[FrozenTrial], path: Path, latency_key: str = "ttft_
            title="Tokens per dollar vs tail latency")
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path

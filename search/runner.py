@@ -5,7 +5,7 @@ the final report; trials run in ``workers`` processes (or in-process for one wor
 """
 from __future__ import annotations
 
-import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +16,9 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from profiling.atomicfile import atomic_path
+from profiling.errors import HermesError
+
 from .objective import content_hash, prepare, score, simulate_doc
 from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plot_history,
                      plot_pareto, trials_table)
@@ -23,7 +26,8 @@ from .space import SearchSpace
 from .storage import counts, make_storage, quiet_optuna, redact
 from .bounds import unsupported
 from .guide import OFF_ATTR
-from .study import PROVEN_ATTR, open_study, run_worker
+from .identity import describe, derived_name, identity_hash, study_identity, surrogate_hash
+from .study import PROVEN_ATTR, StudyChanged, open_study, run_worker
 from .tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker, trial_callback
 
 
@@ -51,19 +55,13 @@ class SearchOutcome:
 
 
 def identity_tags(space: SearchSpace) -> dict[str, str]:
-    """Tags naming what was searched: scenario, space and surrogate content hashes."""
+    """Tags naming what was searched: scenario, space and surrogate content hashes, and the
+    study identity (everything the objective depends on, ``identity.py``)."""
     sur = str(space.base.get("surrogate") or "builtin")
-    p = Path(sur)
-    if p.is_file():
-        sur_hash = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    elif p.is_dir():
-        sur_hash = content_hash(sorted((str(f.relative_to(p)), f.stat().st_size)
-                                       for f in p.rglob("*") if f.is_file()))
-    else:
-        sur_hash = sur
     return {"hermes.scenario": str(space.base.get("name", "")),
             "hermes.scenario_hash": content_hash(space.base), "hermes.space_hash": content_hash(space.doc),
-            "hermes.surrogate": sur, "hermes.surrogate_hash": sur_hash}
+            "hermes.surrogate": sur, "hermes.surrogate_hash": surrogate_hash(sur),
+            "hermes.identity": identity_hash(study_identity(space))}
 
 
 def _progress(console: Console, total: int, enabled: bool) -> Progress:
@@ -108,6 +106,31 @@ def _spawn(storage: str, study: str, trials: int, seed: int | None, index: int,
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
+# A study name is a folder of search-results/ and an MLflow experiment: one plain path part.
+NAME_BYTES = 200
+
+
+def check_study_name(name: str, where: str) -> str:
+    """``name`` when it is safe as one folder name; ``HermesError`` saying why otherwise
+    (``where`` says where the name came from)."""
+    why = ("is empty" if not name.strip() else
+           "is a relative folder reference" if name.strip() in (".", "..") else
+           "contains a path separator" if any(c in name for c in "/\\") else
+           "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+           f"is longer than {NAME_BYTES} bytes" if len(name.encode("utf-8", "replace")) > NAME_BYTES else "")
+    if why:
+        raise HermesError(f"{where} {name!r} {why}: a study name becomes a folder name under "
+                          "search-results/ (use letters, digits, '-', '_', '.')")
+    return name
+
+
+def study_name_of(space: SearchSpace, study_name: str | None) -> str:
+    """The study's name (``study_name``, else the space's), checked by ``check_study_name``."""
+    if study_name is not None:
+        return check_study_name(study_name, "--study")
+    return check_study_name(space.name, f"{space.source}: name")
+
+
 def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = None,
                study_name: str | None = None, workers: int = 1, seed: int | None = 0,
                heartbeat_s: int = 5, outdir: str | Path | None = None,
@@ -117,10 +140,23 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
     quiet_optuna()
     console = console or Console(stderr=True)
     warn = warn or (lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False))
-    name = study_name or space.name
+    name = study_name_of(space, study_name)
     storage = make_storage(storage_url, heartbeat_s=heartbeat_s)
     url = storage.url
-    study = open_study(space, storage, name, seed)
+    ident = study_identity(space)
+    try:
+        study = open_study(space, storage, name, seed, ident)
+    except StudyChanged as e:
+        if study_name is not None:  # a study the user named is never swapped silently
+            raise
+        name = derived_name(name, ident)
+        console.print(f"study '{e.name}' was run with another {describe(e.components)}; "
+                      f"this run uses study '{name}'", highlight=False, soft_wrap=True)
+        study = open_study(space, storage, name, seed, ident)
+    if show_progress:  # after the study opened: a refused resume prints its error line only
+        console.print(f"searching '{space.name}' ({len(space.params)} parameters, objective "
+                      f"{space.objective}) for {trials} trials in study '{name}'",
+                      highlight=False, soft_wrap=True)
     tracker = Tracker(warn=warn)
     exp_name = f"hermes-search/{name}"
     exp_id = tracker.experiment(exp_name) if tracker.enabled else None
@@ -133,37 +169,42 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
     track = tracker.enabled and parent is not None
     callbacks = [trial_callback(tracker, exp_id, parent, identity_tags(space))] if track else []
 
-    with _progress(console, trials, show_progress) as prog:
-        task = prog.add_task("trials", total=trials, best="")
-        done = lambda: sum(counts(t) for t in study.get_trials(deepcopy=False))  # noqa: E731
-        prog.update(task, completed=min(done(), trials), best=_best_text(study))
-        if workers <= 1:
-            def tick(st: Any, _t: Any) -> None:
-                prog.update(task, completed=min(done(), trials), best=_best_text(st))
-            run_worker(url, name, n_trials=trials, seed=seed, heartbeat_s=heartbeat_s,
-                       callbacks=[*callbacks, tick])
-        else:
-            procs = [_spawn(url, name, trials, seed, i, heartbeat_s, track) for i in range(workers)]
-            console.print(f"workers: {', '.join(f'{i}:pid {p.pid}' for i, p in enumerate(procs))}",
-                          highlight=False)
-            while any(p.poll() is None for p in procs):
-                prog.update(task, completed=min(done(), trials), best=_best_text(study))
-                time.sleep(0.5)
-            for i, p in enumerate(procs):
-                if p.returncode:
-                    console.print(f"worker {i} (pid {p.pid}) exited with status {p.returncode}; "
-                                  "its trial is retried", highlight=False)
-            if done() < trials:  # every worker died: finish the budget here
-                run_worker(url, name, n_trials=trials, seed=seed, index=workers,
-                           heartbeat_s=heartbeat_s, callbacks=callbacks)
-        prog.update(task, completed=min(done(), trials), best=_best_text(study))
-    note = bounding_note(space, study, done())
-    if show_progress:
-        console.print(note, highlight=False)
+    try:
+        with _progress(console, trials, show_progress) as prog:
+            task = prog.add_task("trials", total=trials, best="")
+            done = lambda: sum(counts(t) for t in study.get_trials(deepcopy=False))  # noqa: E731
+            prog.update(task, completed=min(done(), trials), best=_best_text(study))
+            if workers <= 1:
+                def tick(st: Any, _t: Any) -> None:
+                    prog.update(task, completed=min(done(), trials), best=_best_text(st))
+                run_worker(url, name, n_trials=trials, seed=seed, heartbeat_s=heartbeat_s,
+                           callbacks=[*callbacks, tick])
+            else:
+                procs = [_spawn(url, name, trials, seed, i, heartbeat_s, track) for i in range(workers)]
+                console.print(f"workers: {', '.join(f'{i}:pid {p.pid}' for i, p in enumerate(procs))}",
+                              highlight=False)
+                while any(p.poll() is None for p in procs):
+                    prog.update(task, completed=min(done(), trials), best=_best_text(study))
+                    time.sleep(0.5)
+                for i, p in enumerate(procs):
+                    if p.returncode:
+                        console.print(f"worker {i} (pid {p.pid}) exited with status {p.returncode}; "
+                                      "its trial is retried", highlight=False)
+                if done() < trials:  # every worker died: finish the budget here
+                    run_worker(url, name, n_trials=trials, seed=seed, index=workers,
+                               heartbeat_s=heartbeat_s, callbacks=callbacks)
+            prog.update(task, completed=min(done(), trials), best=_best_text(study))
+        note = bounding_note(space, study, done())
+        if show_progress:
+            console.print(note, highlight=False)
 
-    out = Path(outdir or Path.cwd() / "search-results" / name)
-    out.mkdir(parents=True, exist_ok=True)
-    result = _finalize(space, study, out, name, url)
+        out = Path(outdir or Path.cwd() / "search-results" / name)
+        out.mkdir(parents=True, exist_ok=True)
+        result = _finalize(space, study, out, name, url, console)
+    except BaseException as e:  # the parent run must not stay RUNNING after an error
+        if parent:
+            tracker.end_parent(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     result.bounded_out, result.bounding = bounded_out(study), note
     result.optimum_proven = bool(study.user_attrs.get(PROVEN_ATTR))
     result.mlflow_experiment = exp_name if track else None
@@ -184,13 +225,37 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
                               {"hermes.best_trial": str(b.get("trial", "")), **best_tags}, out)
         if tracker.failed:
             result.mlflow_experiment = result.mlflow_parent_run_id = None
+    if parent and tracker.failed:  # tracking broke mid-search: end the run it left open
+        tracker.end_parent(parent, "FAILED")
     return result
 
 
-def _finalize(space: SearchSpace, study: Any, out: Path, name: str, url: str) -> SearchOutcome:
+# What a search with a feasible best writes; a later search without one must not leave them
+BEST_OUTPUTS = ("best.yaml", "best")
+PLOTS = ("optimization_history.png", "pareto_front.png")
+
+
+def remove_stale_outputs(out: Path, plots: bool) -> list[str]:
+    """Delete the best scenario and its simulation (and with ``plots`` the plots) that an
+    earlier run left in ``out``; the names removed."""
+    gone = []
+    for name in BEST_OUTPUTS + (PLOTS if plots else ()):
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            gone.append(f"{name}/")
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+            gone.append(name)
+    return gone
+
+
+def _finalize(space: SearchSpace, study: Any, out: Path, name: str, url: str,
+              console: Console) -> SearchOutcome:
     """Best trial (re-simulated in full for its plots), baseline, Pareto, CSV, plots."""
     trials = finished(study)
-    trials_table(study).to_csv(out / "trials.csv", index=False)
+    with atomic_path(out / "trials.csv") as tmp:
+        trials_table(study).to_csv(tmp, index=False)
     lat_key = f"{space.pareto_latency}_s"
     if trials:
         plot_history(trials, out / "optimization_history.png")
@@ -199,6 +264,10 @@ def _finalize(space: SearchSpace, study: Any, out: Path, name: str, url: str) ->
     baseline = {"description": space.baseline_name, **base}
     best_t = best_trial(trials)
     best = None
+    stale = remove_stale_outputs(out, plots=not trials) if best_t is None else []
+    if stale:
+        console.print(f"removed {', '.join(stale)} of an earlier run from {out}: nothing in this "
+                      "study meets the SLOs", highlight=False)
     if best_t is not None:
         best = {"trial": best_t.number, "params": dict(best_t.params),
                 **_simulate_full(space, dict(best_t.params), out / "best")}

@@ -29,11 +29,13 @@ from profiling.errors import InputError
 from profiling.yamlfile import read_yaml
 
 from .expr import catalog as hardware_catalog, compile_requirement
-from .paths import MISSING, deep_merge, get_path, with_values
+from .paths import MISSING, deep_merge, exceeds, get_path, with_values
 from .slo import SLO, parse_slos, slo_dict
+from .spacecheck import check_space
 
 HARDWARE_KEYS = ("hardware", "decode_hardware", "prefill_hardware")
 Scalar = Union[bool, int, float, str, None]
+MAX_VALUES = 100_000  # values in a space or its base, counting alias reuse; real ones hold < 1,000
 
 
 class Param(BaseModel):
@@ -218,10 +220,19 @@ def _check_hardware(space: SpaceFile, file: str) -> None:
                                      f"{spec.price_source or 'not given'}); set one in a --catalog file", file=file)
 
 
+def _check_size(doc: dict, source: str | Path) -> None:
+    """Refuse a document whose aliases expand past what a search space needs."""
+    for key, value in doc.items():
+        if exceeds(value, MAX_VALUES):
+            raise InputError(f"{key}: expands to more than {MAX_VALUES:,} values (YAML "
+                             "anchors and aliases?); a search space is refused above that", file=source)
+
+
 def parse_space(doc: Any, *, source: str = "<space>", root: Path | None = None) -> SearchSpace:
     """Validate a space mapping; every mistake is one InputError line naming the field."""
     if not isinstance(doc, dict):
         raise InputError("a search space must be a YAML mapping", file=source)
+    _check_size(doc, source)
     try:
         raw = SpaceFile.model_validate(doc)
     except ValidationError as e:
@@ -233,12 +244,10 @@ def parse_space(doc: Any, *, source: str = "<space>", root: Path | None = None) 
             path = root / path
         if not path.is_file():
             raise InputError(f"base: scenario file not found: {path}", file=source)
-        try:
-            base = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise InputError(f"not valid YAML ({str(e).splitlines()[0]})", file=path) from None
+        base = read_yaml(path, "base scenario file")
         if not isinstance(base, dict):
             raise InputError("a scenario must be a YAML mapping", file=path)
+        _check_size(base, path)
     else:
         base = raw.base
     for path in list(raw.params) + [k for p in raw.params.values() for k in p.when]:
@@ -251,6 +260,7 @@ def parse_space(doc: Any, *, source: str = "<space>", root: Path | None = None) 
     except ValueError as e:
         raise InputError(str(e), file=source) from None
     space.doc = {**doc, "base": base}  # self-contained: workers rebuild the space from it
+    check_space(space, source)  # before any trial: a bad path or value fails every trial
     return space
 
 

@@ -46,8 +46,9 @@ def default_url() -> str:
 def make_storage(url: str | None = None, *, heartbeat_s: int = 5) -> RDBStorage:
     """An RDB storage with heartbeats; a bad URL or unreachable server is one HermesError."""
     url = url or default_url()
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+    for bare in ("postgres://", "postgresql://"):  # the driver installed with hermes-sim
+        if url.startswith(bare):
+            url = "postgresql+psycopg2://" + url[len(bare):]
     engine: dict[str, Any] = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
                               else {"pool_pre_ping": True})
     quiet_optuna()
@@ -55,8 +56,28 @@ def make_storage(url: str | None = None, *, heartbeat_s: int = 5) -> RDBStorage:
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                           grace_period=3 * heartbeat_s, **_retry_kwargs())
     except Exception as e:  # sqlalchemy errors: bad driver, refused connection, bad path
+        missing = _missing_module(e)
+        if missing:
+            raise HermesError(f"cannot open Optuna storage '{redact(url)}': its database driver is not "
+                              f"installed (pip install {DRIVER_PACKAGES.get(missing, missing)})") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HermesError(f"cannot open Optuna storage '{redact(url)}': {first}") from None
+
+
+# SQLAlchemy's driver modules and the pip package that provides each
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+                   "pymysql": "PyMySQL", "mysql": "mysql-connector-python", "oracledb": "oracledb",
+                   "pyodbc": "pyodbc", "pg8000": "pg8000", "asyncpg": "asyncpg"}
+
+
+def _missing_module(e: BaseException) -> str | None:
+    """Top-level name of the driver module whose import failed, if that is the error."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name:
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def redact(url: str) -> str:

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from profiling.errors import HermesError
 
 from .guide import Guide
+from .identity import IDENTITY_ATTR, changed, derived_name, describe, study_identity
 from .local import local_move_callback, space_size
 from .objective import Outcome, directions, evaluate, params_hash
 from .space import SearchSpace, parse_space
@@ -31,24 +32,34 @@ class _Surplus(Exception):
     """Raised when a racing worker asked one trial more than the budget (marked FAIL)."""
 
 
-def open_study(space: SearchSpace, storage: Any, name: str, seed: int | None) -> optuna.Study:
-    """Create the study or load it (resume); the space must match the stored one."""
+class StudyChanged(HermesError):
+    """The study exists but was made with other inputs: its trials do not apply to this run."""
+
+    def __init__(self, name: str, components: list[str], identity: dict[str, str]) -> None:
+        self.name, self.components, self.identity = name, components, identity
+        super().__init__(
+            f"study '{name}' was run with another {describe(components)}, so its trials do not "
+            f"apply: rerun with the same inputs, or start a new study with --study "
+            f"{derived_name(name, identity)}")
+
+
+def open_study(space: SearchSpace, storage: Any, name: str, seed: int | None,
+               identity: dict[str, str] | None = None) -> optuna.Study:
+    """Create the study or load it (resume); everything its objective depends on (the space,
+    catalogs, surrogate, named files, version: ``identity.py``) must match the stored one."""
+    ident = identity if identity is not None else study_identity(space)
     study = optuna.create_study(storage=storage, study_name=name, directions=directions(space),
                                 load_if_exists=True, sampler=make_sampler(seed, len(space.params)))
+    if study.user_attrs.get("space") is None:  # just created
+        study.set_user_attr("space", space.doc)
+        study.set_user_attr(IDENTITY_ATTR, ident)
+    else:
+        diff = changed(study.user_attrs.get(IDENTITY_ATTR), ident)
+        if diff:
+            raise StudyChanged(name, diff, ident)
     if [d.name.lower() for d in study.directions] != directions(space):
         raise HermesError(f"study '{name}' exists with other objectives; pick another --study")
-    stored = study.user_attrs.get("space")
-    if stored is None:
-        study.set_user_attr("space", space.doc)
-    elif stored != _jsonable(space.doc):
-        raise HermesError(f"study '{name}' exists with a different search space; "
-                          "pick another --study or rerun with the same space file")
     return study
-
-
-def _jsonable(doc: Any) -> Any:
-    import json
-    return json.loads(json.dumps(doc, default=str))
 
 
 def suggest(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
@@ -133,6 +144,10 @@ def run_worker(storage_url: str | None, study_name: str, *, n_trials: int, seed:
         raise HermesError(f"no study '{study_name}' in the storage")
     probe = optuna.load_study(study_name=study_name, storage=storage)
     space = parse_space(probe.user_attrs["space"], source=f"study {study_name}")
+    diff = changed(probe.user_attrs.get(IDENTITY_ATTR), study_identity(space))
+    if diff:  # this machine would score trials with other prices, surrogate or code
+        raise HermesError(f"this worker's {describe(diff)} differs from the one study "
+                          f"'{study_name}' was made with; run the worker with the same inputs")
     study = optuna.load_study(study_name=study_name, storage=storage,
                               sampler=make_sampler(worker_seed(seed, index), len(space.params)))
     guide = Guide(space)

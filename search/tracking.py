@@ -75,11 +75,32 @@ class Tracker:
     def finish_parent(self, run_id: str, params: dict[str, Any], metrics: dict[str, float],
                       tags: dict[str, str], artifacts_dir: Path | None) -> None:
         def go() -> None:
-            self._log(run_id, params, metrics, tags)
-            if artifacts_dir is not None:
-                self.client.log_artifacts(run_id, str(artifacts_dir))
+            try:
+                self._log(run_id, params, metrics, tags)
+                if artifacts_dir is not None:
+                    self.client.log_artifacts(run_id, str(artifacts_dir))
+            except BaseException:
+                self.client.set_terminated(run_id, "FAILED")  # never left RUNNING
+                raise
             self.client.set_terminated(run_id, "FINISHED")
         self._call(go)
+
+    def end_parent(self, run_id: str, status: str) -> None:
+        """End the parent run of a search that stopped on an error (FAILED) or was
+        interrupted (KILLED). Tried even after a tracking failure: a run left RUNNING
+        would look alive forever."""
+        if self.client is None:
+            return
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.client.set_terminated(run_id, status)
+                # a trial run the interrupt caught between its start and its end
+                exp = self.client.get_run(run_id).info.experiment_id
+                for run in self.client.search_runs(
+                        [exp], f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'"):
+                    self.client.set_terminated(run.info.run_id, status)
+        except Exception:  # noqa: BLE001 - the search's own error is the one to report
+            pass
 
     # ---- worker side ------------------------------------------------------
     def log_trial(self, experiment_id: str, parent_run_id: str, number: int,
@@ -89,7 +110,11 @@ class Tracker:
                 experiment_id, run_name=f"trial-{number}",
                 tags={**tags, "mlflow.parentRunId": parent_run_id, "hermes.kind": "trial",
                       "hermes.trial": str(number)})
-            self._log(run.info.run_id, params, metrics, {})
+            try:
+                self._log(run.info.run_id, params, metrics, {})
+            except BaseException:
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                raise
             self.client.set_terminated(run.info.run_id, "FINISHED")
         self._call(go)
 

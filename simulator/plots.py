@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from profiling.atomicfile import savefig_atomic
+
 
 def write_plots(result, out: Path) -> list[Path]:
     import matplotlib
@@ -26,7 +28,7 @@ def write_plots(result, out: Path) -> list[Path]:
     fig.suptitle(f"{result.scenario.name}: latency CDFs")
     fig.tight_layout()
     paths.append(out / "latency_cdf.png")
-    fig.savefig(paths[-1], dpi=100)
+    savefig_atomic(fig, paths[-1], dpi=100)
     plt.close(fig)
 
     span = float(done.finish_s.max()) if len(done) else 1.0
@@ -45,7 +47,7 @@ def write_plots(result, out: Path) -> list[Path]:
     a2.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     paths.append(out / "throughput_batch.png")
-    fig.savefig(paths[-1], dpi=100)
+    savefig_atomic(fig, paths[-1], dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(10, 3.6))
@@ -60,7 +62,7 @@ def write_plots(result, out: Path) -> list[Path]:
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     paths.append(out / "kv_memory.png")
-    fig.savefig(paths[-1], dpi=100)
+    savefig_atomic(fig, paths[-1], dpi=100)
     plt.close(fig)
     return paths
 

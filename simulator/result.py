@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiling.atomicfile import atomic_path, write_text_atomic
+
 TRACE_MAX_STEPS = 200_000   # per run; a longer trace stops there (noted in its metadata)
 
 
@@ -51,12 +53,13 @@ class SimResult:
     def write(self, outdir: str | Path, plots: bool = True) -> Path:
         out = Path(outdir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(self.summary_json() + "\n")
-        self.requests.to_parquet(out / "requests.parquet")
+        write_text_atomic(out / "summary.json", self.summary_json() + "\n")
+        with atomic_path(out / "requests.parquet") as tmp:
+            self.requests.to_parquet(tmp)
         self.write_trace(out / "trace.json")
         if plots:
             from .plots import write_plots
-            from .stage_plots import write_stage_plot
+            from .pipelines.plots import write_stage_plot
             write_plots(self, out)
             write_stage_plot(self.requests, out / "stage_breakdown.png", getattr(self.scenario, "name", ""))
         return out
@@ -73,4 +76,4 @@ class SimResult:
                                "args": {"decode_seqs": dec, "prefill_tokens": pre, "kv_blocks": blocks}})
             left -= min(left, len(steps))
         meta = {"truncated": left <= 0, "max_steps": TRACE_MAX_STEPS}
-        path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))
+        write_text_atomic(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta}))

@@ -1,10 +1,11 @@
 """Run a scenario: build the deployments, feed the workload through the event loop, summarize.
 
-Without ``pipelines`` in the scenario a request is one LLM call (the deployment, or a
-weighted spread over several). With them, requests are drawn into classes whose stages
-(``simulator.stages``: services, KV tiers, reasoning, routing, LLM calls) are wired by
-``pipeline_build.attach_pipelines``; the per-stage times become request columns and the
-summary's ``stages`` / ``kv_cache`` sections.
+Every request walks a pipeline, by one path: build the requests -> ``prepare`` (draw their
+request classes) -> the request store -> the LLM deployments (``simulator.engine``) ->
+``attach_pipelines`` (services and stages, ``simulator.pipelines``) -> the arrival source ->
+the event loop -> the request table plus the pipeline's columns -> the summary plus the
+pipeline's sections. A scenario without ``pipelines`` is one class with a single ``llm``
+stage over its deployments (``pipelines.build.PLAIN_CLASS``) and reports as a bare LLM call.
 """
 from __future__ import annotations
 
@@ -14,57 +15,34 @@ from typing import Callable
 
 import numpy as np
 
-from .core import Environment, StopSimulation
-from .deployment import build_deployment
-from .metrics import requests_frame, summarize
-from .pipeline_build import attach_pipelines, llm_stage_breakdown, max_context, prepare_requests
+from .engine.core import Environment, StopSimulation
+from .engine.deployment import build_deployment
+from .engine.engines import resolve_for
+from .engine.metrics import requests_frame, summarize
+from .engine.store import Store
+from .engine.workload import Requests, build_requests
+from .pipelines.build import attach_pipelines, prepare
 from .result import SimResult
 from .scenario import Scenario
-from .stage import Pipeline
-from .store import Store
-from .workload import Requests, build_requests
-
-
-class Spread:
-    """Several deployments of one stage: each request to one of them, weighted by replicas
-    (deterministic smooth weighted round-robin)."""
-
-    def __init__(self, deployments: list) -> None:
-        self.deps = deployments
-        self.done = deployments[0].done
-        for d in deployments:
-            d.done = self._leave
-        self.w = [len(d.replicas) for d in deployments]
-        self.cur = [0] * len(deployments)
-
-    def _leave(self, rid: int, t: float) -> None:
-        self.done(rid, t)
-
-    def submit(self, rid: int, t: float) -> None:
-        total = sum(self.w)
-        self.cur = [c + w for c, w in zip(self.cur, self.w)]
-        i = max(range(len(self.cur)), key=lambda k: (self.cur[k], -k))
-        self.cur[i] -= total
-        self.deps[i].submit(rid, t)
 
 
 class OpenLoop:
     """Arrivals at pre-drawn times, one event each."""
 
+    on_complete = None               # nothing to do when a request finishes
+
     def __init__(self, env: Environment, store: Store, entry) -> None:
         self.env, self.store, self.entry, self.i = env, store, entry, 0
+        self._submit, self._n, self._at = entry.submit, store.n, store.arrival
         if store.n:
             env.schedule(store.arrival[0], self._arrive)
 
     def _arrive(self) -> None:
         i = self.i
-        self.i += 1
-        if self.i < self.store.n:
-            self.env.schedule(self.store.arrival[self.i], self._arrive)
-        self.entry.submit(i, self.env.now)
-
-    def on_complete(self, rid: int, t: float) -> None:
-        pass
+        self.i = j = i + 1
+        if j < self._n:
+            self.env.schedule(self._at[j], self._arrive)
+        self._submit(i, self.env.now)
 
 
 class ClosedLoop:
@@ -95,40 +73,35 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     ``should_stop(partial_summary)`` every 5% of requests may end the run early."""
     wall0 = perf_counter()
     reqs = requests if requests is not None else build_requests(scenario.workload, scenario.seed)
-    klass = segments = None
-    if scenario.pipelines:   # draw classes; prefix/multi-turn classes rewrite prompt lengths
-        reqs, klass, segments = prepare_requests(reqs, list(scenario.pipelines), scenario.seed,
-                                                 max_context(scenario))
-    store = Store(reqs)
+    plan = prepare(scenario, reqs)    # request classes; prefix/multi-turn classes rewrite prompts
+    store = Store(plan.requests)
     env = Environment()
     deps = [build_deployment(env, store, d, scenario.surrogate, scenario.debug) for d in scenario.deployments]
-    run = attach_pipelines(scenario, env, store, deps, klass, segments) if scenario.pipelines else None
-    if run is None:
-        stage = deps[0] if len(deps) == 1 else Spread(deps)
-        entry = Pipeline([stage], store.n, store.complete)
-    else:
-        entry = run
-    deps = deps + (run.services if run else [])   # services count in the fleet's cost and energy
+    run = attach_pipelines(scenario, env, store, deps, plan)
+    deps = deps + run.services        # services count in the fleet's cost and energy
     w = scenario.workload
+    entry = run.pipe                  # every request enters its class's first stage
     source = (ClosedLoop(env, store, entry, w.concurrency, w.think_time_s) if w.arrival == "closed_loop"
               else OpenLoop(env, store, entry))
     n = store.n
     tick = max(1, n // 100)
     check = max(1, n // 20)
-    state = {"done": 0}
+    done = 0
+    notify = source.on_complete
 
     def partial() -> dict:
         return _summary(scenario, store, deps, env.now, perf_counter() - wall0)
 
     def on_complete(rid: int, t: float) -> None:
+        nonlocal done
         if rid >= n:
             return                              # a sub-request (reasoning branch) was rejected
-        state["done"] += 1
-        d = state["done"]
-        source.on_complete(rid, t)
-        if progress is not None and d % tick == 0:
-            progress(d / n)
-        if should_stop is not None and d % check == 0 and d < n and should_stop(partial()):
+        done += 1
+        if notify is not None:
+            notify(rid, t)
+        if progress is not None and done % tick == 0:
+            progress(done / n)
+        if should_stop is not None and done % check == 0 and done < n and should_stop(partial()):
             raise StopSimulation
 
     store.on_complete = on_complete
@@ -136,15 +109,19 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     if progress is not None:
         progress(1.0)
     frame = requests_frame(store.arrays(), store.rejected)
-    if run is not None:
-        frame = frame.assign(**run.columns())
-    steps = {r.name: np.asarray(r.steps, dtype=float).reshape(-1, 6) for d in deps for r in d.replicas}
+    columns = run.columns()
+    if columns:
+        frame = frame.assign(**columns)
+    steps = {r.name: _step_rows(r) for d in deps for r in d.replicas}
     summary = _summary(scenario, store, deps, env.now, perf_counter() - wall0, frame, steps)
-    summary.update(run.summary(frame) if run is not None
-                   else {"stages": llm_stage_breakdown(frame), "kv_cache": {}})
+    summary.update(run.summary(frame))
     summary["prefill_tokens_computed"] = store.prefill_tokens
     summary["events"] = env.events
     summary["steps"] = sum(len(r.steps) // 6 for d in deps for r in d.replicas)
+    engines = {d.name: {"engine": resolve_for(d.engine, d.model, d.hardware, d.tp, d.pp, d.dtype).summary()}
+               for d in scenario.deployments if d.engine is not None}
+    if engines:                       # only with an engine block: other summaries stay as they were
+        summary["deployments"] = engines
     summary["sim_wall_s"] = perf_counter() - wall0
     return SimResult(scenario=scenario, summary=summary,
                      requests=frame,
@@ -165,10 +142,17 @@ def _summary(scenario: Scenario, store: Store, deps: list, now: float, wall: flo
         for pool, reps in d.pools:
             for r in reps:
                 if r.steps:
-                    a = steps[r.name] if steps else np.asarray(r.steps, dtype=float).reshape(-1, 6)
+                    a = steps[r.name] if steps else _step_rows(r)
                     gaps.append(a[:, 5])
                     weights.append(a[:, 2])
                 fleet.append({"name": r.name, "devices": pool.devices, "price_per_hour": pool.hw.price_per_hour,
                               "tdp_w": pool.hw.tdp_w, "busy": min(r.busy / makespan, 1.0) if makespan > 0 else 0.0})
     itl = (np.concatenate(gaps) if gaps else np.array([]), np.concatenate(weights) if weights else np.array([]))
     return summarize(df, itl, scenario.slo, fleet, makespan, wall)
+
+
+def _step_rows(replica) -> np.ndarray:
+    """The replica's step log as rows (t0, t1, decoders, prefill tokens, used blocks, itl gap);
+    ``fromiter`` converts the flat list of floats and ints faster than ``asarray``."""
+    s = replica.steps
+    return np.fromiter(s, dtype=float, count=len(s)).reshape(-1, 6)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from profiling.atomicfile import write_text_atomic
 from profiling.errors import HermesError
 
 from .sources import load_traces
@@ -31,21 +32,12 @@ SOURCES = [
 BUNDLE_PARAMS = {"n_estimators": 150, "max_depth": 7, "learning_rate": 0.12}
 # Deep trees where they pay: the seen-GPU pipelines of the kinds measured on dense shape
 # grids, where the trees memorise each kernel's measured grid (depth buys that; saved trees
-# are compacted, ``RatioRegressor.compact``). Unseen-shape MAPE (gemm / attn_prefill /
-# attn_decode) with all rows, and the three pipelines' xz size before compaction:
-#   200 x depth 8: 5.23 / 4.02 / 5.72% (2.4 MB); 300 x 8: 5.12 / 3.78 / 5.49%;
-#   300 x 10: 4.71 / 3.12 / 4.72% (11.2 MB); 500 x 10 (lr 0.06): 4.61 / 2.94 / 4.41%;
-#   300 x 12: 4.46 / 2.72 / 4.34% (29 MB). Without the residual correction 300 x 10 gives
-#   5.15 / 3.45 / 5.60%: the kNN store still pays. 500 x 10 alone: prefill 2.83% (400: 2.95%),
-#   decode 4.34% (Random Forest on all rows 4.61%); GEMM gains little (4.61%) for its 0.5 MB.
-#   With the decode parallelism features (features.DECODE_FEATURES) decode is 3.72% at 500
-#   trees, 3.57% at 650 and 3.46% at 800 (+0.7 / +1.4 MB xz); the Random Forest with the
-#   same features scores 3.60%. More trees would take the bundle past its size cap.
+# are compacted, ``RatioRegressor.compact``). Attention gets more trees than GEMM, which
+# gains little from them for their bytes; more trees would take the bundle past its size cap.
 BUNDLE_SEEN_PARAMS = {k: {"n_estimators": 300 if k == "gemm" else 500, "max_depth": 10, "learning_rate": 0.08}
                       for k in ("gemm", "attn_prefill", "attn_decode")}
-# Rows per kind (x2 for GEMM), with 200 x depth 8 seen trees: 80k -> 160k -> 320k took
-# unseen-shape MAPE 5.39 / 4.24 / 6.24% -> 5.26 / 4.12 / 5.96% -> 5.23 / 4.02 / 5.72%
-# (320k is every training row of the attention kinds; 640k changes nothing).
+# Rows per kind (x2 for GEMM): every training row of the attention kinds; more rows kept
+# lowering the unseen-shape error up to here, and beyond it change nothing.
 BUNDLE_ROWS = 320000
 
 
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     man = json.loads((a.out / "manifest.json").read_text())
     man["artifact"] = {"file": "surrogate.joblib", **info}
-    (a.out / "manifest.json").write_text(json.dumps(man, indent=2, default=str))
+    write_text_atomic(a.out / "manifest.json", json.dumps(man, indent=2, default=str))
     return 0
 
 

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
+from profiling.dtypes import dtype_bytes
 from profiling.hardware import HardwareSpec
 from profiling.models import ModelSpec
-from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, GEMM, BatchShape, Operator,
-                                 attention_ops, expand_step, layer_ops, stage_layers, windowed_prefill)
+from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, BatchShape, Operator,
+                                 activation_dtype, attention_ops, expand_step, layer_ops, stage_layers,
+                                 windowed_prefill)
 from profiling.roofline import roofline_ms
 
 
@@ -29,6 +31,15 @@ class OpLatencyModel(Protocol):
     """Anything that predicts kernel latency (ms) for rows of one operator kind."""
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray: ...
+
+
+class CollectiveKernel(Protocol):
+    """The all-reduce kernel a serving engine runs for a message of ``msg_bytes``: (stack,
+    kernel) as the kernel traces name them, or None for the predictor's own choice. Hashable
+    (step tables are memoized on it); ``edges``, if present, lists the message sizes (bytes)
+    where the choice changes, so the token grid holds both sides of each."""
+
+    def __call__(self, msg_bytes: float) -> tuple[str, str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -48,16 +59,22 @@ class RooflinePredictor:
         return np.maximum(r["t_compute_ms"] / self.compute_eff, r["t_memory_ms"] / eff_mem)
 
 
-def _ops_ms(ops: Sequence[Operator], hw: HardwareSpec, predictor: OpLatencyModel) -> float:
-    """Predicted time (ms) of a list of operators."""
+def ops_ms(ops: Sequence[Operator], hw: HardwareSpec, predictor: OpLatencyModel) -> float:
+    """Predicted time (ms) of a list of operators, summed without a step table (the direct
+    figure a compiled table's lookup is checked against)."""
     return float(_ops_ms_each([ops], hw, predictor)[0])
 
 
+_ops_ms = ops_ms  # the earlier private name, still imported by tests
+
+
 def _ops_ms_each(op_lists: Sequence[Sequence[Operator]], hw: HardwareSpec,
-                 predictor: OpLatencyModel) -> np.ndarray:
+                 predictor: OpLatencyModel, collective_kernel: CollectiveKernel | None = None,
+                 log: set[str] | None = None) -> np.ndarray:
     """Predicted time (ms) of each list of operators, with one predictor call per kind and
     dtypes for all lists together (a frame carries one dtype: a quantized MoE step has
-    16-bit router and attention GEMMs beside fp4 expert GEMMs)."""
+    16-bit router and attention GEMMs beside fp4 expert GEMMs). With ``collective_kernel``
+    each all-reduce is priced on the kernel it names (``_collective_ms``; ``log`` collects how)."""
     by_kind: dict[tuple, list[tuple[int, Operator]]] = {}
     for i, ops in enumerate(op_lists):
         for o in ops:
@@ -68,9 +85,56 @@ def _ops_ms_each(op_lists: Sequence[Sequence[Operator]], hw: HardwareSpec,
         frame["dtype"] = dtype
         frame["kv_dtype"] = kv_dtype
         frame["name"] = [o.name for _, o in group]  # elementwise kernel family (norm, rope, ...)
-        ms = predictor.predict_ms(kind, frame, hw) * np.array([o.count for _, o in group], dtype=float)
+        if kind == COLLECTIVE and collective_kernel is not None:
+            picks = [collective_kernel(o.shape["msg_bytes"]) if o.shape.get("collective") == "all_reduce"
+                     else None for _, o in group]
+            ms = _collective_ms(predictor, frame, hw, picks, log if log is not None else set())
+        else:
+            ms = predictor.predict_ms(kind, frame, hw)
+        ms = ms * np.array([o.count for _, o in group], dtype=float)
         total += np.bincount([i for i, _ in group], weights=ms, minlength=len(op_lists))
     return total
+
+
+# A collective moves bytes: a kernel traced only in the other 16-bit dtype (AIConfigurator's
+# NCCL tables are fp16) prices a message of the same size.
+_SAME_WIDTH = {"bf16": "fp16", "fp16": "bf16"}
+
+
+def _collective_ms(predictor: OpLatencyModel, frame: pd.DataFrame, hw: HardwareSpec,
+                   picks: Sequence[tuple[str, str] | None], log: set[str]) -> np.ndarray:
+    """Latency (ms) of collective rows, each row with a (stack, kernel) in ``picks`` priced on
+    that kernel where the predictor measured it on ``hw`` (in the row's dtype, else the other
+    16-bit one); where it did not, the predictor's own choice (its fastest measured kernel).
+    Whether a kernel was measured is read from the provenance of the rows the predictor's own
+    choice prices as trained; with none (a GPU without collective traces) the named kernel's
+    extrapolation stands. A predictor without provenance (the roofline) has no kernels: its
+    figure stands. ``log`` gets one line per kernel saying how it was priced."""
+    predict = getattr(predictor, "predict", None)
+    kernels = sorted({p for p in picks if p is not None})
+    if predict is None:
+        log.update(f"{k}: not modelled by {type(predictor).__name__}" for _, k in kernels)
+        return predictor.predict_ms(COLLECTIVE, frame, hw)
+    plain = predict(COLLECTIVE, frame, hw)
+    ms = np.asarray(plain.ms, dtype=float).copy()
+    known = np.asarray(plain.provenance) == "trained"
+    for stack, kernel in kernels:
+        idx = np.flatnonzero([p == (stack, kernel) for p in picks])
+        sub = frame.iloc[idx].reset_index(drop=True).assign(stack=stack, kernel=kernel)
+        probe = known[idx]
+        how = "extrapolated (no collective traces of these sizes on this GPU)"
+        for dt in (None, *sorted(set(sub["dtype"].map(_SAME_WIDTH).dropna()))):
+            q = sub if dt is None else sub.assign(dtype=dt)
+            named = predict(COLLECTIVE, q, hw)
+            measured = bool((np.asarray(named.provenance)[probe] == "trained").any())
+            if measured or not probe.any():  # measured here, or nothing is to tell
+                ms[idx] = named.ms
+                how = ("trained" if dt is None else f"trained on its {dt} traces") if measured else how
+                break
+        else:
+            how = f"not measured on {hw.name}: priced as the predictor's fastest measured kernel"
+        log.add(f"{kernel}: {how}")
+    return ms
 
 
 def _grid(lo: int, hi: int, points: int) -> np.ndarray:
@@ -118,6 +182,8 @@ class StepTable:
     pre_prefix: list[float]     # context before the chunk (0 = a prompt's first chunk)
     pre_y: np.ndarray           # [q, prefix] prefill attention of one chunk, all layers, s
     pp_hop_s: float = 0.0       # activation send between stages per step
+    # how each all-reduce kernel the engine names was priced ("<kernel>: trained", ...); () = none named
+    collective_kernels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Plain Python floats and nested lists: indexing a numpy array per query costs
@@ -186,15 +252,24 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
                        dtype: str | None = None, kv_dtype: str | None = None, tp: int = 1,
                        pp: int = 1, max_tokens: int = 65536, max_batch: int = 2048,
                        max_kv: int | None = None, points: int = 40,
-                       fusions: tuple[str, ...] = ()) -> StepTable:
+                       fusions: tuple[str, ...] = (),
+                       collective_kernel: CollectiveKernel | None = None) -> StepTable:
     """Evaluate ``predictor`` on the grids a simulation of this deployment will query
-    (without the kernels the engine's ``fusions`` fold into their neighbours)."""
+    (without the kernels the engine's ``fusions`` fold into their neighbours; each TP
+    all-reduce on the kernel ``collective_kernel`` names for its message, if given)."""
     dtype = dtype or model.dtype
     max_kv = max_kv or max(model.max_context, 2048)
     layers = model.num_layers // pp
     expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)  # validates TP/PP
     tok = _edge_grid(1, max_tokens, points)
-    tok_y = _ops_ms_each([layer_ops(model, int(t), tp, dtype, fusions) for t in tok], hw, predictor) * layers * 1e-3
+    log: set[str] = set()
+    if collective_kernel is not None and tp > 1:
+        # the last token count of each kernel's message range and the first of the next
+        per_token = model.hidden_size * dtype_bytes(activation_dtype(model, dtype))
+        cuts = [int(e // per_token) + d for e in getattr(collective_kernel, "edges", ()) for d in (0, 1)]
+        tok = np.unique(np.concatenate([tok, [c for c in cuts if 1 <= c <= max_tokens]])).astype(np.int64)
+    tok_y = _ops_ms_each([layer_ops(model, int(t), tp, dtype, fusions) for t in tok], hw, predictor,
+                         collective_kernel if tp > 1 else None, log) * layers * 1e-3
     seq = _edge_grid(1, max_batch, points // 2)
     head = [o for o in expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)
             if o.name == "lm_head"]
@@ -231,7 +306,7 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
     return StepTable(model.name, hw.name, tp, pp, tok.astype(float).tolist(), tok_y,
                      seq.astype(float).tolist(), seq_y, dec_b.astype(float).tolist(),
                      dec_kv.astype(float).tolist(), dec_y, pre_q.astype(float).tolist(),
-                     pre_prefix.astype(float).tolist(), pre_y, hop)
+                     pre_prefix.astype(float).tolist(), pre_y, hop, tuple(sorted(log)))
 
 
 def _nondecreasing(y) -> list[float]:

@@ -104,9 +104,8 @@ class RatioRegressor(RegressorMixin, BaseEstimator):
     def compact(self) -> "RatioRegressor":
         """Shrink the saved trees to under half (the shipped bundle's deep trees fit its size
         budget this way): zero XGBoost's training-only node statistics, which prediction
-        never reads, and keep leaf values at half precision, which moves a prediction by
-        under 0.2% (measured: at most 0.1% on 50k bundle queries), far below the 2-6%
-        noise of a GEMM measurement. Idempotent."""
+        never reads, and keep leaf values at half precision, which moves a prediction far
+        less than the noise of a GEMM measurement. Idempotent."""
         if self.estimator != "xgboost" or getattr(self, "model_", None) is None:
             return self
         booster = self.model_.get_booster()
@@ -198,11 +197,11 @@ class StreamPrior:
     The regressor cannot price such an op: its shape features (few rows of an unusual
     width, another bytes-per-element) lie where no training row of any family does, and
     trees extrapolate those arbitrarily (Vidur's KV-cache write on A30, the only rows of
-    its family: 120% MAPE from the regressor when left out).
+    its family, is priced far off by the regressor when left out).
     """
 
     # Overhead: a low quantile of the GPU's latencies (its smallest kernels are launch-bound);
-    # 0.005 had the lowest leave-one-family-out MAPE on Vidur (49.8% mean; 52.9% at 0.02).
+    # 0.005 had the lowest leave-one-family-out error on Vidur.
     OVERHEAD_Q = 0.005
     # Efficiency: from rows whose memory time dominates the overhead.
     STREAM_OVER_OVERHEAD = 4.0

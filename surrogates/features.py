@@ -46,11 +46,8 @@ COLLECTIVE_EXTRA = ("collective_code", "log_alpha_over_beta", "log_link_over_pci
 GEMM_TILE_FEATURES = ("m_waste64", "m_waste128", "n_waste128", "log_tiles128", "m_mod16")
 # Thread blocks per SM (waves) and how full the last wave is: the part of tile and grid
 # quantisation that depends on the GPU's SM count. Blocks: 128x128 output tiles (GEMM),
-# batch x heads x 128-query tiles (prefill), sequences x KV heads (decode). Seen-GPU
-# pipelines, unseen-shape MAPE: GEMM 4.71 -> 4.62%, prefill 2.83 -> 2.71%, decode 3.72 ->
-# 3.67%. Transfer: GEMM only, leave-one-GPU-out 17.74 -> 17.40% (A100 21.2 -> 19.2, H100
-# 14.6 -> 14.0, L40S 22.3 -> 21.8, B200 15.5 -> 15.9); attention lost (prefill 36.3 ->
-# 36.4, decode 33.2 -> 34.6%).
+# batch x heads x 128-query tiles (prefill), sequences x KV heads (decode). They help every
+# seen-GPU pipeline, and in the transfer model only GEMM's (attention's lost with them).
 WAVE_FEATURES = ("log_waves", "wave_fill")
 # Elementwise: token rows, row width (elements per row) and bytes per element (how many
 # tensors the kernel streams); 0 where the row count is unknown.
@@ -58,8 +55,7 @@ ELEMENTWISE_FEATURES = ("log_tokens", "log_width", "bytes_per_element")
 # Decode attention: the kernel's parallel work, sequences x KV heads (its CTA grid: few of
 # them leave SMs idle), sequences x query heads, and the GQA group (query heads sharing one
 # KV read). Trees find these products only through many splits on the raw shape columns.
-# Unseen-shape MAPE (AIConfigurator fold, bundle config): 4.34 -> 3.71%. Seen-GPU pipeline
-# only: in the transfer model they cost leave-one-GPU-out decode 31.7 -> 32.5% (mean of GPUs).
+# Seen-GPU pipeline only: in the transfer model they cost accuracy on a held-out GPU.
 DECODE_FEATURES = ("log_seq_kv_heads", "log_seq_heads", "log_gqa_group")
 # Shape columns of pipelines pickled before a kind's columns changed (the shipped bundle).
 _LEGACY_SHAPE = {"elementwise": ("elements", "io_bytes")}
@@ -73,9 +69,9 @@ COLLECTIVE_TRANSFER = ("log_alpha_over_bus", "pcie_class")
 # What the transfer learner must not see: its offset ``log_t_base``; stack and kernel codes
 # (a held-out GPU's kernels are often ones no training GPU ran: the ``variant`` code
 # averages those instead); absolute times, which place a slower or faster GPU's rows among
-# other shapes of the training GPUs (leave-one-GPU-out MAPE, bf16: attention prefill 52% ->
-# 40%, decode 42% -> 37%, GEMM pooled 20% -> 18%); for collectives also every absolute
-# size (alpha/bus-time ratio, world and kernel variant carry it).
+# other shapes of the training GPUs (hiding them lowered every kind's leave-one-GPU-out
+# error); for collectives also every absolute size (alpha/bus-time ratio, world and kernel
+# variant carry it).
 TRANSFER_HIDDEN = ("stack", "kernel", "log_t_base", "log_t_roofline", "log_t_compute", "log_t_memory")
 COLLECTIVE_TRANSFER_HIDDEN = ("log_ai", "log_ai_over_ridge", "log_msg_bytes", "log_alpha_over_beta",
                               "log_link_over_pcie")
@@ -154,9 +150,8 @@ def variant_keys(kind: str, X: pd.DataFrame) -> pd.Series:
 # Another flavour is its own kernel variant: a plain GELU (2 tensors) or a parallel-residual
 # add of attention, MLP and residual (4), as in phi-2. Priced as the usual flavour (one
 # variant) a plain GELU came out 1.9x too slow on a model never seen: its bytes per element
-# put it among other families' leaves. As its own variant (the stream prior when never
-# trained on), unseen-model MAPE (elementwise, leave one Vidur model out) 7.75 -> 6.90%,
-# phi-2 45.7 -> 21.3% (activation 143 -> 31%), every gated model within +-0.2 points.
+# put it among other families' leaves; as its own variant it gets the stream prior when
+# never trained on, and the gated models' errors barely move.
 _EW_USUAL_TENSORS = {"act": 3, "add": 3}
 
 
@@ -384,9 +379,8 @@ class RooflineFeatures(TransformerMixin, BaseEstimator):
         """``log_t_base`` (plus, for collectives, alpha over bus time and the PCIe class)."""
         t_roof = col("t_roofline_ms")
         if getattr(self, "issue_prior_", False):
-            # Issue time added, not maxed: on Vidur's elementwise ops, leave-one-GPU-out
-            # (A100, H100, A30) MAPE 34.6% -> 18.3% (max: 20.3%); on the A40 rows of
-            # Vidur's public profiles (a GPU none of the traces has) 89.8% -> 35.0%.
+            # Issue time added to the roofline, not maxed with it: on a held-out GPU's
+            # elementwise ops the sum was the closer prior.
             return [lg(t_roof + np.nan_to_num(col("t_issue_ms", 0.0), nan=0.0))]
         if self.kind != "collective":
             return [lg(t_roof)]

@@ -7,7 +7,9 @@ for a GPU with no training data, predicted from its spec sheet). On a seen GPU t
 the model's residuals on measured shapes of the same kernel variant). Prediction
 intervals are split-conformal quantiles of log residuals: on held-out *shapes* for seen
 GPUs, widened to the leave-models-out quantile for rows measured per model (Vidur) or of
-an unknown kernel, and on leave-one-GPU-out residuals for the transfer model.
+an unknown kernel, and on leave-one-GPU-out residuals for the transfer model. How a GPU
+never measured is priced (dominance bounds, sibling anchoring, transfer intervals) is a
+policy of its own: ``transfer.py``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from profiling.dtypes import normalize_dtype
+from profiling.atomicfile import atomic_path, write_text_atomic
 from profiling.errors import HermesError
 from profiling.hardware import CATALOG_ENV, HardwareSpec, load_catalog
 from profiling.roofline import add_roofline_features
@@ -31,6 +33,8 @@ from .engine_kernel import choose_engine_kernels, with_engine_kernel
 from .estimators import StreamPrior, make_surrogate
 from .features import SHAPE_FEATURES, attach_roofline, variant_keys
 from .residual import ResidualCorrector, variant_ids
+from .transfer import (Sibling, anchored_note, named_variants, nearest_sibling, price_unseen, row_dtypes,
+                       row_quantiles, transfer_quantiles)
 
 PROVENANCE = ("trained", "extrapolated", "roofline-fallback")
 MODEL_FILE, MANIFEST_FILE = "surrogate.joblib", "manifest.json"
@@ -39,54 +43,22 @@ TRAINABLE = tuple(SHAPE_FEATURES)
 # GEMM is the bulk of step time and has the most kernel variants on the same shapes: it
 # gets twice the row budget so each variant's shape grid stays dense. Elementwise rows
 # (Vidur's ~75k) all fit in 2.5x: a new model's ops sit between other models' rows of the
-# same token count (unseen-model MAPE 7.97% -> 7.75% over a 30k budget).
+# same token count.
 KIND_ROW_SCALE = {"gemm": 2.0, "elementwise": 2.5}
 # Local residual correction (``residual.py``): measured shapes kept per kernel variant, and
-# the estimators it corrects (the rf baseline stays what Vidur does).
-# Only kinds measured on dense shape grids (AIConfigurator) gain from it. Elementwise: in
-# (elements, bytes) the correction hurt an unseen model; with token count and TP it helps
-# a little (MAPE 7.97% -> 7.75%, 7.87% at 1500 rows per variant) for 0.2-0.35 MB of
-# bundle, which is near its size cap (test_bundle): left out. Every measured shape is kept (no variant
-# has more rows than this): over 4000 per variant, unseen-shape MAPE of gemm 7.0 -> 6.4%,
-# attn_prefill 6.3 -> 5.3%, attn_decode 9.8 -> 8.2%, in a bundle that xz keeps small.
+# the estimators it corrects (the rf baseline stays what Vidur does). Only kinds measured on
+# dense shape grids (AIConfigurator) gain from it; for elementwise ops the small gain did not
+# pay for its bundle bytes near the size cap (test_bundle). Every measured shape is kept (no
+# variant has more rows than this): more stored shapes kept lowering the unseen-shape error,
+# and xz keeps the store small.
 RESIDUAL_ROWS_PER_VARIANT = 100_000
 CORRECTED = ("xgboost", "linear")
 CORRECTED_KINDS = ("gemm", "attn_prefill", "attn_decode")
 # Kinds whose variants are different ops (not implementations of one): a variant never
 # trained on is priced by a memory-stream prior (``StreamPrior``), not by the regressor.
 STREAM_PRIOR_KINDS = ("elementwise",)
-# Kinds whose prediction on a GPU never measured is capped by that of a measured GPU it
-# dominates on spec (``_dominance_cap``). Leave-one-GPU-out MAPE, uncapped -> capped:
-# gemm 18.1 -> 17.6%, attn_decode 36.3 -> 33.1%, all-reduce 32.1 -> 29.7%; not prefill
-# (37.3 -> 39.2%: the engines' prefill kernels differ more across GPU generations than the
-# spec sheets do). Gating the cap on kernels measured on the reference GPU lost half the
-# decode gain (35.4%). Elementwise: B200 norms were priced above H100's measured ones.
-DOMINANCE_KINDS = ("gemm", "attn_decode", "collective", "elementwise")
-# Kinds whose prediction on a GPU never measured is also floored by that of a measured GPU
-# that dominates it (no faster than a GPU better on every spec). Leave-one-GPU-out MAPE
-# (pooled), cap only -> cap and floor: gemm 17.90 -> 17.74% (A100 23.8 -> 21.2%, its small
-# kernels were priced too fast; L40S 21.9 -> 22.3%); not decode (33.2 -> 33.6%: A100
-# 28.0 -> 23.7% but L40S 39.2 -> 41.2%) nor all-reduce (29.7 -> 30.8%).
-FLOOR_KINDS = ("gemm",)
-# A GPU never measured but whose spec sheet is close to a measured GPU of the same chip
-# family (H200 ~ H100, B300 ~ B200, A100-PCIe ~ A100-SXM) keeps that GPU's measured behaviour:
-# the transfer model's log error on the sibling is added with weight exp(-(d / scale)^2),
-# d the spec distance (``_spec_distance``). At d = 0 a renamed copy of a measured GPU is
-# priced exactly as measured (unanchored, B300 GEMMs came out 17% faster than B200's
-# for the same bf16 spec sheet). Never across families: there anchoring lost
-# (leave-one-GPU-out GEMM 17.6 -> 20.1%; the four measured GPUs are four families, so that
-# hold-out is unchanged); within one but far apart it is neutral (A30 from A100, GEMM 20.8
-# -> 21.7%; d = 1.35 gives it no weight).
-SIBLING_SCALE = 0.5
-SIBLING_MIN_WEIGHT = 0.01
 # Folds of the leave-models-out calibration (when rows carry a ``model``).
 MODEL_FOLDS = 3
-# Leave-one-GPU-out residuals a dtype, or a dtype and kernel variant, needs for a transfer
-# quantile of its own. One pooled over all dtypes and kernels mixes ones that transfer very
-# differently (shared-traces bundle, GEMM raw q90 of log error: bf16 0.38, fp8 1.16 of
-# which per-tensor kernels are far better than DeepGEMM's block-scaled ones, fp4 1.58,
-# pooled 1.03): a bf16 GEMM on an unmeasured GPU was x2.8 wide where x1.5 covers 90%.
-TRANSFER_QUANTILE_MIN_ROWS = 200
 
 
 def shape_groups(df: pd.DataFrame, kind: str) -> np.ndarray:
@@ -149,68 +121,6 @@ def _seen_ms(pipe: Pipeline, residual: ResidualCorrector | None, frame: pd.DataF
     return ms
 
 
-def _dominates(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> bool:
-    """``a`` has at least ``b``'s memory bandwidth, board power (a lower power cap lowers
-    sustained clocks: Splitwise's power-capped H100 prefills ~30% slower) and native peak
-    FLOP/s in every dtype (a dtype ``b`` only emulates does not count), and with ``link``
-    at least its link."""
-    if a.tdp_w < b.tdp_w:
-        return False
-    for d in dtypes:
-        d = normalize_dtype(d)
-        if d not in b.peak_tflops or a.peak_tflops.get(d, 0.0) < b.peak_tflops[d]:
-            return False
-    if link and (a.intra_node_bw_gb_s < b.intra_node_bw_gb_s or a.intra_node_latency_us > b.intra_node_latency_us):
-        return False
-    return a.mem_bw_gb_s >= b.mem_bw_gb_s
-
-
-def _row_dtypes(shapes: pd.DataFrame) -> np.ndarray:
-    """The dtypes the rows run (bf16 where none is given)."""
-    return shapes["dtype"].fillna("bf16").astype(str).unique() if "dtype" in shapes else np.array(["bf16"])
-
-
-def _named_variants(kind: str, shapes: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
-    """Kernel variant of each query row that named a stack or kernel, else "" (the engine's
-    choice, filled in by ``_query_frame``: sized by its dtype's quantile, since what it is
-    scored against is the fastest kernel measured, not the chosen variant's own times)."""
-    named = np.zeros(len(shapes), bool)
-    for c in ("stack", "kernel"):
-        if c in shapes:
-            named |= shapes[c].notna().to_numpy()
-    return np.where(named, variant_keys(kind, frame).to_numpy(dtype=object), "")
-
-
-def _dtype_of_rows(frame: pd.DataFrame) -> np.ndarray:
-    """Each row's dtype (bf16 where none is given)."""
-    if "dtype" not in frame:
-        return np.full(len(frame), "bf16", dtype=object)
-    return frame["dtype"].fillna("bf16").astype(str).to_numpy(dtype=object)
-
-
-def _spec_distance(a: HardwareSpec, b: HardwareSpec, dtypes, link: bool) -> float:
-    """Log-space distance of two spec sheets on what a kernel can use: peak FLOP/s of each
-    dtype the rows run (the farthest one counts), memory bandwidth, board power (a lower
-    cap means lower sustained clocks) and with ``link`` the link bandwidth; infinite
-    across chip families (or when either family is unknown) or when either lacks one of
-    the dtypes natively."""
-    arch = getattr(a, "arch", "")  # spec sheets pickled before the field: unknown
-    if not arch or arch != getattr(b, "arch", "") or a.kind != b.kind:
-        return float("inf")
-    base = np.log(a.mem_bw_gb_s / b.mem_bw_gb_s) ** 2 + np.log(a.tdp_w / b.tdp_w) ** 2
-    if link:
-        if min(a.intra_node_bw_gb_s, b.intra_node_bw_gb_s) <= 0:
-            return float("inf")
-        base += np.log(a.intra_node_bw_gb_s / b.intra_node_bw_gb_s) ** 2
-    worst = 0.0
-    for d in dtypes:
-        d = normalize_dtype(d)
-        if d not in a.peak_tflops or d not in b.peak_tflops:
-            return float("inf")
-        worst = max(worst, np.log(a.peak_tflops[d] / b.peak_tflops[d]) ** 2)
-    return float(np.sqrt(base + worst))
-
-
 def _query_frame(kind: str, km: KindModel, shapes: pd.DataFrame, hw: HardwareSpec, where: str) -> pd.DataFrame:
     """``shapes`` on ``hw`` as a pipeline reads them: roofline columns, and the stack and
     engine kernel measured on ``where`` (the GPU's name, or "*" for the transfer model)."""
@@ -233,11 +143,6 @@ def _within(frame: pd.DataFrame, ranges: dict[str, tuple[float, float]]) -> np.n
             v = frame[c].to_numpy(dtype=float)
             inside &= np.isnan(v) | ((v >= lo) & (v <= hi))
     return inside
-
-
-def _anchored(sibling: tuple[HardwareSpec, float] | None) -> str:
-    """The note's clause naming the measured GPU a prediction is anchored to."""
-    return f", anchored to the measured {sibling[0].name} (weight {sibling[1]:.2f})" if sibling else ""
 
 
 def _default_stacks(train: pd.DataFrame) -> dict[str, str]:
@@ -300,9 +205,7 @@ class KindModel:
     def transfer_quantile(self, dtypes: np.ndarray, variants: np.ndarray) -> np.ndarray:
         """Per-row interval half-width (log) on a GPU never measured: that of the row's
         dtype and kernel variant ("" for none), else of its dtype, else the pooled one."""
-        by = getattr(self, "q_transfer_by", {})
-        return np.array([by.get(f"{d}|{v}", by.get(str(d), self.q_transfer)) for d, v in zip(dtypes, variants)],
-                        dtype=float)
+        return row_quantiles(getattr(self, "q_transfer_by", {}), self.q_transfer, dtypes, variants)
 
     def off_range_quantile(self) -> float:
         """Interval half-width (log) for a shape a GPU was never measured near: the measured
@@ -394,21 +297,12 @@ class SurrogateModel:
             transfer = make_surrogate(kind, self.estimator, hardware_features=False, **self.params)
             transfer.fit(train, train["latency_ms"].to_numpy())
             if len(hws) > 1:  # honest transfer intervals: leave each GPU out once
-                resid, dts, var = [], [], []
-                for h in hws:  # half the rows: these fits only size the interval
-                    tr, te = train[train["hardware"] != h], train[train["hardware"] == h]
+                def fit_without(tr: pd.DataFrame) -> Pipeline:  # half the rows: these fits only size the interval
                     tr = _sample(tr, budget // 2, self.random_state)
                     p = make_surrogate(kind, self.estimator, hardware_features=False, **self.params)
-                    p.fit(tr, tr["latency_ms"].to_numpy())
-                    resid.append(np.abs(np.log(te["latency_ms"].to_numpy() / p.predict(te))))
-                    dts.append(_dtype_of_rows(te))
-                    var.append(variant_keys(kind, te).to_numpy(dtype=object))
-                r, d = np.concatenate(resid), np.concatenate(dts)
-                q_transfer = conformal_q(r, self.interval)
-                dv = d + "|" + np.concatenate(var)
-                q_transfer_by = {str(x): conformal_q(r[key == x], self.interval)
-                                 for key in (d, dv) for x in np.unique(key)
-                                 if (key == x).sum() >= TRANSFER_QUANTILE_MIN_ROWS}
+                    return p.fit(tr, tr["latency_ms"].to_numpy())
+                q_transfer, q_transfer_by = transfer_quantiles(kind, train, fit_without,
+                                                               lambda r: conformal_q(r, self.interval))
         ranges = _shape_ranges(kind, train)
         hw_ranges = {str(h): _shape_ranges(kind, part) for h, part in rows.groupby("hardware")}
         return KindModel(seen, transfer, frozenset(hws), frozenset(train["dtype"].dropna().astype(str)),
@@ -496,17 +390,18 @@ class SurrogateModel:
             ms = _seen_ms(pipe, getattr(km, "residual", None), frame, getattr(km, "stream_prior", None))
             qs = km.quantile(variant_ids(kind, frame), hw.name)
         else:
-            raw = pipe.predict(frame)
-            memo: dict[str, np.ndarray] = {}  # measured GPUs' predictions, shared by both bounds
+            memo: dict[str, np.ndarray] = {}  # measured GPUs' predictions, shared by bounds and anchor
 
             def measured(ref: HardwareSpec) -> np.ndarray:
                 if ref.name not in memo:
                     memo[ref.name] = self.predict(kind, shapes, ref).ms
                 return memo[ref.name]
-            dtypes = _row_dtypes(shapes)
-            capped = self._dominance_cap(kind, km, dtypes, hw, raw, measured)
-            ms, sibling = self._sibling_anchor(kind, km, shapes, dtypes, hw, raw, capped, measured)
-            qs = km.transfer_quantile(_dtype_of_rows(frame), _named_variants(kind, shapes, frame))
+
+            def transfer_on(ref: HardwareSpec) -> np.ndarray:
+                return km.transfer.predict(_query_frame(kind, km, shapes, ref, "*"))
+            ms, sibling = price_unseen(kind, hw, shapes, pipe.predict(frame), getattr(self, "specs_", {}),
+                                       km.hardware, measured, transfer_on)
+            qs = km.transfer_quantile(row_dtypes(frame), named_variants(kind, shapes, frame))
         inside = np.full(n, hw.name in km.hardware)  # a GPU never measured: all extrapolated
         if seen:
             # Shapes outside what this GPU was measured on, even where other GPUs' data
@@ -527,61 +422,13 @@ class SurrogateModel:
             inside &= ~named | np.isin(variant_ids(kind, frame), list(km.variants))
         prov = np.where(inside, "trained", "extrapolated").astype(object)
         note = "" if seen else (
-            f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet" + _anchored(sibling))
+            f"{hw.name} has no '{kind}' training data: transfer model from its spec sheet" + anchored_note(sibling))
         return Prediction(ms, np.maximum(ms * np.exp(-qs), floor), ms * np.exp(qs), prov, note)
 
-    def _sibling_anchor(self, kind: str, km: KindModel, shapes: pd.DataFrame, dtypes, hw: HardwareSpec,
-                        raw: np.ndarray, capped: np.ndarray, measured: Callable[[HardwareSpec], np.ndarray]
-                        ) -> tuple[np.ndarray, tuple[HardwareSpec, float] | None]:
-        """Prediction for a GPU never measured: its (dominance-capped) transfer prediction
-        ``capped``, blended in log space with weight w (``SIBLING_SCALE``) toward the sibling
-        estimate, the nearest measured GPU of its family times the transfer model's ratio
-        between the two (``raw`` / the sibling's transfer prediction), no slower than the
-        sibling when it dominates it. The blend is the last step: a cap from a measured GPU
-        of another family (another stack, other small-kernel overheads) must not pull a
-        twin of H100 off H100's measurements. Returns (ms, (sibling, w) or None)."""
-        sibling = self.sibling(hw, km.hardware, dtypes, kind == "collective")
-        if sibling is None:
-            return capped, None
-        ref, w = sibling
-        est = measured(ref) * raw / km.transfer.predict(_query_frame(kind, km, shapes, ref, "*"))
-        if kind in DOMINANCE_KINDS and _dominates(hw, ref, dtypes, kind == "collective"):
-            est = np.minimum(est, measured(ref))
-        return np.exp((1 - w) * np.log(capped) + w * np.log(est)), sibling
-
-    def sibling(self, hw: HardwareSpec, measured, dtypes=("bf16",), link: bool = False
-                ) -> tuple[HardwareSpec, float] | None:
-        """The measured GPU (of ``measured``) that ``hw`` is anchored to, and the weight:
-        the nearest on spec in the same chip family, None when its weight is negligible."""
-        specs = getattr(self, "specs_", {})
-        near = sorted((_spec_distance(hw, specs[h], dtypes, link), h) for h in measured if h in specs)
-        if not near or not np.isfinite(near[0][0]):
-            return None
-        w = float(np.exp(-(near[0][0] / SIBLING_SCALE) ** 2))
-        return (specs[near[0][1]], w) if w >= SIBLING_MIN_WEIGHT else None
-
-    def _dominance_cap(self, kind: str, km: KindModel, dtypes, hw: HardwareSpec, ms: np.ndarray,
-                       measured: Callable[[HardwareSpec], np.ndarray]) -> np.ndarray:
-        """A GPU never measured is no slower than a measured one it beats on every spec the
-        kernel can use (memory bandwidth, board power, peak FLOP/s of each dtype the rows
-        run, and for collectives the link), and for ``FLOOR_KINDS`` no faster than one that
-        beats it: physics the transfer regressor does not know, since it extrapolates
-        hardware features it saw only a few values of. Where the measured GPUs contradict
-        each other (floor above cap) the geometric mean of the two."""
-        if kind not in DOMINANCE_KINDS:
-            return ms
-        hi, lo = np.full(len(ms), np.inf), np.zeros(len(ms))
-        link = kind == "collective"
-        for name in sorted(km.hardware):
-            ref = getattr(self, "specs_", {}).get(name)  # absent in bundles pickled before
-            if ref is None:
-                continue
-            if _dominates(hw, ref, dtypes, link):
-                hi = np.minimum(hi, measured(ref))
-            if kind in FLOOR_KINDS and _dominates(ref, hw, dtypes, link):
-                lo = np.maximum(lo, measured(ref))
-        # min(hi, lo) is hi where the bounds clash and lo elsewhere: never 0 x inf.
-        return np.where(lo > hi, np.sqrt(lo * np.minimum(hi, lo)), np.clip(ms, lo, hi))
+    def sibling(self, hw: HardwareSpec, measured, dtypes=("bf16",), link: bool = False) -> Sibling | None:
+        """The measured GPU (of ``measured``) that ``hw`` is anchored to, and the weight
+        (``transfer.nearest_sibling`` over this model's spec sheets)."""
+        return nearest_sibling(hw, getattr(self, "specs_", {}), measured, dtypes, link)
 
     def predict_ms(self, kind: str, shapes: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
         return self.predict(kind, shapes, hw).ms
@@ -595,7 +442,7 @@ class SurrogateModel:
         if kinds:
             return f"{hw.name}: trained on its traces for {', '.join(kinds)}"
         return (f"{hw.name}: no training data; transfer model from its spec sheet (provenance 'extrapolated')"
-                + _anchored(self.sibling(hw, self.trained_hardware())))
+                + anchored_note(self.sibling(hw, self.trained_hardware())))
 
     # ---- persistence --------------------------------------------------
     def save(self, directory: str | Path, manifest: dict | None = None) -> Path:
@@ -606,7 +453,9 @@ class SurrogateModel:
                 if pipe is not None:
                     pipe.named_steps["regressor"].compact()
         # xz: the residual store is float tables, a third smaller than zlib level 3; loads in ~0.3 s
-        joblib.dump(self, d / MODEL_FILE, compress=("xz", 6))
+        # written aside and renamed: an interrupted save keeps the previous model whole
+        with atomic_path(d / MODEL_FILE) as tmp:
+            joblib.dump(self, tmp, compress=("xz", 6))
         info = {"estimator": self.estimator, "params": self.params,
                 "seen_params": getattr(self, "seen_params", {}), "interval": self.interval,
                 "kinds": {k: {"n_train": m.n_train, "hardware": sorted(m.hardware), "dtypes": sorted(m.dtypes),
@@ -619,7 +468,7 @@ class SurrogateModel:
                                                  for (h, d), (st, k) in getattr(m, "engine_kernels", {}).items()}}
                           for k, m in self.kinds_.items()},
                 **(manifest or {})}
-        (d / MANIFEST_FILE).write_text(json.dumps(info, indent=2, default=str))
+        write_text_atomic(d / MANIFEST_FILE, json.dumps(info, indent=2, default=str))
         return d
 
     @staticmethod
@@ -627,7 +476,11 @@ class SurrogateModel:
         path = Path(directory) / MODEL_FILE
         if not path.is_file():
             raise HermesError(f"{directory}: no surrogate here (missing {MODEL_FILE})")
-        obj = joblib.load(path)
+        try:
+            obj = joblib.load(path)
+        except Exception as e:  # unpickling foreign bytes raises any type (EOFError, KeyError, ...)
+            raise HermesError(f"{path}: not a HERMES surrogate, or truncated ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         if not isinstance(obj, SurrogateModel):
             raise HermesError(f"{path}: not a HERMES surrogate")
         return obj

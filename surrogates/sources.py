@@ -26,7 +26,7 @@ def load_traces(paths: Sequence[str | Path], fmt: str | None = None, hardware: s
         if not p.exists():
             raise InputError("trace path not found", file=p)
         if fmt:
-            from profiling.readers import read_traces
+            from profiling.ingest import read_traces
             res = read_traces(p, fmt, hardware=hardware, column_map=column_map, defaults=defaults)
             df, bad = res.table, len(res.quarantine)
             if progress and res.skipped:

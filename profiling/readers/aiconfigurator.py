@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import yaml
 
 from ..errors import InputError
+from ..yamlfile import read_yaml
 from .base import FormatReader, ReadOptions, ReadOutput, read_csv, require_columns, source_label
 
 FORMAT = "aiconfigurator"
@@ -90,11 +90,9 @@ def _meta_stack(directory: Path) -> str | None:
     meta = directory / "collection_meta.yaml"
     if not meta.is_file():
         return None
-    try:
-        rt = (yaml.safe_load(meta.read_text()) or {}).get("runtime") or {}
-    except yaml.YAMLError:
-        raise InputError("collection_meta.yaml is not valid YAML", file=meta) from None
-    if rt.get("framework") and rt.get("version"):
+    doc = read_yaml(meta, "collection_meta.yaml")
+    rt = doc.get("runtime") if isinstance(doc, dict) else None
+    if isinstance(rt, dict) and rt.get("framework") and rt.get("version"):
         return f"{str(rt['framework']).lower()} {rt['version']}"
     return None
 
@@ -128,10 +126,10 @@ def _gpus_per_node(path: Path, system: str) -> int:
     spec = _system_yaml(path, system)
     if spec is None:
         return 8
+    doc = read_yaml(spec, "system YAML") or {}
     try:
-        doc = yaml.safe_load(spec.read_text()) or {}
         return int((doc.get("node") or {}).get("num_gpus_per_node") or 8)
-    except (yaml.YAMLError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         raise InputError("system YAML has no valid node.num_gpus_per_node", file=spec) from None
 
 

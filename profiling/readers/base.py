@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from ..csvfile import read_csv as read_user_csv
 from ..errors import InputError
 from ..schema import empty_quarantine
 
@@ -74,17 +75,8 @@ def source_label(fmt: str, path: Path) -> str:
 
 
 def read_csv(path: Path, fmt: str, **kw) -> pd.DataFrame:
-    """Read a CSV or raise one clear line (not a parser traceback)."""
-    try:
-        df = pd.read_csv(path, **kw)
-    except FileNotFoundError:
-        raise InputError("file not found", file=path) from None
-    except pd.errors.EmptyDataError:
-        raise InputError(f"empty file, not a {fmt} CSV", file=path) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"not a readable {fmt} CSV ({first})", file=path) from None
-    return df
+    """Read a CSV or raise one clear line (not a parser traceback): the one CSV reader."""
+    return read_user_csv(path, f"{fmt} CSV", **kw)
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path, what: str) -> None:

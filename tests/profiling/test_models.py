@@ -173,7 +173,7 @@ def test_from_hf_config_moe(tmp_path):
     ("{not json", ["not valid JSON"]),
     (json.dumps({k: v for k, v in LLAMA3_CONFIG.items() if k != "hidden_size"}), ["hidden_size"]),
     (json.dumps({**LLAMA3_CONFIG, "num_key_value_heads": 5}), ["num_kv_heads"]),
-    (json.dumps({**LLAMA3_CONFIG, "num_hidden_layers": 0}), ["num_layers"]),
+    (json.dumps({**LLAMA3_CONFIG, "num_hidden_layers": 0}), ["num_hidden_layers"]),
     (json.dumps({**LLAMA3_CONFIG, "torch_dtype": "float64"}), ["float64"]),
     (json.dumps({**LLAMA3_CONFIG, "hidden_size": "wide"}), ["wide"]),
     (json.dumps([1, 2]), ["object"]),

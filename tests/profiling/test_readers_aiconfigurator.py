@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from profiling.errors import InputError
-from profiling.readers import aiconfigurator, read_traces
+from profiling.ingest import read_traces
+from profiling.readers import aiconfigurator
 from profiling.readers.base import ReadOptions
 
 

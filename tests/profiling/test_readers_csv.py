@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from profiling.errors import HermesError, InputError
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 
 def test_map_with_units_and_defaults(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 
 def test_prompt_and_token_rows_match_source(traces_dir):

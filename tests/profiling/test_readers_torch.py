@@ -6,7 +6,7 @@ import json
 import pytest
 
 from profiling.errors import InputError
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 
 def _trace(tmp_path, with_kernels=True):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from profiling.errors import InputError
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 
 @pytest.fixture(scope="module")

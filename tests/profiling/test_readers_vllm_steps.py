@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from profiling.errors import InputError
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 
 def test_steps_become_step_rows(tmp_path):

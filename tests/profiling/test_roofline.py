@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from profiling.hardware import load_catalog
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 from profiling.roofline import FEATURE_COLUMNS, L2_BW_FACTOR, add_roofline_features, roofline_ms
 
 # Kernel timings repeat within a few percent; AIConfigurator gives no spread, so 10%.

@@ -48,6 +48,39 @@ def run_cli(args: list[str], *, cwd: Path, env: dict | None = None, timeout: flo
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_measured(args: list[str], *, cwd: Path, timeout: float = 150) -> tuple[int, str, int]:
+    """Run `hermes-sim ARGS` in a fresh interpreter; (exit status, stderr, that process's peak
+    resident memory in KiB, read from /proc's VmHWM every 20 ms while it runs). The kernel's
+    ru_maxrss of a child starts at its parent's size (fork, then exec), so it cannot say how
+    much the command itself took."""
+    import tempfile
+    import time
+
+    def hwm(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    peak = 0
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "hermes_sim.cli", *args], cwd=cwd,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            peak = max(peak, hwm(proc.pid))
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(args, timeout)
+            time.sleep(0.02)
+        err.seek(0)
+        return proc.returncode, err.read().decode(), peak
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

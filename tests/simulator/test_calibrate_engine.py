@@ -11,9 +11,10 @@ from dataclasses import replace
 import pytest
 
 from profiling.errors import InputError
-from simulator.calibrate import EngineFit, apply_engines, fit_engines, load_overhead, run_rows, save_overhead
+from simulator.fidelity.calibrate import EngineFit, apply_engines, fit_engines, load_overhead, run_rows, save_overhead
 from simulator.scenario import OverheadConfig
-from simulator.silicon import read_silicon, silicon_rows, with_engine
+from profiling.readers.serving import read_silicon
+from simulator.fidelity.silicon import silicon_rows, with_engine
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ solved from TPOT, so ``fit_overhead`` simulates a grid of values on top of the b
 from __future__ import annotations
 
 from simkit import make
-from simulator.calibrate import fit_overhead
+from simulator.fidelity.calibrate import fit_overhead
 from simulator.scenario import OverheadConfig
-from simulator.silicon import SiliconRow
+from simulator.fidelity.silicon import SiliconRow
 from simulator.simulate import simulate
 
 TRUE = OverheadConfig(stream_token_s=300e-6)    # every other overhead term at its default

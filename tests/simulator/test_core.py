@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.core import LATE, NORMAL, URGENT, Environment, StopSimulation
+from simulator.engine.core import LATE, NORMAL, URGENT, Environment, StopSimulation
 
 
 def test_events_fire_in_time_priority_then_insertion_order():

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator import simulate
-from simulator.metrics import time_average_in_system
+from simulator.engine.metrics import time_average_in_system
 
 from simkit import make
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.kv_tiers import (TIER_DEFAULTS, KVHierarchy, PrefixCache, TierSpec, block_keys,
+from simulator.pipelines.kv_tiers import (TIER_DEFAULTS, KVHierarchy, PrefixCache, TierSpec, block_keys,
                                 fit_read_latency)
-from simulator.sessions import PrefixSpec, analytic_token_hit_rate, build_segments
+from simulator.pipelines.sessions import PrefixSpec, analytic_token_hit_rate, build_segments
 
 
 def test_block_keys_share_exactly_the_common_prefix():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.core import Environment
-from simulator.network import LinkSpec, Network, Place, Topology
+from simulator.engine.core import Environment
+from simulator.pipelines.network import LinkSpec, Network, Place, Topology
 
 
 def test_lone_transfer_pays_latency_plus_bytes_over_bandwidth():

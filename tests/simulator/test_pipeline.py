@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.core import Environment
-from simulator.deployment import build_deployment
-from simulator.pipeline_build import build_pipelines, build_service, prepare_requests
-from simulator.pipeline_schema import KVCacheConfig, NetworkConfig, RequestClass, ServiceConfig
+from simulator.engine.core import Environment
+from simulator.engine.deployment import build_deployment
+from simulator.pipelines.build import build_pipelines, build_service, prepare_requests
+from simulator.pipelines.schema import KVCacheConfig, NetworkConfig, RequestClass, ServiceConfig
 from simulator.scenario import Deployment, Workload
-from simulator.store import Store
-from simulator.workload import build_requests
+from simulator.engine.store import Store
+from simulator.engine.workload import build_requests
 
 LLM = {"model": "Llama-3.1-8B", "hardware": "H100-SXM",
        "scheduler": {"policy": "chunked", "max_batch_size": 64, "max_tokens_per_step": 2048}}

@@ -85,7 +85,7 @@ def test_disaggregated_charges_kv_transfer_on_the_link():
     assert local.summary["ttft_s"]["mean"] == pytest.approx(glob.summary["ttft_s"]["mean"])
     assert glob.summary["tpot_s"]["mean"] > local.summary["tpot_s"]["mean"]
     from profiling import load_catalog
-    from simulator.memory import kv_bytes_per_token
+    from simulator.engine.memory import kv_bytes_per_token
     from profiling import resolve_model
     hw = load_catalog().get("H100-SXM")
     df = glob.requests[glob.requests.output_tokens > 1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from simulator import simulate
-from simulator.metrics import time_average_in_system
+from simulator.engine.metrics import time_average_in_system
 
 from simkit import make
 

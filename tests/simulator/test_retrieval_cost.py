@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from profiling.hardware import load_catalog
-from simulator.retrieval_cost import (IndexSpec, VectorSearchModel, fit_vector_search, random_accesses,
+from simulator.pipelines.retrieval_cost import (IndexSpec, VectorSearchModel, fit_vector_search, random_accesses,
                                       search_work)
 
 

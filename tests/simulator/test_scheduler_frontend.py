@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from simkit import make
-from simulator.replica import Replica
+from simulator.engine.replica import Replica
 from simulator.simulate import simulate
 
 # lengths spread (lognormal, as in simkit.BASE): with identical lengths the loop runs in

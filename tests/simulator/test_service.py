@@ -6,9 +6,9 @@ import pytest
 
 from profiling.hardware import load_catalog
 from profiling.models import resolve_model
-from simulator.core import Environment
-from simulator.retrieval_cost import EncoderCost
-from simulator.service import FixedCost, ServiceDeployment, TokenCost
+from simulator.engine.core import Environment
+from simulator.pipelines.retrieval_cost import EncoderCost
+from simulator.pipelines.service import FixedCost, ServiceDeployment, TokenCost
 from surrogates.compiled import RooflinePredictor
 
 

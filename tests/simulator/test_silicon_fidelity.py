@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.calibrate import OverheadConfig, fit_overhead, report, run_rows
-from simulator.silicon import bench_protocol, read_silicon, silicon_rows
+from simulator.fidelity.calibrate import OverheadConfig, fit_overhead, report, run_rows
+from profiling.readers.serving import read_silicon
+from simulator.fidelity.silicon import bench_protocol, silicon_rows
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.calibrate import _fit_group, run_row, RowResult
+from simulator.fidelity.calibrate import _fit_group, run_row, RowResult
 from simulator.scenario import OverheadConfig
-from simulator.silicon import (AIC_PROMPTS_PER_STEP, TOKEN_BUDGET, bench_protocol,
-                               read_silicon, silicon_rows, token_budget)
+from profiling.readers.serving import read_silicon
+from simulator.fidelity.silicon import (AIC_PROMPTS_PER_STEP, TOKEN_BUDGET, bench_protocol,
+                                        silicon_rows, token_budget)
 from simulator.simulate import simulate
 
 AIC_TRT = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/trtllm/1.0.0rc3/Qwen_Qwen3-32B.csv"

@@ -5,7 +5,7 @@ import pytest
 
 from profiling import load_catalog, resolve_model
 from simulator.scenario import OverheadConfig
-from simulator.stepcost import StepCost, step_table
+from simulator.engine.stepcost import StepCost, step_table
 
 
 @pytest.mark.parametrize("tp, pp", [(1, 1), (2, 2)])

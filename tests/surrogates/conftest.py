@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 
 # Tiny but real: sizes keep every fit in this folder to a few seconds.
 FAST = {"n_estimators": 60, "max_depth": 6, "learning_rate": 0.15}

@@ -24,7 +24,7 @@ def test_manifest_names_sources_and_hash():
 
 def test_builtin_predicts_measured_gemms(traces_dir):
     """Builtin bundle on real H100 bf16 GEMM rows: median APE under 10%, provenance 'trained'."""
-    from profiling.readers import read_traces
+    from profiling.ingest import read_traces
     t = read_traces(traces_dir / "aiconfigurator/data/h100_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet",
                     "aiconfigurator").table
     t = t[t["dtype"] == "bf16"].sample(500, random_state=1)

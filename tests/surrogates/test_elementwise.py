@@ -10,7 +10,7 @@ import pytest
 from profiling.hardware import load_catalog
 from profiling.models import load_models
 from profiling.operators import BatchShape, expand_step
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 from profiling.roofline import add_roofline_features
 from surrogates.estimators import StreamPrior
 from surrogates.model import SurrogateModel

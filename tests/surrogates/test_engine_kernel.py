@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from profiling.hardware import load_catalog
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 from surrogates.engine_kernel import with_engine_kernel
 from surrogates.features import variant_keys
 from surrogates.model import SurrogateModel

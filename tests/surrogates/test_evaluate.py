@@ -84,7 +84,7 @@ def test_unseen_gpu_fp8_folds_score_fp8_gemms_from_every_dtype_of_the_other_gpus
     """The fp8 hold-out leaves out each GPU with fp8 GEMMs in turn: it is scored on that GPU's
     fp8 GEMMs only, trained on the other GPUs' GEMMs of every dtype (never its own rows), and
     gets the nearest-GPU baseline like the bf16 hold-out."""
-    from profiling.readers import read_traces
+    from profiling.ingest import read_traces
     aic = traces_dir / "aiconfigurator/data"
     fp8 = [read_traces(aic / f"{s}/gemm/trtllm/1.3.0rc20/gemm_perf.parquet", "aiconfigurator").table
            for s in ("h100_sxm", "l40s")]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from profiling.hardware import load_catalog
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 from profiling.roofline import add_roofline_features
 from surrogates.model import SurrogateModel
 from surrogates.residual import ResidualCorrector, variant_ids

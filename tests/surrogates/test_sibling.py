@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import surrogates.model as model_mod
+import surrogates.transfer as transfer_mod
 from profiling.hardware import load_catalog
-from surrogates.model import SurrogateModel, _spec_distance
+from surrogates.model import SurrogateModel
+from surrogates.transfer import spec_distance as _spec_distance
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_a_renamed_copy_of_a_measured_gpu_is_priced_as_measured(fitted, shapes, 
     twin = fitted.predict("gemm", shapes, _clone("H100-twin"))
     np.testing.assert_allclose(twin.ms, h100, rtol=1e-9)
     assert "anchored to the measured H100-SXM (weight 1.00)" in twin.note
-    monkeypatch.setattr(model_mod, "SIBLING_MIN_WEIGHT", 2.0)  # anchoring off
+    monkeypatch.setattr(transfer_mod, "SIBLING_MIN_WEIGHT", 2.0)  # anchoring off
     bare = fitted.predict("gemm", shapes, _clone("H100-twin")).ms
     assert np.max(np.abs(bare / h100 - 1)) > 0.01
     assert "anchored" not in fitted.predict("gemm", shapes, _clone("H100-twin")).note
@@ -48,7 +49,7 @@ def test_another_chip_family_is_never_anchored(fitted, shapes, monkeypatch):
         p = fitted.predict("gemm", shapes, gpu)
         assert "anchored" not in p.note
         with monkeypatch.context() as mp:
-            mp.setattr(model_mod, "SIBLING_MIN_WEIGHT", 2.0)
+            mp.setattr(transfer_mod, "SIBLING_MIN_WEIGHT", 2.0)
             np.testing.assert_array_equal(p.ms, fitted.predict("gemm", shapes, gpu).ms)
 
 
@@ -61,7 +62,7 @@ def test_anchoring_fades_with_spec_distance(fitted, shapes):
         gpu = _clone("H100-fast-memory", mem_bw_gb_s=3350 * f)
         p = fitted.predict("gemm", shapes, gpu)
         w = float(p.note.rsplit("weight ", 1)[1].rstrip(")")) if "anchored" in p.note else 0.0
-        assert w == pytest.approx(np.exp(-(np.log(f) / model_mod.SIBLING_SCALE) ** 2), abs=0.006)
+        assert w == pytest.approx(np.exp(-(np.log(f) / transfer_mod.SIBLING_SCALE) ** 2), abs=0.006)
         weights.append(w)
         assert np.all(p.ms <= h100 * (1 + 1e-9))  # dominance: more bandwidth is never slower
     assert weights[0] > weights[1] > weights[2]
@@ -107,4 +108,4 @@ def test_a_gpu_worse_on_every_spec_is_never_faster_for_gemms(fitted, shapes):
     slow = _clone("H100-half", arch="x", mem_bw_gb_s=800, tdp_w=350,
                   peak_tflops={k: v / 2 for k, v in h100.peak_tflops.items()})
     assert np.all(fitted.predict("gemm", shapes, slow).ms >= fitted.predict("gemm", shapes, h100).ms)
-    assert "gemm" in model_mod.FLOOR_KINDS and "attn_decode" not in model_mod.FLOOR_KINDS
+    assert "gemm" in transfer_mod.FLOOR_KINDS and "attn_decode" not in transfer_mod.FLOOR_KINDS

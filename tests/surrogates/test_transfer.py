@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from profiling.hardware import load_catalog
-from profiling.readers import read_traces
+from profiling.ingest import read_traces
 from surrogates.estimators import make_surrogate
 from surrogates.features import RooflineFeatures
 

@@ -1,0 +1,470 @@
+"""One serving engine (a TP x PP group of devices): queues, paged KV blocks, the step loop.
+
+Per-step work does not depend on the batch size. Decoding requests are kept as an
+aggregate — count ``n``, ``B`` = sum of (KV length - decode iteration) so the batch's KV
+total at iteration ``j`` is ``B + n*j``, block-boundary counts by residue, and a heap of
+finish iterations — so a step touches only the requests that start, finish or are
+preempted in it. Per-request timings come from the step end times (``Store``).
+
+The policy (``simulator.engine.schedulers``) decides each step's composition through the
+``admit_ready`` / ``decode_alloc`` / ``continue_prefills`` / ``admit`` helpers.
+"""
+from __future__ import annotations
+
+from collections import deque
+from bisect import bisect_right
+from heapq import heappop, heappush
+from math import inf
+from typing import Callable
+
+from .core import LATE, Environment
+from .memory import MemoryPlan
+from .stepcost import StepCost
+from .store import Store
+
+
+class Replica:
+    def __init__(self, env: Environment, store: Store, name: str, cost: StepCost, mem: MemoryPlan,
+                 policy, *, max_batch: int, devices: int, swap_bw: float = 0.0,
+                 handoff: Callable[[int, float], None] | None = None, debug: bool = False,
+                 done: Callable[[int, float], None] | None = None) -> None:
+        self.env, self.store, self.name, self.cost, self.mem = env, store, name, cost, mem
+        self.done = done or store.complete          # where a finished request goes next
+        self.policy, self.max_batch, self.devices = policy, max_batch, devices
+        self.handoff, self.debug = handoff, debug
+        self.swap_bw = swap_bw                      # host link B/s; 0 means recompute only
+        self.bs = mem.block_size
+        self.total_blocks = mem.num_blocks
+        self.watermark = max(1, self.total_blocks // 100)
+        self.used = 0
+        # Full KV reservation: blocks held for output not generated yet (counted in
+        # ``used``); decode growth draws on them first. ``_resv`` = each holder's final
+        # block count. Both stay empty with on-demand KV.
+        self.reserve = getattr(policy, "reserve_output", False)
+        self.spare = 0
+        self._resv: dict[int, int] = {}
+        self.waiting: deque[int] = deque()          # (re)prefill queue, preempted at the front
+        self.ready: deque[tuple[int, int, bool]] = deque()  # (rid, kv, swapped): KV present or arriving
+        self.prefilling: list[list[int]] = []       # [rid, done, total]
+        self.running: dict[int, None] = {}         # decoders in admission order (victim = last)
+        self.n = 0
+        self.B = 0
+        self.D = 0                                  # decode iterations so far
+        self.res = [0] * self.bs                    # decoders by (base mod block size)
+        self.fin: list[tuple[int, int, int]] = []   # (finish iteration, rid, version)
+        self.idle = True
+        self.busy = 0.0
+        self.outstanding = 0                        # prompt+output tokens not yet finished
+        self.steps: list[float] = []                # flat: t0, t1, decoders, prefill tokens, used blocks, itl gap
+        self.preemptions = 0
+        self._chunks: list[tuple[list[int], int]] = []
+        self._extra = 0.0
+        self._last_dec_end = 0.0
+        # Async scheduling (cost.asyn): the previous step's kernel seconds, which the host work
+        # of the next step overlaps; 0 after idling (nothing to hide behind).
+        self._gprev = 0.0
+        # Front end (API server) that streams every emitted token and admits new requests
+        # in one process, in order: a request reaches the scheduler once the token work
+        # queued before it is done. 0 = no such bottleneck (the common, fast path).
+        self.stream_s = cost.overhead.stream_token_s
+        self._fe_busy = 0.0                         # the front end is busy until then
+        self._fe_seen = 0                           # entries of ``steps`` already streamed
+
+    # ---- entry points ---------------------------------------------------------------
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.bs)
+
+    def can_ever_fit(self, tokens: int) -> bool:
+        return self.blocks_for(tokens) <= self.total_blocks - self.watermark
+
+    def submit(self, rid: int, t: float) -> None:
+        """A request to prefill (and decode) here (after the front end's queued work)."""
+        if self.stream_s > 0:
+            t_in = self._frontend_free(t)
+            if t_in > t:
+                self.env.schedule(t_in, self._enqueue, rid, t_in)
+                return
+        self._enqueue(rid, t)
+
+    def _frontend_free(self, t: float) -> float:
+        """When the front end gets to a request arriving at ``t``: every decode token of
+        the steps ended by ``t`` costs it ``stream_s`` after its step ends (first tokens,
+        a few per step, are left out). Saturates near 1 / ``stream_s`` tokens per second,
+        so new requests queue there while running streams continue."""
+        s, i, busy, c = self.steps, self._fe_seen, self._fe_busy, self.stream_s
+        while i + 6 <= len(s) and s[i + 1] <= t:
+            t1 = s[i + 1]
+            busy = (busy if busy > t1 else t1) + s[i + 2] * c
+            i += 6
+        self._fe_seen, self._fe_busy = i, busy
+        return busy if busy > t else t
+
+    def _enqueue(self, rid: int, t: float) -> None:
+        self.waiting.append(rid)
+        self.outstanding += self.store.prompt[rid] + self.store.output[rid]
+        self._kick(t)
+
+    def accept_decode(self, rid: int, t: float, kv: int) -> None:
+        """A request whose ``kv`` tokens of KV arrive from elsewhere (disaggregation)."""
+        self.ready.append((rid, kv, False))
+        self.outstanding += self.store.prompt[rid] + self.store.output[rid]
+        self._kick(t)
+
+    def _kick(self, t: float) -> None:
+        if self.idle:
+            self.idle = False
+            self.env.schedule(t, self._resume, priority=LATE)
+
+    # ---- step loop ------------------------------------------------------------------
+    def _resume(self) -> None:
+        self._run(self.env.now)
+
+    def _run(self, t: float) -> None:
+        env = self.env
+        queue = env._queue
+        while True:
+            if not (self.waiting or self.prefilling or self.ready or self.debug):
+                t = self._decode_burst(t)
+                if t < 0:
+                    return
+            dur = self._begin()
+            if dur is None:
+                self.idle = True
+                self._gprev = 0.0
+                return
+            t_end = t + dur
+            self.busy += dur
+            if queue and t_end >= queue[0][0]:
+                env.schedule(t_end, self._step_end, t, t_end)
+                return
+            env.now = t_end                 # nothing can happen before t_end: run ahead
+            self._end(t, t_end)
+            t = t_end
+            if queue and queue[0][0] <= t:  # same-time events (arrivals) go first
+                env.schedule(t, self._resume, priority=LATE)
+                return
+
+    def _step_end(self, t0: float, t1: float) -> None:
+        self._end(t0, t1)
+        self.env.schedule(t1, self._resume, priority=LATE)
+
+    def _decode_burst(self, t: float) -> float:
+        """Back-to-back decode-only steps with every lookup inlined — the hot loop of a
+        simulation. Same arithmetic as ``_begin``/``_end`` (tested: debug runs take the
+        general path and must agree). Returns the time reached, or -1 after handing the
+        replica to the event queue."""
+        env, queue, c = self.env, self.env._queue, self.cost
+        if not self.n or not self.policy.decodes:
+            return t
+        # The sums are grouped as StepCost groups them, so both paths round alike.
+        xs, dec, tok, seq = c._kv, c._dec, c._tokd, c._seqd
+        asyn, cpu, gp = c.asyn, c._cpud, self._gprev
+        top, max_n = len(xs) - 1, c.max_seqs
+        res, bs, total, fin = self.res, self.bs, self.total_blocks, self.fin
+        ext = self.steps.extend
+        n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
+        t_start = t
+        # Nothing else can change until a request finishes here: no event fires inside
+        # the burst, so the horizon, the queues and the next finish are cached.
+        horizon = queue[0][0] if queue else inf
+        next_fin = fin[0][0] if fin else inf
+        while n and n < max_n:
+            j = D + 1
+            need = res[(1 - j) % bs]
+            take = need if need < spare else spare  # reserved blocks first (full reservation)
+            if used + need - take > total:
+                break                       # preemption: general path
+            spare -= take
+            used += need - take
+            x = (B + n * j) / n
+            k = bisect_right(xs, x)
+            if k < 1:
+                k = 1
+            elif k > top:
+                k = top
+            row = dec[n]
+            x0 = xs[k - 1]
+            ty = (x - x0) / (xs[k] - x0)
+            g = tok[n] + seq[n] + (row[k - 1] + (row[k] - row[k - 1]) * (ty if ty > 0 else 0.0))
+            if asyn:                        # host work beyond the previous step's kernels
+                h = cpu[n] - gp
+                gp = g
+                if h > 0:
+                    g += h
+            t_end = t + g
+            if t_end >= horizon:
+                self.used, self.D, self._last_dec_end, self.spare, self._gprev = used, D, last, spare, gp
+                self.busy += t_end - t_start
+                self._dec, self._chunks, self._ptok = True, (), 0
+                env.schedule(t_end, self._step_end, t, t_end)
+                return -1.0
+            D = j
+            if next_fin <= j:
+                env.now = t_end
+                self.used, self.D, self._last_dec_end, self.spare, self._gprev = used, D, t_end, spare, gp
+                self._finish(j, t_end)
+                ext((t, t_end, n, 0, self.used, t_end - last))
+                n, B, used, spare = self.n, self.B, self.used, self.spare
+                last = t = t_end
+                next_fin = fin[0][0] if fin else inf
+                if queue and queue[0][0] <= t:
+                    self.busy += t - t_start
+                    env.schedule(t, self._resume, priority=LATE)
+                    return -1.0
+                horizon = queue[0][0] if queue else inf
+                if self.waiting or self.ready:
+                    break
+            else:
+                ext((t, t_end, n, 0, used, t_end - last))
+                last = t = t_end
+        env.now = t
+        self.used, self.D, self._last_dec_end, self.spare, self._gprev = used, D, last, spare, gp
+        self.busy += t - t_start
+        return t
+
+    def _begin(self) -> float | None:
+        self._chunks = []
+        self._extra = 0.0
+        decodes = self.policy.plan(self)
+        self._dec = decodes
+        chunks = self._chunks
+        if not decodes and not chunks:
+            return None
+        n = self.n if decodes else 0
+        tokens = n
+        pairs = []
+        for e, q in chunks:
+            pairs.append((q, e[1] + q))
+            tokens += q
+        self._ptok = tokens - n
+        kv_sum = self.B + n * (self.D + 1) if n else 0
+        if self.debug:
+            self.check()
+        c = self.cost
+        if c.asyn:
+            # Async scheduling: the host prepares this step while the previous one's kernels
+            # run, so only the host time beyond them adds: g + max(0, cpu - g_prev).
+            g = c(tokens, n, kv_sum, pairs)
+            h = c.cpu(tokens, n + len(pairs)) - self._gprev
+            self._gprev = g
+            return (g + h if h > 0 else g) + self._extra
+        return c(tokens, n, kv_sum, pairs) + self._extra
+
+    def _end(self, t0: float, t1: float) -> None:
+        n = 0
+        gap = 0.0
+        if self._dec:
+            n = self.n
+            j = self.D = self.D + 1
+            gap = t1 - self._last_dec_end
+            self._last_dec_end = t1
+            fin = self.fin
+            if fin and fin[0][0] <= j:
+                self._finish(j, t1)
+        if self._chunks:
+            for e, q in self._chunks:
+                e[1] += q
+                if e[1] >= e[2]:
+                    self._prefilled(e[0], e[2], t1)
+            self.prefilling = [e for e in self.prefilling if e[1] < e[2]]
+        self.steps.extend((t0, t1, n, self._ptok, self.used, gap))
+
+    def _finish(self, j: int, t: float) -> None:
+        st, fin = self.store, self.fin
+        while fin and fin[0][0] <= j:
+            _, rid, ver = heappop(fin)
+            if ver != st.ver[rid]:
+                continue
+            base = st.base[rid]
+            self._leave(rid, base)
+            held = -(-(base + j) // self.bs)
+            self.used -= held - st.shared[rid]
+            if self._resv:
+                self._unreserve(rid, held)
+            st.left[rid] = 0
+            self.outstanding -= st.prompt[rid] + st.output[rid]
+            self.done(rid, t)
+
+    def _prefilled(self, rid: int, kv: int, t: float) -> None:
+        """Prefill done: the forward emits a token; then decode here, elsewhere, or finish."""
+        st = self.store
+        st.emit_first(rid, t)
+        st.left[rid] -= 1
+        st.prefill_tokens += kv - st.cached[rid]
+        st.cached[rid] = 0
+        if st.left[rid] <= 0:
+            self.used -= self.blocks_for(kv)
+            if self._resv:
+                self._unreserve(rid, self.blocks_for(kv))
+            self.outstanding -= st.prompt[rid] + st.output[rid]
+            self.done(rid, t)
+        elif self.handoff is not None:
+            self.outstanding -= st.prompt[rid] + st.output[rid]
+            self.handoff(rid, t)
+            self.used -= self.blocks_for(kv)
+        else:
+            self._join(rid, kv, t)
+
+    # ---- aggregate decode state -------------------------------------------------------
+    def _join(self, rid: int, kv: int, t: float) -> None:
+        """Decode from the next iteration, which processes token ``kv + 1``."""
+        st = self.store
+        if not self.n:
+            self._last_dec_end = t
+        base = kv - self.D
+        st.base[rid] = base
+        st.ver[rid] += 1
+        st.fin_at[rid] = f = self.D + st.left[rid]
+        heappush(self.fin, (f, rid, st.ver[rid]))
+        self.running[rid] = None
+        self.n += 1
+        self.B += base
+        self.res[base % self.bs] += 1
+
+    def _leave(self, rid: int, base: int) -> None:
+        del self.running[rid]
+        self.n -= 1
+        self.B -= base
+        self.res[base % self.bs] -= 1
+
+    def _preempt_last(self) -> None:
+        st = self.store
+        rid = next(reversed(self.running))
+        base = st.base[rid]
+        self._leave(rid, base)
+        st.ver[rid] += 1
+        kv = base + self.D                      # KV held after the last iteration
+        self.used -= self.blocks_for(kv) - st.shared[rid]
+        if self._resv:
+            self._unreserve(rid, self.blocks_for(kv))
+        st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
+        st.preemptions[rid] += 1
+        self.preemptions += 1
+        if self.swap_bw > 0:                    # swap out now, back in when room
+            self._extra += kv * self.mem.kv_per_token / self.swap_bw
+            self.ready.appendleft((rid, kv, True))
+        else:                                   # recompute prompt + generated tokens
+            st.plen[rid] = kv + 1
+            st.shared[rid] = 0                  # recomputed alone: it will own all its blocks
+            self.waiting.appendleft(rid)
+
+    # ---- helpers for policies -----------------------------------------------------------
+    def decode_alloc(self) -> int:
+        """Blocks for every decoder's next token, preempting the newest decoders if short."""
+        if not self.n:
+            return 0
+        j = self.D + 1
+        need = self.res[(1 - j) % self.bs]
+        take = min(need, self.spare)
+        while self.used + need - take > self.total_blocks and self.n:
+            self._preempt_last()
+            need = self.res[(1 - j) % self.bs]
+            take = min(need, self.spare)
+        self.spare -= take
+        self.used += need - take
+        return self.n
+
+    def admit_ready(self) -> None:
+        """Requests whose KV is already here or arriving (swap-in, disaggregated decode)."""
+        st = self.store
+        while self.ready and self.n + len(self.prefilling) < self.max_batch:
+            rid, kv, swapped = self.ready[0]
+            need = self.blocks_for(kv) - st.shared[rid]   # a branch shares its sibling's prompt blocks
+            extra = self._output_blocks(rid, kv)
+            if self.used + need + extra > self.total_blocks - self.watermark:
+                break
+            self.ready.popleft()
+            self.used += need
+            self._reserve(rid, kv, extra)
+            if swapped:
+                self._extra += kv * self.mem.kv_per_token / self.swap_bw
+            self._join(rid, kv, self.env.now)
+
+    def continue_prefills(self, budget: int, chunk: int) -> int:
+        used = 0
+        for e in self.prefilling:
+            q = min(e[2] - e[1], budget - used, chunk)
+            if q <= 0:
+                break
+            self._chunks.append((e, q))
+            used += q
+        return used
+
+    def waiting_tokens(self, budget: int) -> int:
+        """Prompt tokens ``admit(budget, whole=True)`` would schedule, ignoring KV room."""
+        st, used, slots = self.store, 0, self.max_batch - self.n - len(self.prefilling)
+        for rid in self.waiting:
+            q = st.plen[rid] - st.cached[rid]
+            if slots <= 0 or (used + q > budget and used):
+                break
+            used += q
+            slots -= 1
+        return used
+
+    def admit(self, budget: float, chunk: float, whole: bool) -> int:
+        """Start new prefills from the waiting queue (FCFS) within ``budget`` tokens."""
+        st = self.store
+        used = 0
+        while self.waiting and budget - used > 0:
+            if self.n + len(self.prefilling) >= self.max_batch:
+                break
+            rid = self.waiting[0]
+            p = st.plen[rid]
+            c = st.cached[rid]                  # prefix KV already here (a KV-tier hit): not recomputed
+            if whole and p - c > budget - used and (used or self._chunks):
+                break                           # whole prompts only; an oversize one goes alone
+            need = self.blocks_for(p)
+            extra = self._output_blocks(rid, p)
+            if self.used + need + extra > self.total_blocks - self.watermark:
+                break
+            self.waiting.popleft()
+            self.used += need
+            self._reserve(rid, p, extra)
+            st.start(rid, self.env.now)
+            e = [rid, c, p]
+            self.prefilling.append(e)
+            q = p - c if whole else min(p - c, budget - used, chunk)
+            self._chunks.append((e, q))
+            used += q
+        return used
+
+    def _output_blocks(self, rid: int, kv: int) -> int:
+        """Blocks a full reservation holds beyond ``kv`` tokens: room for every output
+        token still to come (0 with on-demand KV)."""
+        if not self.reserve:
+            return 0
+        return self.blocks_for(kv + self.store.left[rid]) - self.blocks_for(kv)
+
+    def _reserve(self, rid: int, kv: int, extra: int) -> None:
+        if self.reserve:
+            self.used += extra
+            self.spare += extra
+            self._resv[rid] = self.blocks_for(kv) + extra
+
+    def _unreserve(self, rid: int, held: int) -> None:
+        """A holder leaves with ``held`` blocks in use: its unused reservation is freed."""
+        total = self._resv.pop(rid, None)
+        if total is not None and total > held:
+            self.used -= total - held
+            self.spare -= total - held
+
+    def free(self, blocks: int) -> None:
+        self.used -= blocks
+
+    # ---- invariants (debug) -----------------------------------------------------------
+    def check(self) -> None:
+        """Assert the aggregate state against a recount from the requests (slow)."""
+        st = self.store
+        assert 0 <= self.used <= self.total_blocks, (self.used, self.total_blocks)
+        assert self.n == len(self.running) == sum(self.res)
+        assert self.B == sum(st.base[r] for r in self.running)
+        held = sum(self.blocks_for(st.base[r] + self.D) - st.shared[r] for r in self.running)
+        held += sum(self.blocks_for(e[2]) for e in self.prefilling)
+        assert held + self.spare <= self.used, (held, self.spare, self.used)
+        # reservations are exact: spare = what holders reserved minus what they use, with
+        # the decoders' blocks for this step's iteration already drawn (check runs after plan)
+        j = self.D + (1 if self._dec and self.n else 0)
+        in_use = sum(self.blocks_for(st.base[r] + j) for r in self.running if r in self._resv)
+        in_use += sum(self.blocks_for(e[2]) for e in self.prefilling if e[0] in self._resv)
+        assert self.spare == sum(self._resv.values()) - in_use, (self.spare, self._resv, in_use)
+        assert self.n + len(self.prefilling) <= self.max_batch or not self.prefilling
