@@ -8,7 +8,7 @@ import click
 
 from profiling.errors import HermesError, InputError
 
-from .options import catalog_option
+from .options import catalog_option, run_override_options
 
 
 def _console():
@@ -180,12 +180,7 @@ RUN_FORMAT_CHOICES = ("auto", "vllm-bench", "llmservingsim", "sglang", "sglang-b
                    "ttft_s[,tpot_s,e2e_s] against --scenario; vllm-bench with --trace and --scenario: the "
                    "per-request comparison; any other (auto detects it): a serving run replayed on its own "
                    "engine, model and GPU (a SCENARIO replaces that deployment)")
-@click.option("--engine", type=click.Choice(["vllm", "sglang", "trtllm"]), default=None,
-              help="run: the serving engine, where the file does not say")
-@click.option("--engine-version", default=None, help="run: the engine's release (e.g. 0.19.0)")
-@click.option("--model", default=None, help="run: the model served (catalog or Hugging Face name)")
-@click.option("--gpu", default=None, help="run: the GPU (hardware catalog name)")
-@click.option("--tp", type=click.IntRange(1), default=None, help="run: tensor-parallel size")
+@run_override_options("run:")
 @click.option("-o", "--out", "outdir", type=click.Path(file_okay=False), default=None,
               help="run: write validate.json and validate.png (latency CDFs, per-request scatter) here")
 @click.option("--scenario", "scenario_opt", type=click.Path(dir_okay=False), default=None)
@@ -207,8 +202,7 @@ RUN_FORMAT_CHOICES = ("auto", "vllm-bench", "llmservingsim", "sglang", "sglang-b
               help="silicon: rows simulated in parallel")
 @click.option("--json", "as_json", is_flag=True)
 @catalog_option
-def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, engine: str | None,
-                 engine_version: str | None, model: str | None, gpu: str | None, tp: int | None,
+def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, overrides: dict,
                  outdir: str | None, scenario_opt: str | None,
                  trace: str | None, surrogate: str | None, pattern: str | None, fraction: float | None,
                  seed: int, overhead_in: str | None, overhead_out: str | None, processes: int,
@@ -216,8 +210,6 @@ def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, e
     """Compare measured TTFT/TPOT/E2E with the simulation, row by row."""
     from simulator.fidelity.validate import load_replay_scenario, replay_requests, validate_mode
     scenario_file = scenario_opt or scenario_arg
-    overrides = {k: v for k, v in (("engine", engine), ("version", engine_version), ("model", model),
-                                   ("gpu", gpu), ("tp", tp)) if v is not None}
     fmt = validate_mode(measurements, fmt, scenario_file, trace, bool(overrides))
     console = _console()
     if fmt not in ("silicon", "csv", "vllm-bench-trace"):
@@ -295,6 +287,14 @@ def _validate_run(console, measurements: str, fmt: str, scenario_file: str | Non
         console.print(f"outputs in {outdir} (validate.json, validate.png)")
 
 
+def _print_not_compared(console, skipped: list[dict], most: int = 50) -> None:
+    """The requests or rows left out of the comparison, with the reason (the first ``most``)."""
+    for u in skipped[:most]:
+        console.print(f"[yellow]not compared {u['id']}: {u['reason']}[/]", highlight=False)
+    if len(skipped) > most:
+        console.print(f"[yellow]... {len(skipped) - most} more not compared (use --json for all)[/]")
+
+
 def _print_run_report(console, doc: dict) -> None:
     from rich.table import Table
     r, e = doc["run"], doc["errors"]
@@ -319,11 +319,7 @@ def _print_run_report(console, doc: dict) -> None:
     console.print(f"[yellow]{sat['note']}[/]" if sat["note"] else f"saturation: {sat['line']}", highlight=False)
     for n in doc["notes"]:
         console.print(f"note: {n}", highlight=False)
-    skipped = doc["unsupported"]
-    for u in skipped[:50]:
-        console.print(f"[yellow]not compared {u['id']}: {u['reason']}[/]", highlight=False)
-    if len(skipped) > 50:
-        console.print(f"[yellow]... {len(skipped) - 50} more not compared (use --json for all)[/]")
+    _print_not_compared(console, doc["unsupported"])
 
 
 def _validate_silicon(console, measurements: str, surrogate: str | None, pattern: str | None,
@@ -397,11 +393,7 @@ def _print_report(console, rep: dict) -> None:
     for k in ("ttft_mape", "tpot_mape", "e2e_mape"):
         if rep.get(k) is not None:
             console.print(f"{k}: {rep[k]:.1f}%")
-    skipped = rep.get("unsupported", [])
-    for u in skipped[:50]:
-        console.print(f"[yellow]not compared {u['id']}: {u['reason']}[/]", highlight=False)
-    if len(skipped) > 50:
-        console.print(f"[yellow]... {len(skipped) - 50} more not compared (use --json for all)[/]")
+    _print_not_compared(console, rep.get("unsupported", []))
     cal = rep.get("calibration")
     if cal:
         console.print(f"overhead fitted on {cal['rows']} rows ({cal['fraction']:.0%} of each stack/GPU group, "

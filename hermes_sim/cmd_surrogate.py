@@ -12,7 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .options import catalog_option, csv_options, load_column_map, with_options
+from .options import (RUN_OVERRIDE_FLAGS, catalog_option, csv_options, load_column_map, run_override_options,
+                      with_options)
 
 _err = Console(stderr=True)
 
@@ -233,17 +234,12 @@ def _with_traces_or_runs(f):
 @click.option("--max-requests", type=click.IntRange(min=1), default=None,
               help="--runs: replay only each run's first N requests by arrival (faster trials).")
 @click.option("--seed", type=int, default=0, show_default=True, help="--runs: sampler and split seed.")
-@click.option("--engine", type=click.Choice(["vllm", "sglang", "trtllm"]), default=None,
-              help="--runs: the serving engine, where a file does not say")
-@click.option("--engine-version", default=None, help="--runs: the engine's release, where a file does not say")
-@click.option("--model", default=None, help="--runs: the model served, where a file does not say")
-@click.option("--gpu", default=None, help="--runs: the GPU (hardware catalog name), where a file does not say")
-@click.option("--tp", type=click.IntRange(1), default=None, help="--runs: tensor-parallel size")
+@run_override_options("--runs:")
 @click.option("--surrogate", default=None, help="--runs: kernel surrogate the replays use (default builtin).")
 @click.option("--no-mlflow", is_flag=True, help="--runs: do not log the calibration to MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
 def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdout_fraction, trials, max_requests,
-              seed, engine, engine_version, model, gpu, tp, surrogate, no_mlflow, as_json) -> None:
+              seed, overrides, surrogate, no_mlflow, as_json) -> None:
     """One shot for a new GPU: ingest TRACES, train, evaluate on unseen shapes against the
     roofline and Random Forest baselines, register in MLflow, print the reference.
 
@@ -252,13 +248,11 @@ def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdo
     the engine profile (-o) and log it to MLflow."""
     from profiling.errors import HermesError
     run_opts = {"--holdout": holdout, "--holdout-fraction": holdout_fraction, "--trials": trials,
-                "--max-requests": max_requests, "--engine": engine, "--engine-version": engine_version,
-                "--model": model, "--gpu": gpu, "--tp": tp, "--surrogate": surrogate, "--no-mlflow": no_mlflow}
+                "--max-requests": max_requests, **{RUN_OVERRIDE_FLAGS[k]: v for k, v in overrides.items()},
+                "--surrogate": surrogate, "--no-mlflow": no_mlflow}
     if runs_mode:
         if params or max_rows:
             raise HermesError("--param and --max-rows train a surrogate; they do not apply to --runs")
-        overrides = {k: v for k, v in (("engine", engine), ("version", engine_version), ("model", model),
-                                       ("gpu", gpu), ("tp", tp)) if v is not None}
         _calibrate_runs(src, out, list(holdout), holdout_fraction, trials, max_requests, seed, overrides,
                         surrogate or "builtin", no_mlflow, as_json)
         return

@@ -1,6 +1,7 @@
 """Click options shared by several commands."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -49,6 +50,33 @@ csv_options = [
     click.option("--op", help="csv: operator kind of every row when no column gives it."),
     click.option("--dtype", help="csv: dtype of every row when no column gives it."),
 ]
+
+
+# read_run's override name -> the flag that sets it
+RUN_OVERRIDE_FLAGS = {"engine": "--engine", "version": "--engine-version", "model": "--model", "gpu": "--gpu",
+                      "tp": "--tp"}
+
+
+def run_override_options(scope: str):
+    """--engine, --engine-version, --model, --gpu, --tp: what a serving-run file does not say,
+    given to the command as one ``overrides`` mapping in ``profiling.readers.runs.read_run``'s
+    names (only the flags set). ``scope`` starts each help line (e.g. "run:")."""
+    options = [
+        click.option("--engine", type=click.Choice(["vllm", "sglang", "trtllm"]), default=None,
+                     help=f"{scope} the serving engine, where the file does not say"),
+        click.option("--engine-version", default=None, help=f"{scope} the engine's release (e.g. 0.19.0)"),
+        click.option("--model", default=None, help=f"{scope} the model served (catalog or Hugging Face name)"),
+        click.option("--gpu", default=None, help=f"{scope} the GPU (hardware catalog name)"),
+        click.option("--tp", type=click.IntRange(1), default=None, help=f"{scope} tensor-parallel size"),
+    ]
+
+    def deco(f):
+        @functools.wraps(f)
+        def command(*args, engine, engine_version, model, gpu, tp, **kwargs):
+            given = {"engine": engine, "version": engine_version, "model": model, "gpu": gpu, "tp": tp}
+            return f(*args, overrides={k: v for k, v in given.items() if v is not None}, **kwargs)
+        return with_options(options)(command)
+    return deco
 
 
 def with_options(options: list):

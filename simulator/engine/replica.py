@@ -241,14 +241,15 @@ class Replica:
         if self.debug:
             self.check()
         c = self.cost
+        g = c(tokens, n, kv_sum, pairs)
         if c.asyn:
             # Async scheduling: the host prepares this step while the previous one's kernels
             # run, so only the host time beyond them adds: g + max(0, cpu - g_prev).
-            g = c(tokens, n, kv_sum, pairs)
             h = c.cpu(tokens, n + len(pairs)) - self._gprev
             self._gprev = g
-            return (g + h if h > 0 else g) + self._extra
-        return c(tokens, n, kv_sum, pairs) + self._extra
+            if h > 0:
+                g += h
+        return g + self._extra
 
     def _end(self, t0: float, t1: float) -> None:
         n = 0

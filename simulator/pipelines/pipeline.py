@@ -60,10 +60,6 @@ class Pipelines:
             store.on_prefill = self.prefilled
         self._stages = [c.stages for c in classes]
         self._first = [c.stages[0].start for c in classes]
-        if len(classes) == 1 and not stage_times:
-            # nothing reads ``entered`` without stage times and ``pos`` starts at 0, so a
-            # request of the one class enters its first stage directly (the plain run's hot path)
-            self.submit = self._first[0]
         names: list[str] = []
         for s in stages:
             names += [x for x in s.labels if x not in names]

@@ -88,8 +88,7 @@ class Spread:
         self.cur = [0] * len(deployments)
 
     def pick(self):
-        if self.only is not None:
-            return self.only
+        """The next deployment when there are several (``only`` is the one otherwise)."""
         self.cur = [c + w for c, w in zip(self.cur, self.w)]
         i = max(range(len(self.cur)), key=lambda k: (self.cur[k], -k))
         self.cur[i] -= self.total

@@ -211,11 +211,17 @@ def gaps(values: Any, file: Path, field: str, row: int, scale: float = 1.0) -> l
 
 def first_line(path: Path, suffix: str) -> str:
     """The first line of a file with ``suffix`` (for format detection); '' when it is not one."""
+    return head_text(path, suffix, lines=1)
+
+
+def head_text(path: Path, suffix: str, chars: int = 0, lines: int = 0) -> str:
+    """The first ``chars`` characters (or ``lines`` lines) of a file with ``suffix``, for format
+    detection; '' when it is not such a file or cannot be read."""
     if path.suffix != suffix or not path.is_file():
         return ""
     try:
         with open(path, errors="replace") as f:
-            return f.readline()
+            return f.readline() if lines else f.read(chars)
     except OSError:
         return ""
 

@@ -23,19 +23,14 @@ import pandas as pd
 
 from ...errors import InputError
 from ...jsonfile import read_json
-from .common import apply_overrides, numbers, pick, require
+from .common import apply_overrides, head_text, numbers, pick, require
 from .schema import ServingRun, finish
 
 NAME = "genai-perf"
 
 
 def detect(path: Path) -> bool:
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        head = path.read_text(errors="replace")[:20_000]
-    except OSError:
-        return False
+    head = head_text(path, ".json", chars=20_000)
     return '"experiments"' in head and '"response_timestamps"' in head
 
 

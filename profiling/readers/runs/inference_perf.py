@@ -26,19 +26,14 @@ import pandas as pd
 from ...errors import InputError
 from ...jsonfile import read_json
 from ...yamlfile import read_yaml
-from .common import apply_overrides, engine_of, gaps, numbers
+from .common import apply_overrides, engine_of, gaps, head_text, numbers
 from .schema import ServingRun, finish
 
 NAME = "inference-perf"
 
 
 def detect(path: Path) -> bool:
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        head = path.read_text(errors="replace")[:20_000].lstrip()
-    except OSError:
-        return False
+    head = head_text(path, ".json", chars=20_000).lstrip()
     return head.startswith("[") and '"start_time"' in head and '"end_time"' in head and '"info"' in head
 
 

@@ -32,6 +32,7 @@ from .common import (
     apply_overrides,
     engine_of,
     gaps,
+    head_text,
     numbers,
     pick,
     require,
@@ -66,12 +67,7 @@ def _documents(path: Path) -> list[dict]:
 
 
 def detect(path: Path) -> bool:
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        head = path.read_text(errors="replace")[:200_000]
-    except OSError:
-        return False
+    head = head_text(path, ".json", chars=200_000)
     return '"ttfts"' in head and '"input_lens"' in head and '"output_lens"' in head
 
 
