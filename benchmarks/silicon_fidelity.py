@@ -23,7 +23,11 @@ stack and GPU (in the AIC harness, calibrated per model and TP: of the calibrate
 with the nearest name at the same TP), as a model or deployment nobody calibrated on.
 
     python benchmarks/silicon_fidelity.py [--every 2] [--processes 2]
-        [--legacy-budget | --fixed-budget] [--warmup 0] [--kernel-scale] [--rows-out FILE]
+        [--legacy-budget | --fixed-budget] [--warmup 0] [--kernel-scale] [--plain] [--rows-out FILE]
+
+Rows run through their engine block (``silicon_rows(engine=True)``: the backend's release
+defaults, async scheduling, CUDA-graph padding); ``--plain`` replays them as the plain
+deployments the figures before the engine block were measured with.
 
 ``--legacy-budget`` replays AIC-harness TRT-LLM/vLLM rows with the flat 8192-token budget
 (the previous model) for a before/after comparison; ``--warmup n`` leaves the first n x concurrency
@@ -85,7 +89,7 @@ def transfer(title: str, df: pd.DataFrame, theta: dict, a: argparse.Namespace, e
     from simulator.fidelity.calibrate import apply_engines, report, run_rows
     from simulator.fidelity.silicon import silicon_rows
 
-    every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup)
+    every = silicon_rows(df.iloc[::a.every], surrogate=a.surrogate, warmup_generations=a.warmup, engine=not a.plain)
     theta = {**theta, **{r.group: theta[n] for r in every if r.scenario is not None and r.group not in theta
                          for n in [nearest_campaign(r.group, theta)] if n}}
     rows = apply_engines([r for r in every if r.scenario is not None and r.group in theta], engines)
@@ -126,6 +130,8 @@ def main() -> None:
     ap.add_argument("--kernel-scale", action="store_true",
                     help="also fit a kernel-replay factor (default: additive overhead only)")
     ap.add_argument("--rows-out", default=None, help="write held-out per-row results to this CSV")
+    ap.add_argument("--plain", action="store_true",
+                    help="replay rows as plain deployments (no engine block), as before the engine block existed")
     ap.add_argument("--fixed-budget", action="store_true",
                     help="keep AIC-harness rows at 4 x isl and as many sequences as clients instead of fitting them")
     a = ap.parse_args()
@@ -135,7 +141,7 @@ def main() -> None:
     df = everything[agg & everything.model_path.astype(str).str.contains(DENSE, regex=True)].reset_index(drop=True)
     df = df.iloc[::a.every].reset_index(drop=True)
     rows = silicon_rows(df, surrogate=a.surrogate, warmup_generations=a.warmup,
-                        prompts_per_step=None if a.legacy_budget else True)
+                        prompts_per_step=None if a.legacy_budget else True, engine=not a.plain)
     ok = [r for r in rows if r.scenario is not None]
     for r in rows:
         if r.unsupported:

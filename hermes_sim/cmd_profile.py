@@ -122,10 +122,13 @@ def _write(table: pd.DataFrame, out: Path, as_csv: bool = False) -> None:
 @click.option("--quick", is_flag=True, help="A small grid (seconds, not minutes).")
 @click.option("--repeats", type=int, default=7, show_default=True, help="Timed runs per shape (median kept).")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs before timing.")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), default=None,
+              help="Run exactly this `profile plan` table's kernels (.csv or .parquet) instead of the grid.")
 @catalog_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output Parquet file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench(device: str, quick: bool, repeats: int, warmup: int, out: Path, as_json: bool) -> None:
+def bench(device: str, quick: bool, repeats: int, warmup: int, plan_file: Path | None, out: Path,
+          as_json: bool) -> None:
     """Run real microbenchmarks on this machine and write the canonical table."""
     try:
         from profiling.bench import bench_catalog, hardware_yaml, run_bench
@@ -136,10 +139,13 @@ def bench(device: str, quick: bool, repeats: int, warmup: int, out: Path, as_jso
     from profiling.schema import validate_traces
 
     t0 = time.perf_counter()
+    plan_rows = _read_plan(plan_file) if plan_file is not None else None
     with _progress(as_json) as bar:
         task = bar.add_task(f"bench {device}", total=None)
-        df = run_bench(device=device, quick=quick, repeats=repeats, warmup=warmup,
+        df = run_bench(device=device, quick=quick, repeats=repeats, warmup=warmup, plan=plan_rows,
                        progress=lambda i, n: bar.update(task, completed=i, total=n))
+    if plan_rows is not None and not len(df):
+        raise InputError("no kernel of the plan runs on one device (collectives need several)", file=plan_file)
     catalog = bench_catalog(df, load_catalog())
     clean, quarantine = validate_traces(df)
     table = add_roofline_features(clean, catalog)
@@ -151,8 +157,113 @@ def bench(device: str, quick: bool, repeats: int, warmup: int, out: Path, as_jso
     if spec:  # the measured spec of a local CPU, usable later as --catalog
         write_text_atomic(out.with_name(out.name + ".hardware.yaml"),
                           hardware_yaml(HardwareSpec.model_validate(spec)))
+    skipped = int(df.attrs.get("skipped", 0))
     _report("bench", _summary(table), quarantine, 0, time.perf_counter() - t0, out,
-            qfile if len(quarantine) else None, as_json)
+            qfile if len(quarantine) else None, as_json,
+            note=f"{skipped} planned collective(s) not run: they need several GPUs" if skipped else "")
 
+
+def _read_plan(path: Path) -> pd.DataFrame:
+    """A plan table written by `profile plan` (.csv or .parquet)."""
+    from profiling.csvfile import read_table
+    plan = read_table(path, "--plan")
+    if "op" not in plan or not len(plan):
+        raise InputError("--plan: no 'op' column or no rows (write one with `hermes-sim profile plan`)", file=path)
+    return plan.sort_values("plan_rank", kind="stable") if "plan_rank" in plan else plan
+
+
+def _deployments_of(scenario: Path | None, space: Path | None) -> list[tuple[str, int, str, int, int]]:
+    """(model, TP, dtype, max batch, max tokens per step) of each deployment the user will
+    simulate: a scenario's, every assignment of a search space's, or Llama-3.1-8B at TP 1
+    and 2 when neither is given."""
+    docs = []
+    if scenario is not None:
+        from simulator.scenario import load_scenario
+        docs = [load_scenario(scenario)]
+    elif space is not None:
+        from search.space import load_space
+        from simulator.scenario import parse_scenario
+        sp = load_space(space)
+        docs = [parse_scenario(sp.scenario(v), space) for v in sp.enumerate()[:256]]
+    else:
+        return [("Llama-3.1-8B", 1, "bf16", 256, 8192), ("Llama-3.1-8B", 2, "bf16", 256, 8192)]
+    out = set()
+    for sc in docs:
+        for d in sc.deployments:
+            out.add((d.model, int(d.tp), d.dtype or "bf16", int(d.scheduler.max_batch_size),
+                     int(d.scheduler.max_tokens_per_step)))
+    return sorted(out)
+
+
+@profile.command("plan")
+@click.option("--gpu", required=True, help="The new GPU: a catalog name (or one a --catalog spec sheet adds).")
+@click.option("--budget", required=True, type=int, help="Kernels to measure (at least 1).")
+@click.option("--scenario", type=click.Path(path_type=Path), default=None,
+              help="Plan for this scenario's deployments (models, TP, batch and token limits).")
+@click.option("--space", type=click.Path(path_type=Path), default=None,
+              help="Plan for every deployment of this search space.")
+@click.option("--surrogate", default="builtin", show_default=True,
+              help="Surrogate whose transfer intervals and measured GPUs shape the plan.")
+@catalog_option
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Plan table (.csv or .parquet): canonical trace rows without latencies.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def plan(gpu: str, budget: int, scenario: Path | None, space: Path | None, surrogate: str, out: Path,
+         as_json: bool) -> None:
+    """Choose the BUDGET kernels whose measurement on GPU narrows the surrogate's intervals
+    most over the shapes your deployments run (greedy integrated-variance design)."""
+    from profiling.hardware import load_catalog
+    from profiling.models import resolve_model
+    from profiling.plan import PLAN_KINDS, by_kind, deployment_candidates, greedy_plan, plan_table
+    from surrogates.few_rows import kind_priors, with_basis
+    from surrogates.tracking import load_surrogate
+
+    t0 = time.perf_counter()
+    if budget < 1:
+        raise InputError(f"--budget must be at least 1 kernel (got {budget})")
+    if scenario is not None and space is not None:
+        raise InputError("give --scenario or --space, not both")
+    for flag, f in (("--scenario", scenario), ("--space", space)):
+        if f is not None and not f.is_file():
+            raise InputError(f"{flag}: no such file", file=f)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError("-o must end in .csv or .parquet", file=out)
+    hw = load_catalog().get(gpu)
+    model = load_surrogate(surrogate)
+    pools: dict[str, list[pd.DataFrame]] = {}
+    deps = _deployments_of(scenario, space)
+    for name, tp, dtype, max_batch, max_tokens in deps:
+        cands = deployment_candidates([resolve_model(name)], [tp], dtype=dtype, max_batch=max_batch,
+                                      max_tokens=max_tokens)
+        for k, f in cands.items():
+            pools.setdefault(k, []).append(f)
+    frames = {}
+    for k, parts in pools.items():
+        f = pd.concat(parts, ignore_index=True)
+        f = f.drop_duplicates(subset=[c for c in f.columns if c != "name"]).reset_index(drop=True)
+        if len(f) > MAX_CANDIDATES:  # the design's covariance is candidates squared
+            f = f.sample(MAX_CANDIDATES, random_state=0).sort_index().reset_index(drop=True)
+        if k in PLAN_KINDS and k in model.kinds_:
+            frames[k] = with_basis(model, k, f, hw)[1]
+    order = greedy_plan(frames, budget, kind_priors(model))
+    table = plan_table(frames, order, hw)
+    table = table.drop(columns=[c for c in table.columns if str(c).startswith("basis_")])
+    _write(table, out, as_csv=out.suffix.lower() == ".csv")
+    chosen = {k: int(len(v)) for k, v in by_kind(order).items()}
+    info = {"command": "profile plan", "output": str(out), "gpu": hw.name, "budget": budget, "kernels": len(table),
+            "by_kind": chosen, "candidates": {k: int(len(f)) for k, f in frames.items()},
+            "deployments": list(dict.fromkeys(f"{m} TP{tp} {dt}" for m, tp, dt, _, _ in deps)),
+            "est_gpu_seconds": round(float(table["est_gpu_ms"].sum()) / 1000, 2),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"{len(table)} kernels for {hw.name} ({', '.join(f'{k} {n}' for k, n in chosen.items())}) "
+               f"from {sum(info['candidates'].values())} candidate shapes of {', '.join(info['deployments'])}; "
+               f"estimated GPU time {info['est_gpu_seconds']:.1f} s -> {out}")
+
+
+# Candidate shapes per kind a plan chooses among (a random subset beyond).
+MAX_CANDIDATES = 3000
 
 COMMANDS: list[click.Command] = [profile]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .bench_cases import FULL, QUICK, cpu_cases, cuda_cases, release_indexes
+from .bench_cases import FULL, QUICK, cpu_cases, cuda_cases, plan_cases, release_indexes
 from .errors import HermesError
 from .hardware import HardwareCatalog, HardwareSpec, canonical_name, load_catalog
 from .operators import ELEMENTWISE, GEMM, op_cost
@@ -39,15 +39,21 @@ Progress = Callable[[int, int], Any]
 
 
 def run_bench(device: str = "cpu", quick: bool = False, progress: Progress | None = None,
-              repeats: int = 7, warmup: int = 2) -> pd.DataFrame:
-    """Run the microbenchmark grid on ``device`` ('cpu' or 'cuda') and return the trace table."""
+              repeats: int = 7, warmup: int = 2, plan: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Run the microbenchmark grid on ``device`` ('cpu' or 'cuda') and return the trace table;
+    with ``plan`` (a ``profile plan`` table) exactly its runnable rows, in its order
+    (``attrs["skipped"]``: how many it could not run here)."""
     if repeats < 1 or warmup < 0:
         raise HermesError(f"bench needs repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
     grid = QUICK if quick else FULL
     device = device.lower()
+    skipped: list[int] = []
     if device == "cpu":
         torch = _torch()
-        cases = cpu_cases(grid, with_torch_bf16=torch is not None)
+        if plan is not None:
+            cases, skipped = plan_cases(plan, "cpu", torch is not None)
+        else:
+            cases = cpu_cases(grid, with_torch_bf16=torch is not None)
         sync, hw_name = None, cpu_catalog_name()
     elif device == "cuda":
         torch = _torch()
@@ -55,7 +61,7 @@ def run_bench(device: str = "cpu", quick: bool = False, progress: Progress | Non
             raise HermesError("CUDA requested but PyTorch is not installed (pip install torch)")
         if not torch.cuda.is_available():
             raise HermesError("CUDA requested but no CUDA GPU is visible to PyTorch")
-        cases = cuda_cases(grid)
+        cases, skipped = plan_cases(plan, "cuda", True) if plan is not None else (cuda_cases(grid), [])
         sync, hw_name = torch.cuda.synchronize, _gpu_catalog_name(torch.cuda.get_device_name(0))
     else:
         raise HermesError(f"unknown bench device '{device}' (use 'cpu' or 'cuda')")
@@ -82,8 +88,22 @@ def run_bench(device: str = "cpu", quick: bool = False, progress: Progress | Non
     df["stack"] = _stack(torch, threads if device == "cpu" else None)
     out = conform(df)
     if hw_name == LOCAL_CPU:
-        out.attrs["hardware_spec"] = local_cpu_spec(out, threads).model_dump(mode="json")
+        # A plan's rows need not include what the spec is measured from: the quick grid's then.
+        ref = out if plan is None else _spec_rows(threads, repeats, warmup)
+        out.attrs["hardware_spec"] = local_cpu_spec(ref, threads).model_dump(mode="json")
+    out.attrs["skipped"] = len(skipped)
     return out
+
+
+def _spec_rows(threads: int, repeats: int, warmup: int) -> pd.DataFrame:
+    """The quick grid's fp32 GEMM and elementwise rows (what ``local_cpu_spec`` reads)."""
+    rows = []
+    with _limit_threads(threads):
+        for case in cpu_cases(QUICK, with_torch_bf16=False):
+            if case.op in (GEMM, ELEMENTWISE):
+                median, _ = _time(case.setup(), repeats, warmup, None)
+                rows.append({"op": case.op, **case.shape, "dtype": case.dtype, "latency_ms": median})
+    return conform(pd.DataFrame(rows))
 
 
 def bench_threads() -> int:

@@ -244,3 +244,41 @@ def cuda_cases(g: Grid, dtype: str = "bf16") -> list[Case]:
     cases += [Case(ELEMENTWISE, "add", {"elements": n, "io_bytes": 3 * n * size}, dtype, _torch_elementwise(n, "cuda", dtype))
               for n in g.elementwise]
     return cases
+
+
+# ---------------------------------------------------------------- a measurement plan
+PLAN_RUNNABLE = (GEMM, ATTN_PREFILL, ATTN_DECODE, ELEMENTWISE)
+
+
+def _int(row, col: str, default: int = 1) -> int:
+    v = row.get(col)
+    return default if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+
+def plan_cases(plan, device: str, with_torch: bool) -> tuple[list[Case], list[int]]:
+    """One case per runnable row of a plan table (``profiling/plan.py``), in its order, and
+    the positions of the rows a single device cannot run (collectives need several GPUs)."""
+    cases, skipped = [], []
+    for i, row in enumerate(plan.to_dict("records")):
+        op, dtype = row.get("op"), row.get("dtype") or "bf16"
+        dtype = dtype if with_torch else "fp32"  # numpy runs fp32 only
+        if op not in PLAN_RUNNABLE:
+            skipped.append(i)
+            continue
+        if op == GEMM:
+            m, n, k = _int(row, "m"), _int(row, "n"), _int(row, "k")
+            setup = _torch_gemm(m, n, k, device, dtype) if with_torch else _np_gemm(m, n, k)
+            shape = {"m": m, "n": n, "k": k}
+        elif op in (ATTN_PREFILL, ATTN_DECODE):
+            b, h, hk, d = _int(row, "batch"), _int(row, "heads"), _int(row, "kv_heads"), _int(row, "head_dim", 128)
+            kv, q = _int(row, "kv_len"), (_int(row, "q_len") if op == ATTN_PREFILL else 1)
+            setup = (_torch_attention(b, q, kv, h, hk, d, device, dtype) if with_torch
+                     else _np_attention(b, q, kv, h, hk, d))
+            shape = {"batch": b, "kv_len": kv, "heads": h, "kv_heads": hk, "head_dim": d,
+                     **({"q_len": q} if op == ATTN_PREFILL else {})}
+        else:
+            n = _int(row, "elements")
+            setup = _torch_elementwise(n, device, dtype) if with_torch else _np_elementwise(np.add, n)
+            shape = {"elements": n, "io_bytes": 3 * n * (2 if dtype in ("bf16", "fp16") else 4)}
+        cases.append(Case(op, str(row.get("name") or op), shape, dtype, setup))
+    return cases, skipped

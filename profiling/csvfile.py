@@ -1,5 +1,5 @@
-"""Read a user's CSV file: a missing, empty, binary, huge or unparsable file is one InputError
-line naming it (never a pandas traceback)."""
+"""Read a user's CSV (or Parquet) table: a missing, empty, binary, huge or unparsable file is
+one InputError line naming it (never a pandas traceback)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,3 +32,18 @@ def read_csv(path: str | Path, what: str = "CSV file", **kw) -> pd.DataFrame:
     except (pd.errors.ParserError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"not a readable {what} ({first})", file=p) from None
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A ``.csv`` (``read_csv``) or any other suffix as Parquet, checked the same way; ``what``
+    names its role (``--plan``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what}: no such file", file=p)
+    if p.suffix.lower() == ".csv":
+        return read_csv(p, f"{what} table")
+    check_user_file(p, what, data_file_limit())
+    try:
+        return pd.read_parquet(p)
+    except Exception as e:  # noqa: BLE001 - any reader error of a foreign file: one line
+        raise InputError(f"{what}: not a readable .csv or .parquet table ({type(e).__name__})", file=p) from None

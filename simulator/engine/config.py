@@ -53,7 +53,7 @@ class _Frozen(BaseModel):
 class SchedulerConfig(_Frozen):
     """Batching policy and its limits (one policy per class in ``simulator.engine.schedulers``)."""
 
-    policy: Literal["static", "continuous", "chunked", "mixed", "disaggregated"] = "chunked"
+    policy: Literal["static", "continuous", "chunked", "prefill_first", "mixed", "disaggregated"] = "chunked"
     max_batch_size: int = Field(default=256, ge=1)
     max_tokens_per_step: int = Field(default=8192, ge=1)
     chunk_size: int = Field(default=512, ge=1, description="largest prefill chunk of one request")

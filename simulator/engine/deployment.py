@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from math import inf
+from typing import Callable
 
 from profiling.errors import HermesError
 from profiling.hardware import CATALOG_ENV, HardwareCatalog, HardwareSpec, load_catalog
@@ -23,7 +25,7 @@ from .router import ROUTERS, LeastKV
 from .config import Deployment, RouterConfig
 from .engines import resolve_for
 from .schedulers import SCHEDULERS
-from .stepcost import StepCost, step_table
+from .stepcost import StepCost, step_cost, step_table
 from .store import Store
 
 
@@ -97,10 +99,10 @@ def build_pool(dep: Deployment, surrogate: str | None, hardware: str | None = No
     except HermesError as e:
         raise HermesError(f"deployment '{dep.name}': {e}") from None
     s = dep.scheduler
-    cost = StepCost(table, dep.overhead, max_tokens=max(s.max_tokens_per_step, 1),
-                    max_seqs=s.max_batch_size + 1,
-                    graph_sizes=eng.cuda_graph_sizes if eng and eng.pad_decode else (),
-                    async_overlap=bool(eng and eng.async_scheduling))
+    cost = step_cost(table, dep.overhead, max_tokens=max(s.max_tokens_per_step, 1),
+                     max_seqs=s.max_batch_size + 1,
+                     graph_sizes=eng.cuda_graph_sizes if eng and eng.pad_decode else (),
+                     async_overlap=bool(eng and eng.async_scheduling))
     ctx = dep.max_model_len or model.max_context
     return Pool(model, hw, tp, dep.pp, mem, cost, ctx)
 
@@ -119,16 +121,29 @@ class Aggregated:
                          for i in range(dep.replicas)]
         self.router = ROUTERS[dep.router.policy](dep.router, self.replicas)
         self.pools = [(pool, self.replicas)]
+        # the longest request ``never_fits`` lets through, so ``submit`` asks it only past that
+        r = self.replicas[0]
+        self._max_total = min(pool.max_context, (r.total_blocks - r.watermark) * r.bs)
+        self._max_prompt = dep.scheduler.max_tokens_per_step if self.whole else inf
 
     def _replica(self, name: str, pool: Pool, policy, debug: bool, handoff=None) -> Replica:
         s = self.dep.scheduler
         swap_bw = pool.hw.pcie_bw_gb_s * 1e9 if s.preemption == "swap" else 0.0
         return Replica(self.env, self.store, name, pool.cost, pool.mem, policy,
                        max_batch=s.max_batch_size, devices=pool.devices, swap_bw=swap_bw,
-                       handoff=handoff, debug=debug, done=self._leave)
+                       handoff=handoff, debug=debug, done=self.done)
 
-    def _leave(self, rid: int, t: float) -> None:
-        self.done(rid, t)
+    @property
+    def done(self) -> Callable[[int, float], None]:
+        """Where a finished request goes: ``store.complete`` unless a pipeline rebinds it."""
+        return self._done
+
+    @done.setter
+    def done(self, fn: Callable[[int, float], None]) -> None:
+        # every replica holds it too, so a finish reaches it in one call
+        self._done = fn
+        for r in getattr(self, "replicas", ()):
+            r.done = fn
 
     def never_fits(self, rid: int, pool: Pool, rep: Replica, whole: bool) -> str | None:
         """Why a request can never be served here, or None."""
@@ -145,12 +160,15 @@ class Aggregated:
         return None
 
     def submit(self, rid: int, t: float) -> None:
-        why = self.never_fits(rid, self.pool, self.replicas[0], self.whole)
-        if why:
-            self.store.reject(rid, why, t)
-            return
-        i = self.router.pick(rid, self.store)
-        self.store.where[rid] = i
+        st = self.store
+        p = st.prompt[rid]
+        if p + st.output[rid] > self._max_total or p > self._max_prompt:
+            why = self.never_fits(rid, self.pool, self.replicas[0], self.whole)
+            if why:
+                st.reject(rid, why, t)
+                return
+        i = self.router.pick(rid, st)
+        st.where[rid] = i
         self._enter(self.replicas[i], rid, t)
 
     def _enter(self, rep: Replica, rid: int, t: float) -> None:

@@ -297,12 +297,11 @@ def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
     chunked = chunk > 0
     # Chunked prefill: a step's new tokens stop at chunked_prefill_size, a longer prompt goes
     # on in the next steps; -1 turns it off (whole prompts up to max_prefill_tokens a step).
-    sched = {"policy": "chunked" if chunked else "continuous", "max_batch_size": seqs,
-             "max_tokens_per_step": chunk if chunked else budget,
+    # Prefill and decode run in separate steps (prefill first) unless enable_mixed_chunk.
+    mixed = chunked and bool(a.get("enable_mixed_chunk"))
+    sched = {"policy": "chunked" if mixed else ("prefill_first" if chunked else "continuous"),
+             "max_batch_size": seqs, "max_tokens_per_step": chunk if chunked else budget,
              "chunk_size": chunk if chunked else budget, "block_size": int(a.get("page_size") or e["page_size"])}
-    if chunked and not a.get("enable_mixed_chunk"):
-        notes.append("SGLang runs prefill chunks and decodes in separate steps unless enable_mixed_chunk; "
-                     "the chunked policy mixes them in one step")
     dep = {"gpu_memory_utilization": min(frac, 1.0)}
     if a.get("context_length"):
         dep["max_model_len"] = int(a["context_length"])

@@ -16,7 +16,7 @@ IDLE_POWER_FRACTION = 0.3   # idle draw as a share of TDP (simple idle/active po
 
 
 def stats(x: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
-    """Mean and percentiles (optionally weighted); NaN when empty."""
+    """Mean and percentiles (optionally weighted by counts); NaN when empty."""
     x = np.asarray(x, dtype=float)
     keep = ~np.isnan(x)
     if w is not None:
@@ -29,7 +29,9 @@ def stats(x: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
     if w is None:
         q = np.percentile(x, [50, 90, 95, 99])
         return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(STATS[1:], q)}}
-    order = np.argsort(x, kind="stable")
+    # Any sort order gives the stable sort's figures: tied values are one value, and the
+    # weights (sequence counts) are whole numbers whose running sums are exact.
+    order = np.argsort(x)
     xs, cw = x[order], np.cumsum(w[order])
     q = [float(xs[min(np.searchsorted(cw, p * cw[-1], side="left"), xs.size - 1)])
          for p in (0.5, 0.9, 0.95, 0.99)]

@@ -7,7 +7,10 @@ finish iterations — so a step touches only the requests that start, finish or 
 preempted in it. Per-request timings come from the step end times (``Store``).
 
 The policy (``simulator.engine.schedulers``) decides each step's composition through the
-``admit_ready`` / ``decode_alloc`` / ``continue_prefills`` / ``admit`` helpers.
+``admit_ready`` / ``decode_alloc`` / ``continue_prefills`` / ``admit`` helpers. Most steps
+never reach it: ``_decode_burst`` (decoders only, any policy) and ``_chunk_burst`` (the
+chunked policy's steps with the prefill in progress and at most one admission) run them
+inline with the general path's arithmetic; debug runs take the general path for every step.
 """
 from __future__ import annotations
 
@@ -22,6 +25,19 @@ from .memory import MemoryPlan
 from .stepcost import StepCost
 from .store import Store
 
+
+
+def _segment(xs: list, top: int, row: list, x: float) -> tuple[float, float, float, float, float]:
+    """The decode-attention table segment holding mean context ``x`` (clamped to the table):
+    its upper edge (inf for the last), left knot, width, and the row's value and slope there."""
+    k = bisect_right(xs, x)
+    if k < 1:
+        k = 1
+    elif k > top:
+        k = top
+    x0 = xs[k - 1]
+    r0 = row[k - 1]
+    return (xs[k] if k < top else inf), x0, xs[k] - x0, r0, row[k] - r0
 
 class Replica:
     def __init__(self, env: Environment, store: Store, name: str, cost: StepCost, mem: MemoryPlan,
@@ -41,6 +57,7 @@ class Replica:
         # ``used``); decode growth draws on them first. ``_resv`` = each holder's final
         # block count. Both stay empty with on-demand KV.
         self.reserve = getattr(policy, "reserve_output", False)
+        self.steady = getattr(policy, "steady_chunks", False)
         self.spare = 0
         self._resv: dict[int, int] = {}
         self.waiting: deque[int] = deque()          # (re)prefill queue, preempted at the front
@@ -69,6 +86,16 @@ class Replica:
         self.stream_s = cost.overhead.stream_token_s
         self._fe_busy = 0.0                         # the front end is busy until then
         self._fe_seen = 0                           # entries of ``steps`` already streamed
+        # What the burst loops read, gathered once (none of these is ever rebound): a burst
+        # is often a step or two long, so its set-up counts.
+        c = cost
+        self._fixed = (env, env._queue, c._kv, c._dec, len(c._kv) - 1, c.max_seqs, c.asyn,
+                       self.res, self.bs, self.total_blocks, self.fin, self.steps.extend)
+        self._fixed_dec = (c._tokd, c._seqd, c._cpud, policy.decodes)
+        self._fixed_chunk = (c._tok, c._seq, c._pre_prefix, c._pre, len(c._pre_prefix) - 1, c.max_tokens,
+                             policy.max_tokens, policy.chunk, c.overhead,
+                             self.waiting, self.ready, store.plen, store.cached, max_batch,
+                             self.total_blocks - self.watermark, self.reserve)
 
     # ---- entry points ---------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -102,7 +129,9 @@ class Replica:
     def _enqueue(self, rid: int, t: float) -> None:
         self.waiting.append(rid)
         self.outstanding += self.store.prompt[rid] + self.store.output[rid]
-        self._kick(t)
+        if self.idle:                               # _kick, inlined (once per request)
+            self.idle = False
+            self.env.schedule(t, self._resume, priority=LATE)
 
     def accept_decode(self, rid: int, t: float, kv: int) -> None:
         """A request whose ``kv`` tokens of KV arrive from elsewhere (disaggregation)."""
@@ -123,10 +152,17 @@ class Replica:
         env = self.env
         queue = env._queue
         while True:
-            if not (self.waiting or self.prefilling or self.ready or self.debug):
-                t = self._decode_burst(t)
-                if t < 0:
-                    return
+            if not (self.ready or self.debug):
+                if not (self.waiting or self.prefilling):
+                    t = self._decode_burst(t)
+                    if t < 0:
+                        return
+                elif self.steady and len(self.prefilling) < 2:
+                    t = self._chunk_burst(t)
+                    if t < 0:
+                        return
+                    if not (self.waiting or self.prefilling):
+                        continue            # the next step is decode-only: the decode burst's
             dur = self._begin()
             if dur is None:
                 self.idle = True
@@ -153,41 +189,38 @@ class Replica:
         simulation. Same arithmetic as ``_begin``/``_end`` (tested: debug runs take the
         general path and must agree). Returns the time reached, or -1 after handing the
         replica to the event queue."""
-        env, queue, c = self.env, self.env._queue, self.cost
-        if not self.n or not self.policy.decodes:
+        tok, seq, cpu, decodes = self._fixed_dec
+        if not self.n or not decodes:
             return t
         # The sums are grouped as StepCost groups them, so both paths round alike.
-        xs, dec, tok, seq = c._kv, c._dec, c._tokd, c._seqd
-        asyn, cpu, gp = c.asyn, c._cpud, self._gprev
-        top, max_n = len(xs) - 1, c.max_seqs
-        res, bs, total, fin = self.res, self.bs, self.total_blocks, self.fin
-        ext = self.steps.extend
-        n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
+        env, queue, xs, dec, top, max_n, asyn, res, bs, total, fin, ext = self._fixed
+        n, B, D, used, last, spare, gp = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare, self._gprev
         t_start = t
         # Nothing else can change until a request finishes here: no event fires inside
         # the burst, so the horizon, the queues and the next finish are cached.
         horizon = queue[0][0] if queue else inf
         next_fin = fin[0][0] if fin else inf
+        # The mean KV length x only grows while the batch is unchanged, so the table segment
+        # [xs[k-1], hi) and the batch's row stay cached until x leaves it or a request leaves.
+        hi = -inf
         while n and n < max_n:
             j = D + 1
             need = res[(1 - j) % bs]
-            take = need if need < spare else spare  # reserved blocks first (full reservation)
-            if used + need - take > total:
-                break                       # preemption: general path
-            spare -= take
-            used += need - take
+            if need:                        # 0 leaves used and spare as they are (used <= total)
+                take = need if need < spare else spare  # reserved blocks first (full reservation)
+                if used + need - take > total:
+                    break                   # preemption: general path
+                spare -= take
+                used += need - take
             x = (B + n * j) / n
-            k = bisect_right(xs, x)
-            if k < 1:
-                k = 1
-            elif k > top:
-                k = top
-            row = dec[n]
-            x0 = xs[k - 1]
-            ty = (x - x0) / (xs[k] - x0)
-            g = tok[n] + seq[n] + (row[k - 1] + (row[k] - row[k - 1]) * (ty if ty > 0 else 0.0))
+            if x >= hi:
+                hi, x0, dx, r0, dr = _segment(xs, top, dec[n], x)
+                fixed = tok[n] + seq[n]
+                host = cpu[n]
+            ty = (x - x0) / dx
+            g = fixed + (r0 + dr * (ty if ty > 0 else 0.0))
             if asyn:                        # host work beyond the previous step's kernels
-                h = cpu[n] - gp
+                h = host - gp
                 gp = g
                 if h > 0:
                     g += h
@@ -205,6 +238,7 @@ class Replica:
                 self._finish(j, t_end)
                 ext((t, t_end, n, 0, self.used, t_end - last))
                 n, B, used, spare = self.n, self.B, self.used, self.spare
+                hi = -inf                   # the batch changed: look its row up again
                 last = t = t_end
                 next_fin = fin[0][0] if fin else inf
                 if queue and queue[0][0] <= t:
@@ -220,6 +254,149 @@ class Replica:
         env.now = t
         self.used, self.D, self._last_dec_end, self.spare, self._gprev = used, D, last, spare, gp
         self.busy += t - t_start
+        return t
+
+    def _chunk_burst(self, t: float) -> float:
+        """Steps of a ``steady_chunks`` policy with decoders and prefill chunks: the prefill in
+        progress goes on and, in the budget left, at most the one request ``admit`` takes
+        starts. The other hot loop, ``plan``/``_begin``/``_end`` inlined with the same
+        arithmetic (tested: debug runs take the general path and must agree). Returns the time
+        reached, the general path (or the decode burst, with nothing waiting or prefilling)
+        taking the next step, or -1 after handing the replica to the event queue."""
+        env, queue, xs, dec, top, max_seqs, asyn, res, bs, total, fin, ext = self._fixed
+        (tok, seq, ys, pre, ytop, max_tokens, full, chunk, o, waiting, ready, plen, cached, max_batch,
+         room, reserve) = self._fixed_chunk
+        e = self.prefilling[0] if self.prefilling else None
+        n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
+        gp, busy = self._gprev, self.busy
+        horizon = queue[0][0] if queue else inf
+        next_fin = fin[0][0] if fin else inf
+        hi = -inf                           # decode-attention segment cached as in _decode_burst
+        while n and not ready:
+            # Chunked.plan, checked before anything changes: the decoders' blocks first, then
+            # the chunk of the prefill in progress, then admissions in the budget left
+            j = D + 1
+            need = res[(1 - j) % bs]
+            take = need if need < spare else spare
+            after = used + need - take
+            if after > total:
+                break                       # preemption: general path
+            budget = full - n
+            q = q2 = 0
+            if e is not None:
+                left = e[2] - e[1]
+                q = left if left < budget else budget
+                if chunk < q:
+                    q = chunk
+                if q <= 0:
+                    break                   # no room for the chunk: general path
+            free = budget - q
+            if waiting and free > 0:
+                rid = waiting[0]
+                p = plen[rid]
+                left2 = p - cached[rid]
+                q2 = left2 if left2 < free else free
+                if chunk < q2:
+                    q2 = chunk
+                m = n if e is None else n + 1   # sequences before the admission
+                if (m >= max_batch or after + -(-p // bs) + (self._output_blocks(rid, p) if reserve else 0) > room
+                        or (len(waiting) > 1 and free - q2 > 0 and m + 1 < max_batch)):
+                    break                   # admit() would take none or maybe several: general path
+            elif e is None:
+                break                       # decode only: the decode burst or general path
+            seqs = n + (e is not None) + (q2 > 0)
+            tokens = n + q + q2
+            if tokens > max_tokens or seqs > max_seqs:
+                break
+            spare -= take
+            used = after
+            if q2:                          # admits exactly the one request
+                self.used, self.spare = used, spare
+                self._chunks = []
+                self.admit(free, chunk, False)
+                e2 = self._chunks[0][0]
+                used, spare = self.used, self.spare
+            # StepCost.__call__, inlined but for the admitted chunk (once per request)
+            g = tok[tokens] + seq[seqs]
+            x = (B + n * j) / n
+            if x >= hi:
+                hi, x0, dx, r0, dr = _segment(xs, top, dec[n], x)
+            ty = (x - x0) / dx
+            if ty < 0:
+                ty = 0.0
+            g += r0 + dr * ty
+            if q:
+                ctx = e[1]                  # context before the chunk
+                k = bisect_right(ys, ctx)
+                if k < 1:
+                    k = 1
+                elif k > ytop:
+                    k = ytop
+                prow = pre[q]
+                y0 = ys[k - 1]
+                ty = (ctx - y0) / (ys[k] - y0)
+                if ty < 0:
+                    ty = 0.0
+                g += prow[k - 1] + (prow[k] - prow[k - 1]) * ty
+            if q2:
+                g += self.cost.prefill(q2, e2[1] + q2)
+            if asyn:                        # as _begin: host work beyond the previous kernels
+                h = o.step_s + o.per_seq_s * seqs + o.per_token_s * tokens - gp
+                gp = g
+                if h > 0:
+                    g += h
+            t_end = t + g
+            busy += g
+            if t_end >= horizon:
+                self.used, self.spare, self.D, self._last_dec_end = used, spare, D, last
+                self._gprev, self.busy = gp, busy
+                chunks = [(e, q)] if q else []
+                if q2:
+                    chunks.append((e2, q2))
+                self._dec, self._chunks, self._ptok = True, chunks, q + q2
+                env.schedule(t_end, self._step_end, t, t_end)
+                return -1.0
+            env.now = t_end
+            # _end: decoders finish, then the chunks are done (and may end their prefills)
+            D = j
+            gap = t_end - last
+            last = t_end
+            if next_fin > j and not q2 and q < left:
+                e[1] += q
+                ext((t, t_end, n, q, used, gap))
+                t = t_end
+                continue
+            self.used, self.spare, self.D, self._last_dec_end = used, spare, D, last
+            self._gprev, self.busy = gp, busy
+            if next_fin <= j:
+                self._finish(j, t_end)
+            ended = False
+            if q:
+                e[1] += q
+                if q == left:
+                    self._prefilled(e[0], e[2], t_end)
+                    ended = True
+            if q2:
+                e2[1] += q2
+                if q2 == left2:
+                    self._prefilled(e2[0], e2[2], t_end)
+                    ended = True
+            if ended:
+                self.prefilling = [x for x in self.prefilling if x[1] < x[2]]
+            ext((t, t_end, n, q + q2, self.used, gap))
+            t = t_end
+            if queue and queue[0][0] <= t:  # same-time events (arrivals) go first
+                env.schedule(t, self._resume, priority=LATE)
+                return -1.0
+            pf = self.prefilling
+            if len(pf) > 1 or not (pf or waiting):
+                return t                    # two prefills (general path) or decode only
+            e = pf[0] if pf else None
+            n, B, used, spare = self.n, self.B, self.used, self.spare
+            hi = -inf                       # the batch changed: look its row up again
+            next_fin = fin[0][0] if fin else inf
+            horizon = queue[0][0] if queue else inf
+        self.used, self.spare, self.D, self._last_dec_end, self._gprev, self.busy = used, spare, D, last, gp, busy
         return t
 
     def _begin(self) -> float | None:
@@ -262,11 +439,13 @@ class Replica:
             fin = self.fin
             if fin and fin[0][0] <= j:
                 self._finish(j, t1)
-        if self._chunks:
-            for e, q in self._chunks:
-                e[1] += q
-                if e[1] >= e[2]:
-                    self._prefilled(e[0], e[2], t1)
+        finished = False
+        for e, q in self._chunks:
+            e[1] += q
+            if e[1] >= e[2]:
+                self._prefilled(e[0], e[2], t1)
+                finished = True
+        if finished:                        # only a finished prefill leaves the list
             self.prefilling = [e for e in self.prefilling if e[1] < e[2]]
         self.steps.extend((t0, t1, n, self._ptok, self.used, gap))
 
@@ -404,28 +583,30 @@ class Replica:
 
     def admit(self, budget: float, chunk: float, whole: bool) -> int:
         """Start new prefills from the waiting queue (FCFS) within ``budget`` tokens."""
-        st = self.store
+        st, waiting, prefilling, chunks = self.store, self.waiting, self.prefilling, self._chunks
+        room = self.total_blocks - self.watermark
         used = 0
-        while self.waiting and budget - used > 0:
-            if self.n + len(self.prefilling) >= self.max_batch:
+        while waiting and budget - used > 0:
+            if self.n + len(prefilling) >= self.max_batch:
                 break
-            rid = self.waiting[0]
+            rid = waiting[0]
             p = st.plen[rid]
             c = st.cached[rid]                  # prefix KV already here (a KV-tier hit): not recomputed
-            if whole and p - c > budget - used and (used or self._chunks):
+            if whole and p - c > budget - used and (used or chunks):
                 break                           # whole prompts only; an oversize one goes alone
-            need = self.blocks_for(p)
-            extra = self._output_blocks(rid, p)
-            if self.used + need + extra > self.total_blocks - self.watermark:
+            need = -(-p // self.bs)
+            extra = self._output_blocks(rid, p) if self.reserve else 0
+            if self.used + need + extra > room:
                 break
-            self.waiting.popleft()
+            waiting.popleft()
             self.used += need
-            self._reserve(rid, p, extra)
+            if self.reserve:
+                self._reserve(rid, p, extra)
             st.start(rid, self.env.now)
             e = [rid, c, p]
-            self.prefilling.append(e)
+            prefilling.append(e)
             q = p - c if whole else min(p - c, budget - used, chunk)
-            self._chunks.append((e, q))
+            chunks.append((e, q))
             used += q
         return used
 

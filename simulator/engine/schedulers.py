@@ -17,6 +17,10 @@ class Policy:
 
     whole_prompts = False
     decodes = True          # False for pools that never decode (disaggregated prefill)
+    # True when ``plan`` is Chunked's: decoders first, then prefills in progress in chunks of at
+    # most ``chunk`` within ``max_tokens`` - decoders, then admissions (the replica's chunk loop
+    # inlines that rule for the steps with one prefill in progress and at most one admission)
+    steady_chunks = False
 
     def __init__(self, cfg: SchedulerConfig) -> None:
         self.max_tokens = cfg.max_tokens_per_step
@@ -61,6 +65,8 @@ class Continuous(Policy):
 class Chunked(Policy):
     """vLLM v1 / Sarathi: decodes first, then prefill chunks fill the token budget."""
 
+    steady_chunks = True
+
     def plan(self, rep) -> bool:
         if rep.ready:
             rep.admit_ready()
@@ -71,6 +77,24 @@ class Chunked(Policy):
         if rep.waiting and budget > 0:
             rep.admit(budget, self.chunk, whole=False)
         return n > 0
+
+
+class PrefillFirst(Policy):
+    """SGLang without ``enable_mixed_chunk``: a step is either prefill or decode, never both;
+    waiting prompts (chunked at ``chunk_size``, within the token budget) go first, and the
+    running decodes advance only in steps with no prefill work."""
+
+    def plan(self, rep) -> bool:
+        if rep.ready:
+            rep.admit_ready()
+        budget = self.max_tokens
+        if rep.prefilling:
+            budget -= rep.continue_prefills(budget, self.chunk)
+        if rep.waiting and budget > 0:
+            budget -= rep.admit(budget, self.chunk, whole=False)
+        if budget < self.max_tokens:
+            return False
+        return rep.decode_alloc() > 0
 
 
 class Mixed(Policy):
@@ -134,6 +158,7 @@ class WholePrefillOnly(PrefillOnly):
 
 SCHEDULERS: dict[str, type[Policy]] = {
     "static": Static, "continuous": Continuous, "chunked": Chunked, "mixed": Mixed,
+    "prefill_first": PrefillFirst,
     "prefill": PrefillOnly, "prefill_whole": WholePrefillOnly,
     # the decode pool of "disaggregated" uses Chunked (it only ever sees ready requests)
     "decode": Chunked,

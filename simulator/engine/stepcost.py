@@ -64,6 +64,24 @@ def step_table(surrogate: str | None, model: ModelSpec, hw: HardwareSpec, *, dty
     return table
 
 
+_COSTS: dict[tuple, tuple[StepTable, StepCost]] = {}
+
+
+def step_cost(table: StepTable, overhead: Overhead, max_tokens: int, max_seqs: int, *,
+              graph_sizes: tuple[int, ...] = (), async_overlap: bool = False) -> StepCost:
+    """``StepCost`` of these, memoized like ``step_table``: building one takes milliseconds,
+    it is a pure function of its arguments and nothing changes it once built, so runs share it."""
+    key = (id(table), overhead, int(max_tokens), int(max_seqs), tuple(graph_sizes), bool(async_overlap))
+    hit = _COSTS.get(key)
+    if hit is not None and hit[0] is table:     # the table held in the entry keeps its id unique
+        return hit[1]
+    if len(_COSTS) > 64:
+        _COSTS.clear()
+    cost = StepCost(table, overhead, max_tokens, max_seqs, graph_sizes=graph_sizes, async_overlap=async_overlap)
+    _COSTS[key] = (table, cost)
+    return cost
+
+
 def with_overhead(stage_s: float, pp: int, o: Overhead, tokens: int, seqs: int) -> float:
     """Replica step seconds from one stage's kernel time: ``pp`` stages in sequence, the
     kernel-replay factor and the framework overhead (per step, sequence and token)."""

@@ -6,7 +6,10 @@ is linear in the three parameters given the step mix it lived through:
 ``tpot ~ kernel_scale * K + step_s + per_seq_s * seqs`` with ``K`` the kernel-only TPOT.
 ``kernel_scale`` stands for what the isolated (AIConfigurator-style) kernel timings miss
 when the engine replays them fused and back-to-back in a CUDA graph; ``kernel_scale=False``
-keeps it at 1 so only the additive terms are fitted. Non-negative least
+keeps it at 1 so only the additive terms are fitted. Under async scheduling (an engine
+block that overlaps host work with the previous step's kernels) the host terms are hidden
+and only the kernel factor moves TPOT, so there it is what is fitted. Each group starts
+from what its uncalibrated replay uses (the engine's shipped profile, if any). Non-negative least
 squares on the calibration rows' TPOT (relative error), re-simulated a few times until the
 step mix settles. The per-token term is not identifiable from decode steps and stays 0;
 the front-end ``request_s`` is the (relative-error) median TTFT shortfall. The front end's
@@ -55,6 +58,7 @@ class RowResult:
     tpot_meas: float
     x: tuple[float, float, float]   # mean per decode step: 1, sequences, tokens
     rejected: str = ""              # requests of the row the simulation could not serve, and why
+    asyn: bool = False              # the engine overlaps host work with kernels (async scheduling)
 
 
 def _with_overhead(r: SiliconRow, overhead: dict[str, OverheadConfig] | None):
@@ -81,7 +85,14 @@ def run_row(r: SiliconRow, overhead: dict[str, OverheadConfig] | None = None) ->
     x = (1.0, float(seqs.mean()), float((dec[:, 2] + dec[:, 3]).mean())) if len(dec) else (1.0, 1.0, 1.0)
     lost = res.requests.rejected[res.requests.rejected != ""]
     why = f"{len(lost)} of {len(res.requests)} requests not simulated ({lost.iloc[0]})" if len(lost) else ""
-    return RowResult(r.id, r.group, float(df.ttft_s.mean()), float(df.tpot_s.mean()), r.ttft_s, r.tpot_s, x, why)
+    return RowResult(r.id, r.group, float(df.ttft_s.mean()), float(df.tpot_s.mean()), r.ttft_s, r.tpot_s, x, why,
+                     _async(r.scenario))
+
+
+def _async(sc) -> bool:
+    from ..engine.engines import resolve_for
+    d = sc.deployments[0]
+    return d.engine is not None and resolve_for(d.engine, d.model, d.hardware, d.tp, d.pp, d.dtype).async_scheduling
 
 
 def run_rows(rows: list[SiliconRow], overhead: dict[str, OverheadConfig] | None = None,
@@ -117,7 +128,9 @@ def fit_overhead(rows: list[SiliconRow], iterations: int = 3, processes: int = 1
     Then each ``stream_grid`` value is simulated on top of each group's best set.
     ``scores`` receives each group's best score (``_score``)."""
     groups = sorted({r.group for r in rows if r.scenario is not None})
-    theta = {g: OverheadConfig() for g in groups}
+    # start from what an uncalibrated replay of the group uses (its engine's shipped profile, if any)
+    start = {r.group: r.scenario.deployments[0].overhead for r in reversed(rows) if r.scenario is not None}
+    theta = {g: start[g] for g in groups}
     best: dict[str, tuple[float, OverheadConfig]] = {}
     for _ in range(iterations):
         results = run_rows(rows, theta, processes=processes)
@@ -198,6 +211,15 @@ def _fit_group(rs: list[RowResult], th: OverheadConfig, fit_scale: bool = True) 
     kern = (np.array([r.tpot_pred for r in rs]) - over) / th.kernel_scale   # kernel-only TPOT
     y = np.array([r.tpot_meas for r in rs])
     w = 1.0 / y                                                           # relative error
+    if any(r.asyn for r in rs):
+        # host work hides behind the kernels, so it is not additive: only the kernel factor
+        # moves TPOT (fitted whatever fit_scale says), the host terms keep their values
+        kern = np.array([r.tpot_pred for r in rs]) / th.kernel_scale
+        coef, _ = nnls(kern[:, None] * w[:, None], y * w)
+        ks = float(coef[0]) if coef[0] > 0 else th.kernel_scale
+        gap = np.array([r.ttft_meas - (r.ttft_pred - th.request_s) for r in rs])
+        req = max(_weighted_median(gap, 1.0 / np.array([r.ttft_meas for r in rs])), 0.0)
+        return th.model_copy(update={"kernel_scale": ks, "request_s": req})
     if fit_scale:
         A = np.column_stack([kern, x[:, 0], x[:, 1]])
         coef, _ = nnls(A * w[:, None], y * w)

@@ -10,9 +10,13 @@ by GPU comes from the spec sheet through the rest of the engine model, not from 
 kernel tables (the surrogate on that device), the engine's memory tiers and KV blocks, the
 all-reduce it picks (custom kernels over NVLink or two PCIe peers, NCCL otherwise).
 
-Loss (``LOSS``): the mean over runs of each run's (per-request E2E MAPE + per-request TTFT
-MAPE) / 2, completed requests only; a request the simulation could not serve counts as
-100% error on both. Optuna's TPE sampler (seeded) proposes parameter sets; the engine's
+Two kinds of measurement are replayed (``Target``): serving runs request by request
+(``Replay``: per-request E2E and TTFT MAPE) and ``silicon_sample.csv`` rows, closed loops
+whose means are measured (``SiliconReplay``: TTFT and TPOT error of the means). Loss
+(``LOSS``): each target's error, capped at 100% so one pathological row cannot steer the
+fit, averaged per GPU, then over GPUs (a GPU with many rows weighs as much as one with
+few: the profile must transfer to the next GPU); a request the simulation could not serve
+counts as 100% error. Optuna's TPE sampler (seeded) proposes parameter sets; the engine's
 defaults are the first trial, so a fit never ends worse than the defaults on its own runs.
 Runs are split whole (``cross_validate``): a figure is never measured on a run it was
 fitted on.
@@ -37,14 +41,20 @@ from profiling.readers.runs import ServingRun
 from ..engine.config import OverheadConfig
 from ..engine.engines import (
     PROFILE_FORMAT,
+    engine_defaults,
     load_profile,
     parse_version,
     version_entry,
 )
 from ..scenario import Scenario
+from .calibrate import run_row
 from .runs import replay_scenario, scenario_for_run
+from .silicon import SiliconRow
 
-LOSS = "mean over runs of (per-request E2E MAPE + per-request TTFT MAPE) / 2, in %"
+LOSS = ("mean over GPUs of the mean over that GPU's targets of min(100, error), in %; error = "
+        "(per-request E2E MAPE + per-request TTFT MAPE) / 2 for a run, (|TTFT error| + |TPOT error|) / 2 "
+        "of the means for a silicon row")
+CAP = 100.0
 # Search space per parameter: (low, high, log scale). Host times span decades (a C++
 # scheduler's microseconds to a Python one's milliseconds), so they are searched in log.
 SPACE: dict[str, tuple[float, float, bool]] = {
@@ -56,6 +66,9 @@ SPACE: dict[str, tuple[float, float, bool]] = {
     "stream_token_s": (1e-7, 3e-4, True),
 }
 DEFAULT_TRIALS = 60
+# A fit must lower its own loss by this share to replace the defaults: parameters that buy
+# almost nothing on the fitting targets are moved by noise, and on other runs they hurt.
+MIN_GAIN = 0.02
 
 
 def run_label(run: ServingRun) -> str:
@@ -83,6 +96,14 @@ class Replay:
     label: str
     run: ServingRun
     scenario: Scenario
+
+    @property
+    def gpu(self) -> str:
+        return self.run.info.gpu
+
+    @property
+    def engine(self) -> str:
+        return self.run.info.engine
 
     def with_overhead(self, overhead: OverheadConfig) -> Scenario:
         deps = [d.model_copy(update={"overhead": overhead}) for d in self.scenario.deployments]
@@ -120,6 +141,9 @@ class RunScore:
 
     @property
     def loss(self) -> float:
+        """(E2E + TTFT) / 2 for a run; (TTFT + TPOT) / 2 for a row that measures no E2E."""
+        if math.isnan(self.e2e_mape):
+            return (self.ttft_mape + self.tpot_mape) / 2
         return (self.e2e_mape + self.ttft_mape) / 2
 
 
@@ -149,9 +173,95 @@ def score(rep: Replay, overhead: OverheadConfig, seed: int = 0) -> RunScore:
                     ratio, int((ok & ~served).sum()))
 
 
-def loss(scores: Sequence[RunScore]) -> float:
-    """``LOSS`` of replayed runs."""
-    return float(np.mean([s.loss for s in scores]))
+def _item_loss(sc: RunScore, row_metric: str) -> float:
+    v = sc.tpot_mape if row_metric == "tpot" and math.isnan(sc.e2e_mape) else sc.loss
+    return min(v, CAP) if math.isfinite(v) else CAP
+
+
+def loss(scores: Sequence[RunScore], row_metric: str = "both") -> float:
+    """``LOSS`` of replayed targets; ``row_metric='tpot'`` scores a silicon row by its TPOT
+    alone (its TTFT also carries the harness's unrecorded client and front end)."""
+    per_gpu: dict[str, list[float]] = {}
+    for sc in scores:
+        per_gpu.setdefault(sc.gpu, []).append(_item_loss(sc, row_metric))
+    return float(np.mean([np.mean(v) for v in per_gpu.values()]))
+
+
+@dataclass(frozen=True)
+class SiliconReplay:
+    """A ``silicon_sample.csv`` row prepared for repeated simulation (``silicon.silicon_rows``,
+    replayed through its engine block)."""
+
+    row: SiliconRow
+
+    @property
+    def label(self) -> str:
+        return self.row.id
+
+    @property
+    def gpu(self) -> str:
+        return self.row.system
+
+    @property
+    def engine(self) -> str:
+        return self.row.backend
+
+
+def score_silicon(t: SiliconReplay, overhead: OverheadConfig) -> RunScore:
+    """Replay a silicon row with ``overhead``: the error of its mean TTFT and TPOT (%)."""
+    r = run_row(t.row, {t.row.group: overhead})
+    ttft = abs(r.ttft_pred - r.ttft_meas) / r.ttft_meas * 100 if math.isfinite(r.ttft_pred) else CAP
+    tpot = abs(r.tpot_pred - r.tpot_meas) / r.tpot_meas * 100 if math.isfinite(r.tpot_pred) else CAP
+    return RunScore(t.label, t.gpu, 1, math.nan, ttft, tpot, math.nan, 1 if r.rejected else 0)
+
+
+Target = Replay | SiliconReplay
+
+
+def score_target(t: Target, overhead: OverheadConfig, seed: int = 0) -> RunScore:
+    return score_silicon(t, overhead) if isinstance(t, SiliconReplay) else score(t, overhead, seed)
+
+
+_POOL_TARGETS: list = []
+
+
+def _pool_init(targets: list) -> None:
+    global _POOL_TARGETS
+    _POOL_TARGETS = targets
+
+
+def _pool_score(args: tuple[int, dict, int]) -> RunScore:
+    i, oh, seed = args
+    return score_target(_POOL_TARGETS[i], OverheadConfig(**oh), seed)
+
+
+class Scorer:
+    """Scores every target under one parameter set, in ``processes`` worker processes (each
+    holds the targets once; a trial sends only the parameters)."""
+
+    def __init__(self, targets: Sequence[Target], processes: int = 1, seed: int = 0) -> None:
+        self.targets, self.seed = list(targets), seed
+        self._ex = None
+        if processes > 1 and len(self.targets) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+            self._ex = ProcessPoolExecutor(processes, initializer=_pool_init, initargs=(self.targets,))
+
+    def __call__(self, overhead: OverheadConfig) -> list[RunScore]:
+        if self._ex is None:
+            return [score_target(t, overhead, self.seed) for t in self.targets]
+        oh = overhead.model_dump()
+        return list(self._ex.map(_pool_score, [(i, oh, self.seed) for i in range(len(self.targets))]))
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown()
+            self._ex = None
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ---- fit ----------------------------------------------------------------------------------
@@ -168,14 +278,25 @@ class EngineFit:
     seed: int
     seconds: float
     history: list[float] = field(default_factory=list)   # loss of each trial, in order
+    row_metric: str = "both"
+    space: tuple[str, ...] = tuple(SPACE)
+    kept_defaults: bool = False     # no trial beat the defaults by MIN_GAIN: they are the fit
 
     @property
     def loss_before(self) -> float:
-        return loss(self.before)
+        return loss(self.before, self.row_metric)
 
     @property
     def loss_after(self) -> float:
-        return loss(self.after)
+        return loss(self.after, self.row_metric)
+
+
+def _engine_of(targets: Sequence[Target]) -> str:
+    engines = sorted({t.engine for t in targets})
+    if len(engines) != 1:
+        raise InputError(f"an engine profile is fitted on targets of one engine; got {', '.join(engines)}",
+                         file="targets")
+    return engines[0]
 
 
 def _one_engine(runs: Sequence[ServingRun]) -> str:
@@ -187,37 +308,59 @@ def _one_engine(runs: Sequence[ServingRun]) -> str:
     return engines[0]
 
 
-def _suggest(trial, base: OverheadConfig) -> OverheadConfig:
-    vals = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in SPACE.items()}
+def _suggest(trial, base: OverheadConfig, space: Sequence[str] = tuple(SPACE)) -> OverheadConfig:
+    vals = {k: trial.suggest_float(k, *SPACE[k][:2], log=SPACE[k][2]) for k in space}
     return base.model_copy(update=vals)
 
 
-def _start(base: OverheadConfig) -> dict[str, float]:
+def _start(base: OverheadConfig, space: Sequence[str] = tuple(SPACE)) -> dict[str, float]:
     """The defaults clipped into the search space (the first trial)."""
-    return {k: float(min(max(getattr(base, k), lo), hi)) for k, (lo, hi, _) in SPACE.items()}
+    return {k: float(min(max(getattr(base, k), SPACE[k][0]), SPACE[k][1])) for k in space}
 
 
 def fit_engine(runs: Sequence[ServingRun], *, trials: int = DEFAULT_TRIALS, seed: int = 0,
                surrogate: str = "builtin", progress: Callable[[int, int, float], None] | None = None,
                replays: Sequence[Replay] | None = None) -> EngineFit:
     """Fit the engine parameters on ``runs`` (TPE, ``trials`` trials, each replaying every run)."""
-    import optuna
     if not runs:
         raise InputError("no runs to fit the engine on", file="runs")
-    engine = _one_engine(runs)
-    t0 = time.perf_counter()
+    _one_engine(runs)
     reps = list(replays) if replays is not None else [prepare(r, surrogate) for r in runs]
+    return fit_targets(reps, trials=trials, seed=seed, progress=progress)
+
+
+def fit_targets(targets: Sequence[Target], *, trials: int = DEFAULT_TRIALS, seed: int = 0,
+                progress: Callable[[int, int, float], None] | None = None, processes: int = 1,
+                params: Sequence[str] | None = None, row_metric: str = "both") -> EngineFit:
+    """Fit the engine parameters on ``targets`` (runs and silicon rows of one engine; TPE,
+    ``trials`` trials, each replaying every target). ``params`` limits the fit to some of
+    ``SPACE`` (the others keep their defaults); ``row_metric`` as in ``loss``."""
+    space = tuple(params) if params else tuple(SPACE)
+    unknown = [k for k in space if k not in SPACE]
+    if unknown:
+        raise ValueError(f"unknown engine parameter '{unknown[0]}' (one of {', '.join(SPACE)})")
+    if not targets:
+        raise InputError("nothing to fit the engine on", file="targets")
+    engine = _engine_of(targets)
+    t0 = time.perf_counter()
     base = OverheadConfig()
-    before = [score(r, base, seed) for r in reps]
+    with Scorer(targets, processes, seed) as scorer:
+        return _tpe(engine, scorer, base, trials, seed, progress, t0, space, row_metric)
+
+
+def _tpe(engine: str, scorer: Scorer, base: OverheadConfig, trials: int, seed: int, progress,
+         t0: float, space: tuple[str, ...], row_metric: str) -> EngineFit:
+    import optuna
+    before = scorer(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(15, trials // 4)),
                                          multivariate=True)
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.enqueue_trial(_start(base))
+    study.enqueue_trial(_start(base, space))
     history: list[float] = []
 
     def objective(trial) -> float:
-        value = loss([score(r, _suggest(trial, base), seed) for r in reps])
+        value = loss(scorer(_suggest(trial, base, space)), row_metric)
         history.append(value)
         if progress is not None:
             progress(len(history), trials, min(history))
@@ -225,10 +368,12 @@ def fit_engine(runs: Sequence[ServingRun], *, trials: int = DEFAULT_TRIALS, seed
 
     study.optimize(objective, n_trials=max(1, trials))
     best = base.model_copy(update=study.best_params)
-    after = [score(r, best, seed) for r in reps]
-    if loss(after) > loss(before):           # the clipped first trial differs from the defaults
+    after = scorer(best)
+    kept = loss(after, row_metric) > (1 - MIN_GAIN) * loss(before, row_metric)
+    if kept:
         best, after = base, before
-    return EngineFit(engine, best, before, after, trials, seed, time.perf_counter() - t0, history)
+    return EngineFit(engine, best, before, after, trials, seed, time.perf_counter() - t0, history, row_metric,
+                     space, kept)
 
 
 @dataclass(frozen=True)
@@ -284,15 +429,26 @@ def fold_summary(folds: Sequence[Fold]) -> dict:
 # ---- profile -------------------------------------------------------------------------------
 
 def version_range(engine: str, versions: Sequence[str]) -> tuple[str, str | None]:
-    """The release range a profile covers: the engine-defaults ranges of the fitted versions
-    (same defaults, same engine behaviour), from the earliest to the latest."""
+    """The release range a profile covers: the engine-defaults ranges of the fitted versions,
+    from the earliest to the latest, widened over the neighbouring ranges that run the same
+    engine core with the same scheduling mode (vLLM V1 without async scheduling from 0.8 to
+    0.14: the same host loop per step, whose other release differences the engine block models)."""
     try:
         entries = [version_entry(engine, v) for v in versions]
     except ValueError as e:
         raise InputError(str(e), file="runs", column="engine_version") from None
-    first = min(entries, key=lambda e: parse_version(e["since"]))
-    last = max(entries, key=lambda e: parse_version(e["since"]))
-    return str(first["since"]), (str(last["until"]) if last.get("until") else None)
+    ranges = sorted(engine_defaults()[engine], key=lambda e: parse_version(e["since"]))
+    lo = min(ranges.index(e) for e in entries)
+    hi = max(ranges.index(e) for e in entries)
+    kind = {(e.get("core"), e.get("async_scheduling")) for e in entries}
+    if len(kind) == 1 and next(iter(kind))[0] is not None:
+        same = lambda e: (e.get("core"), e.get("async_scheduling")) in kind   # noqa: E731
+        while lo > 0 and same(ranges[lo - 1]):
+            lo -= 1
+        while hi + 1 < len(ranges) and same(ranges[hi + 1]):
+            hi += 1
+    last = ranges[hi]
+    return str(ranges[lo]["since"]), (str(last["until"]) if last.get("until") else None)
 
 
 def _run_ref(run: ServingRun) -> dict:
@@ -301,22 +457,39 @@ def _run_ref(run: ServingRun) -> dict:
             "model": i.model, "gpu": i.gpu, "tp": i.tp, "dp": i.dp, "ep": i.ep, "requests": len(run.requests)}
 
 
+def _ref(t) -> dict:
+    if isinstance(t, SiliconReplay):
+        dep = t.row.scenario.deployments[0]
+        return {"silicon_row": t.label, "engine_version": dep.engine.version, "model": dep.model, "gpu": t.gpu,
+                "tp": dep.tp, "stack": t.row.stack}
+    return _run_ref(t.run if isinstance(t, Replay) else t)
+
+
+def _version(t) -> str:
+    if isinstance(t, SiliconReplay):
+        return t.row.scenario.deployments[0].engine.version
+    return (t.run if isinstance(t, Replay) else t).info.engine_version
+
+
 def _scores(scores: Sequence[RunScore]) -> list[dict]:
     return [{**asdict(s), "loss": s.loss} for s in scores]
 
 
-def profile_doc(fit: EngineFit, runs: Sequence[ServingRun], held_out: dict | None = None) -> dict:
+def profile_doc(fit: EngineFit, targets: Sequence, held_out: dict | None = None) -> dict:
     """The engine profile of ``fit`` (``engines.load_profile`` reads it): engine, release range,
-    parameters, the runs it was fitted on, the losses and the held-out figures."""
-    since, until = version_range(fit.engine, [r.info.engine_version for r in runs])
+    parameters, what it was fitted on (runs, ``Replay``s or ``SiliconReplay``s), the losses and
+    the held-out figures."""
+    since, until = version_range(fit.engine, [_version(t) for t in targets])
     return {"format": PROFILE_FORMAT, "engine": fit.engine, "versions": {"since": since, "until": until},
             "overhead": fit.params.model_dump(),
-            "fitted_on": [_run_ref(r) for r in runs],
+            "fitted_on": [_ref(t) for t in targets],
             "loss": {"definition": LOSS, "before": fit.loss_before, "after": fit.loss_after,
+                     "kept_defaults": fit.kept_defaults, "min_gain": MIN_GAIN,
                      "before_runs": _scores(fit.before), "after_runs": _scores(fit.after)},
             "held_out": held_out or {},
             "optimizer": {"sampler": "optuna TPE (multivariate)", "seed": fit.seed, "trials": fit.trials,
-                          "search_space": {k: list(v) for k, v in SPACE.items()}},
+                          "search_space": {k: list(SPACE[k]) for k in fit.space},
+                          "row_metric": fit.row_metric},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -17,7 +17,8 @@ expert bytes and does the same FLOPs either way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,8 @@ from profiling.hardware import load_catalog
 from profiling.models import load_models
 
 from ..scenario import OverheadConfig, Scenario
-from ..engine.engines import BACKEND_FUSIONS, BACKEND_KV_RESERVATION, BACKEND_POLICY
+from ..engine.engines import (BACKEND_FUSIONS, BACKEND_KV_RESERVATION, BACKEND_POLICY, engine_defaults,
+                              parse_version)
 from ..engine.workload import Requests
 
 REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
@@ -135,6 +137,7 @@ class SiliconRow:
     stack: str = ""             # framework and benchmark setup, e.g. "vllm-inferencemax"
     warmup: int = 0             # leading requests left out of the measured means
     budget_isl: int = 0         # isl when the engine budget is an unknown multiple of it (else 0)
+    doc: dict | None = field(default=None, compare=False, repr=False)   # the scenario as written
 
     @property
     def group(self) -> str:
@@ -244,17 +247,48 @@ def _scheduler(r, proto: BenchProtocol, batch: int, model) -> dict:
             "decode_tp": int(r.decode_tp_size), **common}
 
 
+def engine_version(backend: str, version: object) -> str:
+    """The release a row's ``backend_version`` names; a nightly build (no release number, or
+    only a build hash: ``nightly-dev-20260216-d3bae71e``) is the newest documented range."""
+    v = str(version or "").strip()
+    if v and not v.lower().startswith("nightly"):
+        try:
+            parse_version(v)
+            return v
+        except ValueError:
+            pass
+    return max((str(e["since"]) for e in engine_defaults()[backend]), key=parse_version)
+
+
+def _engine_block(r, proto: BenchProtocol, batch: int) -> dict:
+    """The deployment's ``engine:`` block: the row's backend and release with its documented
+    defaults, plus the settings the harness ran with (sequences per engine = its clients, the
+    token budget of the protocol). SGLang's per-step budget stays its memory tier's default."""
+    args: dict = {}
+    budget = token_budget(proto, int(r.isl))
+    if r.backend == "vllm":
+        args = {"max_num_seqs": max(batch, 1), "max_num_batched_tokens": budget}
+    elif r.backend == "trtllm":
+        args = {"max_batch_size": max(batch, 1), "max_num_tokens": budget}
+    elif r.backend == "sglang":
+        args = {"max_running_requests": max(batch, 1)}
+    return {"name": r.backend, "version": engine_version(r.backend, r.backend_version), "args": args}
+
+
 def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = None,
                  surrogate: str | None = "builtin", requests_per_client: int | None = None,
                  warmup_generations: int | None = None,
-                 prompts_per_step: int | None | bool = True) -> list[SiliconRow]:
+                 prompts_per_step: int | None | bool = True, engine: bool = True) -> list[SiliconRow]:
     """One closed-loop scenario per row (or the reason it cannot be simulated).
 
     ``warmup_generations`` overrides the protocol's (0: every request is measured, as the
     clients of these rows report; n: the first n x concurrency requests are warm-up, the
     steady state AIConfigurator's closed-loop estimator reports). ``prompts_per_step``
     ``True`` keeps the protocol's engine budget, ``None`` forces the flat TOKEN_BUDGET, an
-    int forces k x isl."""
+    int forces k x isl. ``engine`` (aggregated rows) runs the row's backend and release
+    through its ``engine:`` block (documented defaults, CUDA-graph padding, async
+    scheduling, the all-reduce it picks, and its shipped engine profile for any overhead
+    ``overhead`` leaves out); ``False`` is the plain deployment of earlier releases."""
     models, hw = load_models(), load_catalog()
     out = []
     for r in df.itertuples(index=False):
@@ -273,30 +307,33 @@ def silicon_rows(df: pd.DataFrame, overhead: dict[str, OverheadConfig] | None = 
             conc = _concurrency(r)
             engines = 1 if r.mode == "disagg" else _replicas(r, conc)
             k = requests_per_client or proto.requests_per_client
-            oh = (overhead or {}).get(f"{stack}/{r.system}") or OverheadConfig()
+            oh = (overhead or {}).get(f"{stack}/{r.system}")
             tp = r.prefill_tp_size if r.mode == "disagg" else r.tp_size
             pp = _num(r, "prefill_pp_size" if r.mode == "disagg" else "pp_size", 1.0)
+            dep = {"name": "llm", "model": r.model_path, "hardware": r.system, "tp": int(tp), "pp": int(pp),
+                   "replicas": engines, "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16}
+            if engine and r.mode != "disagg":
+                dep["engine"] = _engine_block(r, proto, conc // engines)
+                dep["scheduler"] = _batch_wait(r, proto, model)
+                if oh is not None:
+                    dep["overhead"] = oh.model_dump()
+            else:
+                dep.update({"fusions": BACKEND_FUSIONS.get(r.backend, []),
+                            "scheduler": _scheduler(r, proto, conc // engines, model),
+                            "overhead": (oh or OverheadConfig()).model_dump()})
+            doc = {"name": str(r.id), "surrogate": surrogate, "deployments": [dep],
+                   "workload": {"arrival": "closed_loop", "concurrency": conc, "num_requests": conc * k,
+                                "prompt_tokens": _lengths(r.isl, proto.range_ratio),
+                                "output_tokens": _lengths(r.osl, proto.range_ratio)}}
             try:
-                sc = Scenario.model_validate({
-                    "name": str(r.id), "surrogate": surrogate,
-                    "deployments": [{
-                        "name": "llm", "model": r.model_path, "hardware": r.system,
-                        "tp": int(tp), "pp": int(pp),
-                        "replicas": engines,
-                        "dtype": dtype, "kv_dtype": kv, "max_model_len": int(r.isl + r.osl) + 16,
-                        "fusions": BACKEND_FUSIONS.get(r.backend, []),
-                        "scheduler": _scheduler(r, proto, conc // engines, model),
-                        "overhead": oh.model_dump()}],
-                    "workload": {"arrival": "closed_loop", "concurrency": conc,
-                                 "num_requests": conc * k,
-                                 "prompt_tokens": _lengths(r.isl, proto.range_ratio),
-                                 "output_tokens": _lengths(r.osl, proto.range_ratio)}})
+                sc = Scenario.model_validate(copy.deepcopy(doc))
             except Exception as e:  # a row the scenario schema rejects
                 reason = f"invalid row ({str(e).splitlines()[0]})"
         out.append(SiliconRow(str(r.id), str(r.backend), sc, float(r.silicon_ttft_ms) / 1e3,
                               float(r.silicon_tpot_ms) / 1e3, reason, str(r.system),
                               stack, proto.warmup_generations * conc,
-                              int(r.isl) if sc is not None and r.mode != "disagg" and proto.prompts_per_step else 0))
+                              int(r.isl) if sc is not None and r.mode != "disagg" and proto.prompts_per_step else 0,
+                              doc if sc is not None else None))
     return out
 
 
@@ -309,6 +346,14 @@ def with_engine(row: SiliconRow, prompts_per_step: int, held_slots: int = 0) -> 
         return row
     dep = row.scenario.deployments[0]
     budget = int(prompts_per_step) * row.budget_isl
+    if dep.engine is not None and row.doc is not None:   # the engine resolves its graphs from these
+        doc = copy.deepcopy(row.doc)
+        eng = doc["deployments"][0]["engine"]
+        seqs_key, tok_key = ("max_batch_size", "max_num_tokens") if eng["name"] == "trtllm" else \
+            ("max_num_seqs", "max_num_batched_tokens")
+        eng["args"][tok_key] = budget
+        eng["args"][seqs_key] = max(1, int(eng["args"][seqs_key]) - int(held_slots))
+        return replace(row, scenario=Scenario.model_validate(doc))
     sched = dep.scheduler.model_copy(update={"max_tokens_per_step": budget, "chunk_size": budget,
                                              "max_batch_size": max(1, dep.scheduler.max_batch_size - int(held_slots))})
     sc = row.scenario.model_copy(update={"deployments": [dep.model_copy(update={"scheduler": sched})]})

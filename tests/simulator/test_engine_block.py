@@ -72,11 +72,14 @@ def test_explicit_args_override_defaults():
 
 def test_sglang_and_trtllm_defaults():
     """SGLang 0.5 on a 24 GB card chunks prompts at 2048 with mem_fraction_static (24 GiB - 2.9
-    GiB) / 24 GiB; TensorRT-LLM 1.x reserves KV for whole requests (GUARANTEED_NO_EVICT),
+    GiB) / 24 GiB and runs prefill and decode in separate steps, prefill first (mixed steps
+    only with enable_mixed_chunk); TensorRT-LLM 1.x reserves KV for whole requests (GUARANTEED_NO_EVICT),
     fuses as BACKEND_FUSIONS says, batches 8192 tokens / 2048 sequences, captures graphs of
     1..31, 32, 64, 128 without padding."""
     sg = _dep("RTX-4090", name="sglang", version="0.5.2")
-    assert (sg.scheduler.policy, sg.scheduler.max_tokens_per_step, sg.scheduler.block_size) == ("chunked", 2048, 1)
+    assert (sg.scheduler.policy, sg.scheduler.max_tokens_per_step, sg.scheduler.block_size) == \
+        ("prefill_first", 2048, 1)
+    assert _dep("RTX-4090", name="sglang", version="0.5.2", enable_mixed_chunk=True).scheduler.policy == "chunked"
     gib = load_catalog().get("RTX-4090").mem_bytes / 2 ** 30
     assert sg.gpu_memory_utilization == pytest.approx(round((gib - 2.9) / gib, 3))
     tr = _dep(name="trtllm", version="1.1.0")

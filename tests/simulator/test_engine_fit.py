@@ -28,7 +28,7 @@ N = 50          # requests replayed per run: a time window at the recorded load,
 @pytest.fixture(scope="module")
 def fitted():
     runs = [ef.first_requests(read_run(p), N) for p in (R4090, RPRO)]
-    return runs, ef.fit_engine(runs, trials=10, seed=0)
+    return runs, ef.fit_engine(runs, trials=20, seed=0)
 
 
 def _scenario(profile: str, **overhead) -> dict:
@@ -155,3 +155,105 @@ def test_cli_calibrate_runs_bad_inputs(case, tmp_path, capsys):
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("hermes-sim: error:") and expect in err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_loss_weighs_each_gpu_once_and_caps_a_pathological_target():
+    """The loss averages per GPU, then over GPUs (ten rows of one GPU weigh as much as one
+    run of another), and one target's error counts at most 100%: a row simulated 50x off
+    cannot steer the fit."""
+    def s(gpu, ttft, tpot, e2e=float("nan")):
+        return ef.RunScore("x", gpu, 1, e2e, ttft, tpot, float("nan"), 0)
+    many = [s("h100", 10.0, 10.0)] * 10
+    assert ef.loss(many + [s("b200", 30.0, 30.0)]) == pytest.approx(20.0)
+    assert ef.loss([s("h100", 5000.0, 10.0), s("h100", 10.0, 10.0)]) == pytest.approx((100.0 + 10.0) / 2)
+    assert ef.loss([s("rtx", 40.0, 0.0, e2e=20.0)]) == pytest.approx(30.0)   # a run: (E2E + TTFT) / 2
+
+
+@pytest.fixture(scope="module")
+def silicon_targets(traces_dir):
+    """Two real vLLM silicon rows (Llama-3.1-70B fp8, 1k/1k, concurrency 4 and 8, TP 4 and 8)
+    on B200, replayed through their engine block."""
+    from profiling.readers.serving import read_silicon
+    from simulator.fidelity.silicon import silicon_rows
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    sel = df[(df.model_path == "meta-llama/Llama-3.1-70B") & (df.system == "b200_sxm") & (df.backend == "vllm")
+             & (df.precision == "fp8") & (df.isl == 1024) & (df.osl == 1024) & (df["mode"] == "agg")
+             & (df.batch_size <= 8)].head(2)
+    rows = silicon_rows(sel, requests_per_client=3)
+    assert len(rows) == 2 and all(r.scenario.deployments[0].engine.name == "vllm" for r in rows)
+    return [ef.SiliconReplay(r) for r in rows]
+
+
+def test_fit_on_silicon_rows_and_runs_together(silicon_targets):
+    """Silicon rows (no E2E: their error is TTFT and TPOT of the means) and a real run fit
+    together; the fit never ends worse than the defaults on its targets, and two worker
+    processes score exactly as one does."""
+    run = ef.prepare(ef.first_requests(read_run(R4090), 30))
+    targets = [*silicon_targets, run]
+    fit = ef.fit_targets(targets, trials=4, seed=0)
+    assert fit.engine == "vllm" and {s.gpu for s in fit.after} == {"b200_sxm", "RTX-4090"}
+    assert fit.loss_after <= fit.loss_before
+    def key(scores):
+        return [(x.run, x.ttft_mape, x.tpot_mape, x.loss) for x in scores]
+    with ef.Scorer(targets, processes=2) as par:
+        assert key(par(fit.params)) == key(ef.Scorer(targets)(fit.params))
+    doc = ef.profile_doc(fit, targets)
+    assert {r.get("silicon_row", r.get("run")) for r in doc["fitted_on"]} == {t.label for t in targets}
+
+
+def test_engine_of_refuses_mixed_engines(silicon_targets):
+    """A profile is one engine's: targets of two engines are refused in one line."""
+    from dataclasses import replace
+    other = ef.SiliconReplay(replace(silicon_targets[0].row, backend="sglang"))
+    with pytest.raises(InputError, match="one engine"):
+        ef.fit_targets([silicon_targets[1], other], trials=1)
+
+
+def test_a_fit_that_buys_less_than_min_gain_keeps_the_defaults(fitted):
+    """On two subsampled real runs one trial (the defaults clipped into the search space)
+    lowers the loss by far less than MIN_GAIN, so the fit is the engine defaults, says so,
+    and scores exactly as they do."""
+    runs, _ = fitted
+    fit = ef.fit_engine(runs, trials=1)
+    assert fit.kept_defaults and fit.params == OverheadConfig()
+    assert fit.loss_after == fit.loss_before
+    assert ef.profile_doc(fit, runs)["loss"]["kept_defaults"] is True
+
+
+def test_profile_range_covers_releases_with_the_same_core_and_scheduling_mode():
+    """A profile fitted on vLLM 0.12 (V1, synchronous scheduling) covers V1 from 0.8 up to the
+    release that turned async scheduling on (0.14), not beyond; one fitted on 0.19 (async)
+    covers 0.14 and later only; a V0 fit stays within V0."""
+    assert ef.version_range("vllm", ["0.12.0"]) == ("0.8.0", "0.14.0")
+    assert ef.version_range("vllm", ["0.19.0"]) == ("0.14.0", None)
+    assert ef.version_range("vllm", ["0.6.0"]) == ("0.5.0", "0.8.0")
+    with pytest.raises(InputError, match="predates"):
+        ef.version_range("vllm", ["0.2.0"])
+
+
+def test_shipped_profiles_fill_the_overhead_of_the_releases_they_cover():
+    """The profiles shipped with the package (benchmarks/engine_profiles.py --write): vLLM's
+    covers V1 with synchronous scheduling (0.8 to before 0.14) and TensorRT-LLM's 1.0 and
+    later; a scenario of a covered release takes their parameters for the overhead fields it
+    leaves unset, an async vLLM release and 'profile: none' keep the plain defaults, and each
+    profile names the measurements it was fitted on."""
+    from simulator.engine.config import EngineConfig
+    from simulator.engine.engines import PROFILES_DIR, profile_for
+    vllm = load_profile(PROFILES_DIR / "vllm.json")
+    assert (vllm.since, vllm.until) == ("0.8.0", "0.14.0")
+    assert profile_for(EngineConfig(name="vllm", version="0.12.0")) == vllm
+    assert profile_for(EngineConfig(name="vllm", version="0.19.0")) is None
+    assert profile_for(EngineConfig(name="vllm", version="0.12.0", profile="none")) is None
+    trt = profile_for(EngineConfig(name="trtllm", version="1.2.0"))
+    assert trt is not None and trt.engine == "trtllm"
+
+    def dep(version, **overhead):
+        d = {"model": "Llama-3.1-8B", "hardware": "H100-SXM", "engine": {"name": "vllm", "version": version}}
+        return parse_scenario({"deployments": [{**d, **({"overhead": overhead} if overhead else {})}],
+                               "workload": {"num_requests": 5}}).deployments[0]
+    assert dep("0.12.0").overhead == OverheadConfig(**vllm.parameters)
+    assert dep("0.12.0", step_s=0.005).overhead.step_s == 0.005
+    assert dep("0.19.0").overhead == OverheadConfig()
+    for p in (vllm, trt):
+        doc = json.loads(Path(p.path).read_text())
+        assert doc["fitted_on"] and doc["loss"]["after"] < doc["loss"]["before"]

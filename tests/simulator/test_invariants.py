@@ -38,7 +38,7 @@ def assert_accounted(res) -> None:
     assert (done.finish_s >= done.first_token_s).all()
 
 
-@pytest.mark.parametrize("policy", ["static", "continuous", "chunked", "mixed", "disaggregated"])
+@pytest.mark.parametrize("policy", ["static", "continuous", "chunked", "prefill_first", "mixed", "disaggregated"])
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 def test_conservation_and_kv_bound_under_memory_pressure(policy, preemption):
     """With a tiny KV pool (preemptions happen) the invariants hold; debug mode also
@@ -46,8 +46,22 @@ def test_conservation_and_kv_bound_under_memory_pressure(policy, preemption):
     res = simulate(make({**PRESSURE, "replicas": 2, "router": "least_kv",
                          "scheduler": {"policy": policy, "preemption": preemption}}))
     assert_accounted(res)
-    if policy in ("chunked", "continuous", "mixed"):
+    if policy in ("chunked", "continuous", "prefill_first", "mixed"):
         assert res.summary["preemptions"] > 0
+
+
+def test_prefill_first_never_mixes_prefill_and_decode_in_a_step():
+    """SGLang's default scheduling (prefill_first): a step prefills (new prompts, chunks of
+    long ones within the budget) or decodes, never both; prompts longer than the chunk are
+    split over several steps; the chunked policy on the same load does mix them."""
+    load = {"scheduler": {"policy": "prefill_first", "max_tokens_per_step": 512, "chunk_size": 512}}
+    res = simulate(make(load))
+    assert_accounted(res)
+    steps = np.concatenate(list(res.steps.values()))
+    assert not ((steps[:, 2] > 0) & (steps[:, 3] > 0)).any()
+    assert steps[:, 3].max() <= 512 and res.requests.prompt_tokens.max() > 512
+    mixed = np.concatenate(list(simulate(make({"scheduler": {**load["scheduler"], "policy": "chunked"}})).steps.values()))
+    assert ((mixed[:, 2] > 0) & (mixed[:, 3] > 0)).any()
 
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked", "mixed", "disaggregated"])
@@ -104,7 +118,7 @@ def test_same_seed_gives_byte_identical_summary():
     assert js(5) != js(6)
 
 
-@pytest.mark.parametrize("policy", ["chunked", "continuous", "disaggregated", "mixed"])
+@pytest.mark.parametrize("policy", ["chunked", "continuous", "prefill_first", "disaggregated", "mixed"])
 @pytest.mark.parametrize("kv_reservation", ["on_demand", "full"])
 def test_inlined_decode_loop_equals_checked_path(policy, kv_reservation):
     """The hot inlined decode loop (debug off) gives exactly the per-request results of the
@@ -119,7 +133,7 @@ def test_inlined_decode_loop_equals_checked_path(policy, kv_reservation):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policy=st.sampled_from(["static", "continuous", "chunked", "mixed", "disaggregated"]),
+@given(policy=st.sampled_from(["static", "continuous", "chunked", "prefill_first", "mixed", "disaggregated"]),
        replicas=st.integers(1, 3), router=st.sampled_from(["round_robin", "jsq", "least_tokens", "least_kv", "heavy_light"]),
        util=st.sampled_from([0.215, 0.25, 0.9]), rate=st.floats(1, 60), n=st.integers(1, 60),
        arrival=st.sampled_from(["poisson", "gamma", "bursty", "closed_loop"]),

@@ -249,3 +249,24 @@ def test_gpt_oss_rows_replay_with_window_layers_and_mxfp4_experts(traces_dir):
     zero = OverheadConfig(step_s=0, per_seq_s=0, per_token_s=0)
     errs = [abs(run_row(r, {r.group: zero}).tpot_pred / r.tpot_s - 1) for r in rows]
     assert max(errs) < 0.25 and np.mean(errs) < 0.12, errs
+
+
+def test_rows_run_their_engine_block_and_nightlies_take_the_newest_release(traces_dir):
+    """Aggregated rows are replayed through the row's engine block (its backend and release,
+    the harness's clients as the engine's sequence limit); a nightly build without a release
+    number takes the newest documented release; engine=False keeps the plain deployment."""
+    from simulator.engine.engines import engine_defaults, parse_version
+    from simulator.fidelity.silicon import engine_version
+    newest = max((e["since"] for e in engine_defaults()["sglang"]), key=parse_version)
+    assert engine_version("sglang", "nightly-dev-20260216-d3bae71e") == newest
+    assert engine_version("vllm", "0.15.1") == "0.15.1" and engine_version("vllm", None) == \
+        max((e["since"] for e in engine_defaults()["vllm"]), key=parse_version)
+    df = read_silicon(traces_dir / "aiconfigurator" / "silicon_sample.csv")
+    sel = df[(df["mode"] == "agg") & (df.model_path == "Qwen/Qwen3-32B")].groupby("backend").head(1)
+    for r, (_, src) in zip(silicon_rows(sel), sel.iterrows()):
+        dep = r.scenario.deployments[0]
+        assert dep.engine.name == src.backend
+        limit = {"vllm": "max_num_seqs", "trtllm": "max_batch_size", "sglang": "max_running_requests"}[src.backend]
+        assert dep.engine.args[limit] == dep.scheduler.max_batch_size
+    (plain,) = silicon_rows(sel.head(1), engine=False)
+    assert plain.scenario.deployments[0].engine is None
