@@ -65,19 +65,11 @@ def run_targets(engine: str):
     return [prepare(r) for r in runs if r.info.engine == engine]
 
 
-def _version(t) -> str:
-    return t.row.scenario.deployments[0].engine.version if hasattr(t, "row") else t.run.info.engine_version
-
-
 def in_range(t, since: str | None, until: str | None) -> bool:
     """Whether a target's engine release is in [since, until)."""
     from simulator.engine.engines import parse_version
-    v = parse_version(_version(t))
+    v = parse_version(t.version)
     return (since is None or v >= parse_version(since)) and (until is None or v < parse_version(until))
-
-
-def tp_of(t) -> int:
-    return t.row.scenario.deployments[0].tp if hasattr(t, "row") else t.run.info.tp
 
 
 def stratified(targets, per_group: int, seed: int):
@@ -113,14 +105,14 @@ def figures(scores) -> dict:
 
 
 def _line(title: str, f: dict) -> str:
-    parts = [title]
+    parts = []
     if f.get("rows"):
         parts.append(f"{f['rows']} rows: TTFT {f['row_ttft_mape']:.1f}% (median {f['row_ttft_median']:.1f}), "
                      f"TPOT {f['row_tpot_mape']:.1f}% (median {f['row_tpot_median']:.1f})")
     if f.get("runs"):
         parts.append(f"{f['runs']} runs: median E2E {f['run_e2e_mape_median']:.1f}%, "
                      f"TTFT {f['run_ttft_mape_median']:.1f}%, TPOT {f['run_tpot_mape_median']:.1f}%")
-    return "; ".join(parts)
+    return f"{title} {'; '.join(parts)}"
 
 
 def main() -> None:
@@ -163,7 +155,7 @@ def main() -> None:
         chosen = {t.label for t in fit_rows}
         evals = [t for i, t in enumerate(rows) if i % a.every == 0] + runs
         gpus = sorted({t.gpu for t in fit_set})
-        key = (lambda t: t.gpu) if a.holdout_by == "gpu" else (lambda t: f"TP{tp_of(t)}")
+        key = (lambda t: t.gpu) if a.holdout_by == "gpu" else (lambda t: f"TP{t.tp}")
         folds = sorted({key(t) for t in fit_set})
         print(f"== {engine}: {len(rows)} supported rows ({unsupported} unsupported), {len(runs)} runs; "
               f"fitting on {len(fit_rows)} rows + {len(runs)} runs over {', '.join(gpus)}; "

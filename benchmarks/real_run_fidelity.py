@@ -35,10 +35,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# The engine's own names of the scheduler limits a plain deployment sets (sequences, tokens per step).
-LIMIT_ARGS = {"vllm": ("max_num_seqs", "max_num_batched_tokens"),
-              "sglang": ("max_running_requests", "chunked_prefill_size"),
-              "trtllm": ("max_batch_size", "max_num_tokens")}
 SUMMARY_FILE = "llmservingsim_summary.txt"
 _SUMMARY_ROW = re.compile(r"^(TTFT|TPOT|Latency) Mean\s+([\d.]+)\s+([\d.]+)\s+([+-]?[\d.]+)%")
 
@@ -85,6 +81,7 @@ def plain_scenario(run, surrogate: str = "builtin"):
     """The run's deployment without an engine block: a chunked scheduler with the run's
     sequence and token limits, default overheads."""
     from simulator.fidelity.runs import scenario_for_run
+    from simulator.engine.engines import LIMIT_ARGS
     from simulator.scenario import parse_scenario
     sc = scenario_for_run(run, surrogate=surrogate)        # catalog names, TP/DP, dtype, client
     d = sc.deployments[0]

@@ -172,6 +172,11 @@ def _read_plan(path: Path) -> pd.DataFrame:
     return plan.sort_values("plan_rank", kind="stable") if "plan_rank" in plan else plan
 
 
+# Candidate shapes per kind a plan chooses among (a random subset beyond): the design's
+# covariance grows with the square of their number.
+MAX_CANDIDATES = 3000
+
+
 def _deployments_of(scenario: Path | None, space: Path | None) -> list[tuple[str, int, str, int, int]]:
     """(model, TP, dtype, max batch, max tokens per step) of each deployment the user will
     simulate: a scenario's, every assignment of a search space's, or Llama-3.1-8B at TP 1
@@ -241,7 +246,7 @@ def plan(gpu: str, budget: int, scenario: Path | None, space: Path | None, surro
     for k, parts in pools.items():
         f = pd.concat(parts, ignore_index=True)
         f = f.drop_duplicates(subset=[c for c in f.columns if c != "name"]).reset_index(drop=True)
-        if len(f) > MAX_CANDIDATES:  # the design's covariance is candidates squared
+        if len(f) > MAX_CANDIDATES:
             f = f.sample(MAX_CANDIDATES, random_state=0).sort_index().reset_index(drop=True)
         if k in PLAN_KINDS and k in model.kinds_:
             frames[k] = with_basis(model, k, f, hw)[1]
@@ -262,8 +267,5 @@ def plan(gpu: str, budget: int, scenario: Path | None, space: Path | None, surro
                f"from {sum(info['candidates'].values())} candidate shapes of {', '.join(info['deployments'])}; "
                f"estimated GPU time {info['est_gpu_seconds']:.1f} s -> {out}")
 
-
-# Candidate shapes per kind a plan chooses among (a random subset beyond).
-MAX_CANDIDATES = 3000
 
 COMMANDS: list[click.Command] = [profile]

@@ -427,7 +427,7 @@ def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials,
                             progress=lambda i, n, b: bar.update(task, completed=i, best=f"loss {b:.2f}%"))
         bar.update(task, description="scoring held-out runs")
         held = [(ef.score(reps[i], ef.OverheadConfig(), seed), ef.score(reps[i], fit.params, seed)) for i in held_idx]
-    doc = ef.profile_doc(fit, fit_runs, held_out={
+    doc = ef.profile_doc(fit, fit_reps, held_out={
         "runs": [{"run": b.run, "source": r.info.source, "before": ef.asdict(b), "after": ef.asdict(a)}
                  for (b, a), r in zip(held, held_runs)],
         "loss_before": ef.loss([b for b, _ in held]) if held else None,

@@ -63,6 +63,10 @@ EXTRA_ARGS = {
     "trtllm": frozenset({"free_gpu_memory_fraction", "enable_block_reuse", "tokens_per_block",
                          "capacity_scheduler_policy", "enable_padding"}),
 }
+# Each engine's own names of its two scheduler limits: (sequences, tokens per step).
+LIMIT_ARGS = {"vllm": ("max_num_seqs", "max_num_batched_tokens"),
+              "sglang": ("max_running_requests", "chunked_prefill_size"),
+              "trtllm": ("max_batch_size", "max_num_tokens")}
 # Scheduler fields an engine block decides (an explicit different value is a conflict).
 ENGINE_SCHEDULER_FIELDS = ("policy", "max_batch_size", "max_tokens_per_step", "chunk_size", "block_size",
                            "kv_reservation", "preemption")

@@ -26,7 +26,6 @@ from .stepcost import StepCost
 from .store import Store
 
 
-
 def _segment(xs: list, top: int, row: list, x: float) -> tuple[float, float, float, float, float]:
     """The decode-attention table segment holding mean context ``x`` (clamped to the table):
     its upper edge (inf for the last), left knot, width, and the row's value and slope there."""
@@ -38,6 +37,7 @@ def _segment(xs: list, top: int, row: list, x: float) -> tuple[float, float, flo
     x0 = xs[k - 1]
     r0 = row[k - 1]
     return (xs[k] if k < top else inf), x0, xs[k] - x0, r0, row[k] - r0
+
 
 class Replica:
     def __init__(self, env: Environment, store: Store, name: str, cost: StepCost, mem: MemoryPlan,
@@ -92,7 +92,7 @@ class Replica:
         self._fixed = (env, env._queue, c._kv, c._dec, len(c._kv) - 1, c.max_seqs, c.asyn,
                        self.res, self.bs, self.total_blocks, self.fin, self.steps.extend)
         self._fixed_dec = (c._tokd, c._seqd, c._cpud, policy.decodes)
-        self._fixed_chunk = (c._tok, c._seq, c._pre_prefix, c._pre, len(c._pre_prefix) - 1, c.max_tokens,
+        self._fixed_chunk = (c._tok, c._seq, c.prefill, c.max_tokens,
                              policy.max_tokens, policy.chunk, c.overhead,
                              self.waiting, self.ready, store.plen, store.cached, max_batch,
                              self.total_blocks - self.watermark, self.reserve)
@@ -264,7 +264,7 @@ class Replica:
         reached, the general path (or the decode burst, with nothing waiting or prefilling)
         taking the next step, or -1 after handing the replica to the event queue."""
         env, queue, xs, dec, top, max_seqs, asyn, res, bs, total, fin, ext = self._fixed
-        (tok, seq, ys, pre, ytop, max_tokens, full, chunk, o, waiting, ready, plen, cached, max_batch,
+        (tok, seq, prefill, max_tokens, full, chunk, o, waiting, ready, plen, cached, max_batch,
          room, reserve) = self._fixed_chunk
         e = self.prefilling[0] if self.prefilling else None
         n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
@@ -316,7 +316,7 @@ class Replica:
                 self.admit(free, chunk, False)
                 e2 = self._chunks[0][0]
                 used, spare = self.used, self.spare
-            # StepCost.__call__, inlined but for the admitted chunk (once per request)
+            # StepCost.__call__, inlined but for the prefill chunks
             g = tok[tokens] + seq[seqs]
             x = (B + n * j) / n
             if x >= hi:
@@ -326,20 +326,9 @@ class Replica:
                 ty = 0.0
             g += r0 + dr * ty
             if q:
-                ctx = e[1]                  # context before the chunk
-                k = bisect_right(ys, ctx)
-                if k < 1:
-                    k = 1
-                elif k > ytop:
-                    k = ytop
-                prow = pre[q]
-                y0 = ys[k - 1]
-                ty = (ctx - y0) / (ys[k] - y0)
-                if ty < 0:
-                    ty = 0.0
-                g += prow[k - 1] + (prow[k] - prow[k - 1]) * ty
+                g += prefill(q, e[1] + q)
             if q2:
-                g += self.cost.prefill(q2, e2[1] + q2)
+                g += prefill(q2, e2[1] + q2)
             if asyn:                        # as _begin: host work beyond the previous kernels
                 h = o.step_s + o.per_seq_s * seqs + o.per_token_s * tokens - gp
                 gp = g

@@ -105,6 +105,20 @@ class Replay:
     def engine(self) -> str:
         return self.run.info.engine
 
+    @property
+    def version(self) -> str:
+        return self.run.info.engine_version
+
+    @property
+    def tp(self) -> int:
+        return self.run.info.tp
+
+    def ref(self) -> dict:
+        return _run_ref(self.run)
+
+    def score(self, overhead: OverheadConfig, seed: int = 0) -> RunScore:
+        return score(self, overhead, seed)
+
     def with_overhead(self, overhead: OverheadConfig) -> Scenario:
         deps = [d.model_copy(update={"overhead": overhead}) for d in self.scenario.deployments]
         return self.scenario.model_copy(update={"deployments": deps})
@@ -206,20 +220,29 @@ class SiliconReplay:
     def engine(self) -> str:
         return self.row.backend
 
+    @property
+    def version(self) -> str:
+        return self.row.scenario.deployments[0].engine.version
 
-def score_silicon(t: SiliconReplay, overhead: OverheadConfig) -> RunScore:
-    """Replay a silicon row with ``overhead``: the error of its mean TTFT and TPOT (%)."""
-    r = run_row(t.row, {t.row.group: overhead})
-    ttft = abs(r.ttft_pred - r.ttft_meas) / r.ttft_meas * 100 if math.isfinite(r.ttft_pred) else CAP
-    tpot = abs(r.tpot_pred - r.tpot_meas) / r.tpot_meas * 100 if math.isfinite(r.tpot_pred) else CAP
-    return RunScore(t.label, t.gpu, 1, math.nan, ttft, tpot, math.nan, 1 if r.rejected else 0)
+    @property
+    def tp(self) -> int:
+        return self.row.scenario.deployments[0].tp
+
+    def ref(self) -> dict:
+        dep = self.row.scenario.deployments[0]
+        return {"silicon_row": self.label, "engine_version": self.version, "model": dep.model, "gpu": self.gpu,
+                "tp": dep.tp, "stack": self.row.stack}
+
+    def score(self, overhead: OverheadConfig, seed: int = 0) -> RunScore:
+        """Replay the row with ``overhead``: the error of its mean TTFT and TPOT (%); the
+        closed loop draws no random numbers, so ``seed`` is unused."""
+        r = run_row(self.row, {self.row.group: overhead})
+        ttft = abs(r.ttft_pred - r.ttft_meas) / r.ttft_meas * 100 if math.isfinite(r.ttft_pred) else CAP
+        tpot = abs(r.tpot_pred - r.tpot_meas) / r.tpot_meas * 100 if math.isfinite(r.tpot_pred) else CAP
+        return RunScore(self.label, self.gpu, 1, math.nan, ttft, tpot, math.nan, 1 if r.rejected else 0)
 
 
 Target = Replay | SiliconReplay
-
-
-def score_target(t: Target, overhead: OverheadConfig, seed: int = 0) -> RunScore:
-    return score_silicon(t, overhead) if isinstance(t, SiliconReplay) else score(t, overhead, seed)
 
 
 _POOL_TARGETS: list = []
@@ -232,7 +255,7 @@ def _pool_init(targets: list) -> None:
 
 def _pool_score(args: tuple[int, dict, int]) -> RunScore:
     i, oh, seed = args
-    return score_target(_POOL_TARGETS[i], OverheadConfig(**oh), seed)
+    return _POOL_TARGETS[i].score(OverheadConfig(**oh), seed)
 
 
 class Scorer:
@@ -248,7 +271,7 @@ class Scorer:
 
     def __call__(self, overhead: OverheadConfig) -> list[RunScore]:
         if self._ex is None:
-            return [score_target(t, overhead, self.seed) for t in self.targets]
+            return [t.score(overhead, self.seed) for t in self.targets]
         oh = overhead.model_dump()
         return list(self._ex.map(_pool_score, [(i, oh, self.seed) for i in range(len(self.targets))]))
 
@@ -341,39 +364,34 @@ def fit_targets(targets: Sequence[Target], *, trials: int = DEFAULT_TRIALS, seed
         raise ValueError(f"unknown engine parameter '{unknown[0]}' (one of {', '.join(SPACE)})")
     if not targets:
         raise InputError("nothing to fit the engine on", file="targets")
+    import optuna
     engine = _engine_of(targets)
     t0 = time.perf_counter()
     base = OverheadConfig()
     with Scorer(targets, processes, seed) as scorer:
-        return _tpe(engine, scorer, base, trials, seed, progress, t0, space, row_metric)
+        before = scorer(base)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(15, trials // 4)),
+                                             multivariate=True)
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study.enqueue_trial(_start(base, space))
+        history: list[float] = []
 
+        def objective(trial) -> float:
+            value = loss(scorer(_suggest(trial, base, space)), row_metric)
+            history.append(value)
+            if progress is not None:
+                progress(len(history), trials, min(history))
+            return value
 
-def _tpe(engine: str, scorer: Scorer, base: OverheadConfig, trials: int, seed: int, progress,
-         t0: float, space: tuple[str, ...], row_metric: str) -> EngineFit:
-    import optuna
-    before = scorer(base)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(15, trials // 4)),
-                                         multivariate=True)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.enqueue_trial(_start(base, space))
-    history: list[float] = []
-
-    def objective(trial) -> float:
-        value = loss(scorer(_suggest(trial, base, space)), row_metric)
-        history.append(value)
-        if progress is not None:
-            progress(len(history), trials, min(history))
-        return value
-
-    study.optimize(objective, n_trials=max(1, trials))
-    best = base.model_copy(update=study.best_params)
-    after = scorer(best)
-    kept = loss(after, row_metric) > (1 - MIN_GAIN) * loss(before, row_metric)
-    if kept:
-        best, after = base, before
-    return EngineFit(engine, best, before, after, trials, seed, time.perf_counter() - t0, history, row_metric,
-                     space, kept)
+        study.optimize(objective, n_trials=max(1, trials))
+        best = base.model_copy(update=study.best_params)
+        after = scorer(best)
+        kept = loss(after, row_metric) > (1 - MIN_GAIN) * loss(before, row_metric)
+        if kept:
+            best, after = base, before
+        return EngineFit(engine, best, before, after, trials, seed, time.perf_counter() - t0, history, row_metric,
+                         space, kept)
 
 
 @dataclass(frozen=True)
@@ -457,32 +475,17 @@ def _run_ref(run: ServingRun) -> dict:
             "model": i.model, "gpu": i.gpu, "tp": i.tp, "dp": i.dp, "ep": i.ep, "requests": len(run.requests)}
 
 
-def _ref(t) -> dict:
-    if isinstance(t, SiliconReplay):
-        dep = t.row.scenario.deployments[0]
-        return {"silicon_row": t.label, "engine_version": dep.engine.version, "model": dep.model, "gpu": t.gpu,
-                "tp": dep.tp, "stack": t.row.stack}
-    return _run_ref(t.run if isinstance(t, Replay) else t)
-
-
-def _version(t) -> str:
-    if isinstance(t, SiliconReplay):
-        return t.row.scenario.deployments[0].engine.version
-    return (t.run if isinstance(t, Replay) else t).info.engine_version
-
-
 def _scores(scores: Sequence[RunScore]) -> list[dict]:
     return [{**asdict(s), "loss": s.loss} for s in scores]
 
 
-def profile_doc(fit: EngineFit, targets: Sequence, held_out: dict | None = None) -> dict:
+def profile_doc(fit: EngineFit, targets: Sequence[Target], held_out: dict | None = None) -> dict:
     """The engine profile of ``fit`` (``engines.load_profile`` reads it): engine, release range,
-    parameters, what it was fitted on (runs, ``Replay``s or ``SiliconReplay``s), the losses and
-    the held-out figures."""
-    since, until = version_range(fit.engine, [_version(t) for t in targets])
+    parameters, the targets it was fitted on, the losses and the held-out figures."""
+    since, until = version_range(fit.engine, [t.version for t in targets])
     return {"format": PROFILE_FORMAT, "engine": fit.engine, "versions": {"since": since, "until": until},
             "overhead": fit.params.model_dump(),
-            "fitted_on": [_ref(t) for t in targets],
+            "fitted_on": [t.ref() for t in targets],
             "loss": {"definition": LOSS, "before": fit.loss_before, "after": fit.loss_after,
                      "kept_defaults": fit.kept_defaults, "min_gain": MIN_GAIN,
                      "before_runs": _scores(fit.before), "after_runs": _scores(fit.after)},

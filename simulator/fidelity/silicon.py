@@ -28,8 +28,8 @@ from profiling.hardware import load_catalog
 from profiling.models import load_models
 
 from ..scenario import OverheadConfig, Scenario
-from ..engine.engines import (BACKEND_FUSIONS, BACKEND_KV_RESERVATION, BACKEND_POLICY, engine_defaults,
-                              parse_version)
+from ..engine.engines import (BACKEND_FUSIONS, BACKEND_KV_RESERVATION, BACKEND_POLICY, LIMIT_ARGS,
+                              engine_defaults, parse_version)
 from ..engine.workload import Requests
 
 REQUESTS_PER_CLIENT = 10    # closed-loop requests per concurrent client (num_prompts = 10 x conc)
@@ -264,14 +264,10 @@ def _engine_block(r, proto: BenchProtocol, batch: int) -> dict:
     """The deployment's ``engine:`` block: the row's backend and release with its documented
     defaults, plus the settings the harness ran with (sequences per engine = its clients, the
     token budget of the protocol). SGLang's per-step budget stays its memory tier's default."""
-    args: dict = {}
-    budget = token_budget(proto, int(r.isl))
-    if r.backend == "vllm":
-        args = {"max_num_seqs": max(batch, 1), "max_num_batched_tokens": budget}
-    elif r.backend == "trtllm":
-        args = {"max_batch_size": max(batch, 1), "max_num_tokens": budget}
-    elif r.backend == "sglang":
-        args = {"max_running_requests": max(batch, 1)}
+    seqs, tokens = LIMIT_ARGS[r.backend]
+    args = {seqs: max(batch, 1)}
+    if r.backend != "sglang":
+        args[tokens] = token_budget(proto, int(r.isl))
     return {"name": r.backend, "version": engine_version(r.backend, r.backend_version), "args": args}
 
 
@@ -349,8 +345,7 @@ def with_engine(row: SiliconRow, prompts_per_step: int, held_slots: int = 0) -> 
     if dep.engine is not None and row.doc is not None:   # the engine resolves its graphs from these
         doc = copy.deepcopy(row.doc)
         eng = doc["deployments"][0]["engine"]
-        seqs_key, tok_key = ("max_batch_size", "max_num_tokens") if eng["name"] == "trtllm" else \
-            ("max_num_seqs", "max_num_batched_tokens")
+        seqs_key, tok_key = LIMIT_ARGS[eng["name"]]
         eng["args"][tok_key] = budget
         eng["args"][seqs_key] = max(1, int(eng["args"][seqs_key]) - int(held_slots))
         return replace(row, scenario=Scenario.model_validate(doc))

@@ -57,7 +57,7 @@ def test_profile_round_trips_and_scenario_uses_it(fitted, tmp_path):
     scenario naming it gets them as its overhead (explicit overhead fields win), 'none' keeps
     the defaults, and a profile of another release range is refused naming the file."""
     runs, fit = fitted
-    doc = ef.profile_doc(fit, runs)
+    doc = ef.profile_doc(fit, [ef.prepare(r) for r in runs])
     path = ef.save_profile(doc, tmp_path / "vllm.json")
     prof = load_profile(path)
     assert prof.engine == "vllm" and prof.covers("0.19.0") and not prof.covers("0.10.0")
@@ -83,7 +83,7 @@ def test_profile_changes_the_simulation(fitted, tmp_path):
     with those parameters written as its overhead, another than with profile none."""
     from simulator.simulate import simulate
     runs, fit = fitted
-    doc = ef.profile_doc(fit, runs)
+    doc = ef.profile_doc(fit, [ef.prepare(r) for r in runs])
     doc["overhead"] = {**doc["overhead"], "kernel_scale": 1.3}
     path = ef.save_profile(doc, tmp_path / "p.json")
     with_p = simulate(parse_scenario(_scenario(str(path)))).summary["tpot_s"]["mean"]
@@ -217,7 +217,7 @@ def test_a_fit_that_buys_less_than_min_gain_keeps_the_defaults(fitted):
     fit = ef.fit_engine(runs, trials=1)
     assert fit.kept_defaults and fit.params == OverheadConfig()
     assert fit.loss_after == fit.loss_before
-    assert ef.profile_doc(fit, runs)["loss"]["kept_defaults"] is True
+    assert ef.profile_doc(fit, [ef.prepare(r) for r in runs])["loss"]["kept_defaults"] is True
 
 
 def test_profile_range_covers_releases_with_the_same_core_and_scheduling_mode():
