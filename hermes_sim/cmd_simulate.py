@@ -170,19 +170,24 @@ def untrained_hardware(scenario) -> list[str]:
 # besides the older silicon and csv comparisons; 'sglang' is short for sglang-bench.
 RUN_FORMAT_CHOICES = ("auto", "vllm-bench", "llmservingsim", "sglang", "sglang-bench", "inference-perf",
                       "genai-perf", "aiperf", "request-csv")
+# inference-perf's per-stage reports without per-request data (not a per-request run format).
+STAGES_FORMAT = "inference-perf-stages"
 
 
 @click.command("validate")
 @click.argument("measurements", type=click.Path())
 @click.argument("scenario_arg", required=False, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["silicon", "csv", *RUN_FORMAT_CHOICES]), default=None,
+@click.option("--format", "fmt", type=click.Choice(["silicon", "csv", *RUN_FORMAT_CHOICES, STAGES_FORMAT]),
+              default=None,
               help="silicon: silicon_sample.csv rows; csv: per-request arrival_s,prompt_tokens,output_tokens,"
                    "ttft_s[,tpot_s,e2e_s] against --scenario; vllm-bench with --trace and --scenario: the "
-                   "per-request comparison; any other (auto detects it): a serving run replayed on its own "
-                   "engine, model and GPU (a SCENARIO replaces that deployment)")
+                   "per-request comparison; inference-perf-stages: a results folder of per-stage reports, its "
+                   "requests synthesized and compared stage by stage; any other (auto detects it): a serving "
+                   "run replayed on its own engine, model and GPU (a SCENARIO replaces that deployment)")
 @run_override_options("run:")
 @click.option("-o", "--out", "outdir", type=click.Path(file_okay=False), default=None,
-              help="run: write validate.json and validate.png (latency CDFs, per-request scatter) here")
+              help="run: write validate.json and validate.png (latency CDFs, per-request scatter; per-stage "
+                   "bars for inference-perf-stages) here")
 @click.option("--scenario", "scenario_opt", type=click.Path(dir_okay=False), default=None)
 @click.option("--trace", type=click.Path(dir_okay=False), default=None, help="vllm-bench: the replayed request trace")
 @click.option("--surrogate", default=None)
@@ -210,8 +215,18 @@ def validate_cmd(measurements: str, scenario_arg: str | None, fmt: str | None, o
     """Compare measured TTFT/TPOT/E2E with the simulation, row by row."""
     from simulator.fidelity.validate import load_replay_scenario, replay_requests, validate_mode
     scenario_file = scenario_opt or scenario_arg
-    fmt = validate_mode(measurements, fmt, scenario_file, trace, bool(overrides))
     console = _console()
+    if fmt in (None, "auto"):
+        measurements, fmt = _inference_perf_folder(measurements, fmt)
+    if fmt == STAGES_FORMAT:
+        given = [flag for flag, v in (("SCENARIO", scenario_file), ("--trace", trace), ("--calibrate", fraction),
+                                      ("--overhead-out", overhead_out), ("--filter", pattern)) if v is not None]
+        if given:
+            raise HermesError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to "
+                              f"--format {STAGES_FORMAT}")
+        _validate_stages(console, measurements, overrides, surrogate, seed, overhead_in, outdir, as_json)
+        return
+    fmt = validate_mode(measurements, fmt, scenario_file, trace, bool(overrides))
     if fmt not in ("silicon", "csv", "vllm-bench-trace"):
         if fraction is not None or overhead_out:
             raise HermesError("--calibrate and --overhead-out apply to --format silicon only")
@@ -248,8 +263,6 @@ def _validate_run(console, measurements: str, fmt: str, scenario_file: str | Non
                   overrides: dict, surrogate: str | None, seed: int, overhead_in: str | None,
                   outdir: str | None, as_json: bool) -> None:
     """Replay a serving run on its own engine (or SCENARIO's deployment) and report fidelity."""
-    from pathlib import Path
-
     from profiling.readers.runs import read_run
     from simulator.fidelity.runs import (load_run_overhead, plot_replay, replay_report, replay_run,
                                          replay_scenario)
@@ -272,19 +285,85 @@ def _validate_run(console, measurements: str, fmt: str, scenario_file: str | Non
             rep = replay_scenario(run, scenario, seed=seed)
         else:
             rep = replay_run(run, overhead=overhead, surrogate=surrogate or "builtin", seed=seed)
-    doc = replay_report(rep)
+    _emit(console, replay_report(rep), outdir, lambda png: plot_replay(rep, png), as_json, _print_run_report)
+
+
+def _emit(console, doc: dict, outdir: str | None, plot, as_json: bool, show) -> None:
+    """A validation's outputs: ``validate.json`` and ``plot(validate.png)`` in ``outdir`` when
+    given, then the JSON (``as_json``) or ``show(console, doc)``."""
+    from pathlib import Path
+
+    from profiling.atomicfile import write_text_atomic
     if outdir:
-        from profiling.atomicfile import write_text_atomic
         out = Path(outdir)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "validate.json", json.dumps(doc, default=lambda x: None) + "\n")
-        plot_replay(rep, out / "validate.png")
+        plot(out / "validate.png")
     if as_json:
         click.echo(json.dumps(doc, default=lambda x: None))
         return
-    _print_run_report(console, doc)
+    show(console, doc)
     if outdir:
         console.print(f"outputs in {outdir} (validate.json, validate.png)")
+
+
+def _inference_perf_folder(measurements: str, fmt: str | None) -> tuple[str, str | None]:
+    """An inference-perf results folder (or its experiment folder): its per-request report
+    when it kept one, else its stage reports (``STAGES_FORMAT``); anything else as given."""
+    from pathlib import Path
+
+    from profiling.readers.runs import inference_perf_stages as ips
+    p = Path(measurements)
+    if not p.is_dir() and not p.name.endswith("_lifecycle_metrics.json"):
+        return measurements, fmt
+    folder = ips.results_folder(p)
+    if (folder / ips.PER_REQUEST).is_file():
+        return str(folder / ips.PER_REQUEST), fmt
+    return (measurements, STAGES_FORMAT) if ips.detect(p) else (measurements, fmt)
+
+
+def _validate_stages(console, measurements: str, overrides: dict, surrogate: str | None, seed: int,
+                     overhead_in: str | None, outdir: str | None, as_json: bool) -> None:
+    """Replay an inference-perf run known by its stage reports and compare stage by stage."""
+    from profiling.readers.runs.inference_perf_stages import read_stages
+    from simulator.fidelity.runs import load_run_overhead
+    from simulator.fidelity.stages import plot_stages, replay_stages
+    if outdir:
+        check_out_dir(outdir)
+    run = read_stages(measurements, seed=seed, **overrides)
+    overhead = load_run_overhead(overhead_in, run.info) if overhead_in else None
+    with console.status(f"replaying {len(run.stages)} stages, {len(run.requests)} requests"):
+        rep = replay_stages(run, overhead=overhead, surrogate=surrogate or "builtin", seed=seed)
+    _emit(console, rep.to_dict(), outdir, lambda png: plot_stages(rep, png), as_json, _print_stages_report)
+
+
+def _print_stages_report(console, doc: dict) -> None:
+    from rich.table import Table
+    r = doc["run"]
+
+    def err(c: dict) -> str:
+        return "-" if c["err"] is None else f"{c['err'] * 100:+.1f}"
+
+    t = Table(title=f"{r['engine']} {r['version']} {r['model']} on {r['gpu']} (TP{r['tp']}): simulated vs real "
+                    f"per stage, {r['requests']} requests synthesized from the stage reports", show_edge=False)
+    for c in ("stage", "load", "metric", "real (ms)", "simulated (ms)", "error %"):
+        t.add_column(c, justify="left" if c in ("stage", "load", "metric") else "right")
+    rows = [*doc["stages"], *([{**doc["summary"], "load": "summary"}] if doc["summary"] else [])]
+    for st in rows:
+        load = st.get("load") or (f"{st['rate']:g} req/s" if st.get("rate") else f"{st.get('concurrency')} clients")
+        name = "all" if st["index"] is None else str(st["index"])
+        first = True
+        for m in ("ttft", "e2e"):
+            for q in ("mean", "p90", "p99"):
+                c = st["metrics"][m][q]
+                t.add_row(name if first else "", load if first else "", f"{m.upper()} {q}", _fmt(c["real"], "ms"),
+                          _fmt(c["sim"], "ms"), err(c))
+                first = False
+        c = st["output_tokens_per_s"]
+        t.add_row("", "", "output tok/s", _fmt(c["real"]), _fmt(c["sim"]), err(c), end_section=True)
+    console.print(t)
+    for n in doc["notes"]:
+        console.print(f"note: {n}", highlight=False)
 
 
 def _print_not_compared(console, skipped: list[dict], most: int = 50) -> None:

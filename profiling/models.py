@@ -6,6 +6,7 @@ the model's Hugging Face config that matters, so they can be checked against the
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -245,6 +246,14 @@ def _from_hf(cfg: dict[str, Any], name: str | None) -> dict[str, Any]:
     )
 
 
+# Words checkpoint repositories append to a base model's name: chat/instruct variants and
+# quantization recipes (the weight format itself is read elsewhere).
+_VARIANT_WORDS = frozenset({
+    "instruct", "chat", "hf", "it", "base", "fp8", "dynamic", "static", "block", "nvfp4", "mxfp4", "fp4",
+    "awq", "gptq", "int4", "int8", "w8a8", "w4a16", "w4a4", "w8a16", "quantized", "kv", "marlin", "v0.1",
+    "v0.2", "v0.3", "2507", "fp16", "bf16"})
+
+
 class ModelCatalog:
     def __init__(self, specs: list[ModelSpec]) -> None:
         self._by_key: dict[str, ModelSpec] = {}
@@ -264,6 +273,21 @@ class ModelCatalog:
             return self._by_key[tail]
         raise HermesError(f"unknown model '{name}' (known: {', '.join(sorted(self._specs))}; "
                           "or give a path to a Hugging Face config.json)")
+
+    def base_of(self, checkpoint: str) -> ModelSpec | None:
+        """The catalog model a checkpoint repository derives from: its name without the
+        variant and quantization words repositories append (``RedHatAI/Meta-Llama-3.1-8B-
+        Instruct-FP8-dynamic`` is Llama-3.1-8B); None when nothing is left that the catalog knows."""
+        tail = str(checkpoint).rsplit("/", 1)[-1]
+        words = re.split(r"[-_]", tail)
+        while words:
+            for cand in ("-".join(words), "-".join(words[1:]) if words[0].lower() == "meta" else None):
+                if cand and canonical_name(cand) in self._by_key:
+                    return self._by_key[canonical_name(cand)]
+            if words[-1].lower() not in _VARIANT_WORDS:
+                return None
+            words.pop()
+        return None
 
     def __contains__(self, name: object) -> bool:
         try:

@@ -8,6 +8,17 @@ import numpy as np
 from profiling.atomicfile import savefig_atomic
 
 
+def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as PNG (atomically, folders made) and close it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    savefig_atomic(fig, p, dpi=dpi, format="png")
+    plt.close(fig)
+    return p
+
+
 def write_plots(result, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")

@@ -116,6 +116,12 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     summary = _summary(scenario, store, deps, env.now, perf_counter() - wall0, frame, steps)
     summary.update(run.summary(frame))
     summary["prefill_tokens_computed"] = store.prefill_tokens
+    caches = [r.prefix for d in deps for _, reps in d.pools for r in reps if getattr(r, "prefix", None) is not None]
+    if caches:                        # only where an engine prefix cache saw prompt segments
+        looked = sum(c.prompt_tokens for c in caches)
+        hit = sum(c.hit_tokens for c in caches)
+        summary["engine_prefix_cache"] = {"prompt_tokens_looked_up": looked, "hit_tokens": hit,
+                                          "token_hit_rate": hit / looked if looked else 0.0}
     summary["events"] = env.events
     summary["steps"] = sum(len(r.steps) // 6 for d in deps for r in d.replicas)
     engines = {d.name: {"engine": resolve_for(d.engine, d.model, d.hardware, d.tp, d.pp, d.dtype).summary()}

@@ -64,6 +64,10 @@ class SchedulerConfig(_Frozen):
     # request starts only once KV for its prompt and all its output tokens is free, and
     # holds it, so nothing is ever preempted but fewer requests run at once.
     kv_reservation: Literal["on_demand", "full"] = "on_demand"
+    # The engine's automatic prefix cache (vLLM enable_prefix_caching, SGLang's radix cache,
+    # TensorRT-LLM enable_block_reuse): requests that carry their prompt's segments (a
+    # replayed run's ``prefix``) skip the prefill of the blocks it holds.
+    prefix_caching: bool = False
     # TensorRT-LLM batch waiting (batch_wait_timeout_iters / batch_wait_max_tokens_ratio,
     # "mixed" policy): while decodes run, new prompts are held back until they and the
     # decodes fill this share of the token budget or they have waited this many steps.
@@ -171,6 +175,9 @@ class Deployment(_Frozen):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     reserve_gb: float = Field(default=1.0, ge=0, description="CUDA context, graphs, NCCL buffers per device")
     max_model_len: int | None = Field(default=None, ge=1)
+    # KV blocks per replica as the engine sized them (vLLM num_gpu_blocks_override, or what a
+    # replayed run's log recorded); None plans them from memory.
+    kv_blocks: int | None = Field(default=None, ge=1, description="KV blocks per replica (else planned)")
     # Kernels the serving engine folds into a neighbour (profiling.operators.FUSIONS); the
     # operator tables time each kernel alone. TensorRT-LLM does all three; vLLM and SGLang
     # residual_into_norm.

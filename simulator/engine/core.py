@@ -16,8 +16,9 @@ from math import inf
 from typing import Any, Callable
 
 # Same-time ordering: step ends first (they free memory and finish requests), then
-# arrivals, then schedulers planning their next step (they see every same-time arrival).
-URGENT, NORMAL, LATE = 0, 1, 2
+# arrivals, then schedulers planning their next step (they see every same-time arrival),
+# then what must come after that planning (a request an async scheduler sees one step late).
+URGENT, NORMAL, LATE, LATER = 0, 1, 2, 3
 
 
 class StopSimulation(Exception):

@@ -76,20 +76,23 @@ def check_tp(dep: Deployment, model: ModelSpec, tp: int, field: str = "tp") -> N
                           "multiple of it")
 
 
-def memory_plan(dep: Deployment, model: ModelSpec, hw: HardwareSpec, tp: int) -> MemoryPlan:
+def memory_plan(dep: Deployment, model: ModelSpec, hw: HardwareSpec, tp: int, own: bool = True) -> MemoryPlan:
+    """KV plan of ``dep``'s devices (``own``) or of another pool of it (a disaggregated decode
+    pool on other hardware or TP), which the engine's recorded block count does not describe."""
     s = dep.scheduler
     return plan_memory(model, hw, tp=tp, pp=dep.pp, dtype=dep.dtype, kv_dtype=dep.kv_dtype,
                        utilization=dep.gpu_memory_utilization, reserve_gb=dep.reserve_gb,
                        max_tokens=s.max_tokens_per_step, max_seqs=s.max_batch_size,
-                       block_size=s.block_size, label=dep.name)
+                       block_size=s.block_size, label=dep.name, num_blocks=dep.kv_blocks if own else None)
 
 
 def build_pool(dep: Deployment, surrogate: str | None, hardware: str | None = None,
                tp: int | None = None) -> Pool:
     field = "scheduler.decode_tp" if tp else "tp"
+    own = hardware is None and tp is None
     tp = tp or dep.tp
     model, hw = resolve(dep, hardware, tp, field)
-    mem = memory_plan(dep, model, hw, tp)
+    mem = memory_plan(dep, model, hw, tp, own)
     # the engine block's step-time effects (all-reduce kernel, CUDA-graph padding, async
     # scheduling) on this device
     eng = resolve_for(dep.engine, dep.model, hw.name, tp, dep.pp, dep.dtype) if dep.engine else None
@@ -131,7 +134,7 @@ class Aggregated:
         swap_bw = pool.hw.pcie_bw_gb_s * 1e9 if s.preemption == "swap" else 0.0
         return Replica(self.env, self.store, name, pool.cost, pool.mem, policy,
                        max_batch=s.max_batch_size, devices=pool.devices, swap_bw=swap_bw,
-                       handoff=handoff, debug=debug, done=self.done)
+                       handoff=handoff, debug=debug, done=self.done, prefix_caching=s.prefix_caching)
 
     @property
     def done(self) -> Callable[[int, float], None]:
@@ -263,5 +266,5 @@ def check_fit(scenario) -> dict[str, MemoryPlan]:
         if s.policy == "disaggregated" and (s.decode_hardware or s.decode_tp):
             dm, dh = resolve(dep, s.decode_hardware, s.decode_tp or dep.tp,
                              "scheduler.decode_tp" if s.decode_tp else "tp")
-            out[f"{dep.name}/decode"] = memory_plan(dep, dm, dh, s.decode_tp or dep.tp)
+            out[f"{dep.name}/decode"] = memory_plan(dep, dm, dh, s.decode_tp or dep.tp, own=False)
     return out

@@ -268,17 +268,22 @@ def _vllm(e: dict, a: dict, ctx: str, model: ModelSpec, hw: HardwareSpec, tp: in
                                           max_size=int(top) if top else None)
     asyn = _bool(a, "async_scheduling", e["async_scheduling"]) and e["core"] == "v1"
     prefix = _bool(a, "enable_prefix_caching", e["enable_prefix_caching"])
+    sched["prefix_caching"] = prefix
     used = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "enable_chunked_prefill": bool(chunked),
             "enable_prefix_caching": prefix, "block_size": sched["block_size"],
             "gpu_memory_utilization": dep["gpu_memory_utilization"], "max_model_len": max_len,
             "async_scheduling": asyn, "enforce_eager": eager,
             "max_cudagraph_capture_size": max(sizes) if sizes else 0,
             "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce"))}
+    if a.get("num_gpu_blocks_override"):
+        dep["kv_blocks"] = int(a["num_gpu_blocks_override"])
+        used["num_gpu_blocks_override"] = dep["kv_blocks"]
     if a.get("kv_offloading_size"):
         used["kv_offloading_size"] = float(a["kv_offloading_size"])
         notes.append("kv_offloading_size: host KV offload is not modelled by the step engine")
     if prefix:
-        notes.append("enable_prefix_caching: hits come from the workload's shared prefixes (pipelines)")
+        notes.append("enable_prefix_caching: hits from the requests' shared prompt prefixes (a replayed "
+                     "run's prompts, or the pipelines' KV tiers)")
     return used, sched, dep, sizes, asyn, "v0 decode" if e["core"] == "v0" else e["cudagraph_mode"]
 
 
@@ -320,6 +325,7 @@ def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
             "disable_radix_cache": bool(a.get("disable_radix_cache", not e["radix_cache"])),
             "schedule_policy": a.get("schedule_policy") or e["schedule_policy"],
             "disable_cuda_graph": eager, "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce"))}
+    sched["prefix_caching"] = not used["disable_radix_cache"]
     return used, sched, dep, sizes, False, "decode"
 
 
@@ -371,6 +377,7 @@ def _trtllm(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
             "enable_block_reuse": _bool(kvc, "enable_block_reuse", _bool(a, "enable_block_reuse",
                                                                          e["enable_block_reuse"])),
             "cuda_graph_padding": bool(spec.get("enable_padding"))}
+    sched["prefix_caching"] = used["enable_block_reuse"]
     notes.append("a decode batch without a captured graph of its exact size runs eager"
                  if not spec.get("enable_padding") else "decode batches pad up to a captured size")
     return used, sched, dep, sizes, False, "decode"

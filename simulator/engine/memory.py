@@ -71,8 +71,9 @@ def activation_bytes(model: ModelSpec, tp: int, dtype: str, max_tokens: int, max
 
 def plan_memory(model: ModelSpec, hw: HardwareSpec, *, tp: int, pp: int, dtype: str | None,
                 kv_dtype: str | None, utilization: float, reserve_gb: float, max_tokens: int,
-                max_seqs: int, block_size: int, label: str = "") -> MemoryPlan:
-    """Blocks of KV cache per replica; raises when the model does not fit its devices."""
+                max_seqs: int, block_size: int, label: str = "", num_blocks: int | None = None) -> MemoryPlan:
+    """Blocks of KV cache per replica (``num_blocks`` when the engine's count is known);
+    raises when the model does not fit its devices."""
     dtype = dtype or model.dtype
     weights = model.weight_bytes(dtype) / (tp * pp)
     plan = MemoryPlan(
@@ -82,6 +83,8 @@ def plan_memory(model: ModelSpec, hw: HardwareSpec, *, tp: int, pp: int, dtype: 
         block_size=block_size, num_blocks=0)
     per_block = plan.kv_per_token * block_size
     blocks = int(plan.kv_bytes // per_block) if per_block > 0 and plan.kv_bytes > 0 else 0
+    if num_blocks is not None and blocks >= 1:
+        blocks = int(num_blocks)
     plan = MemoryPlan(**{**plan.__dict__, "num_blocks": blocks})
     if blocks < 1:
         where = f"deployment '{label}': " if label else ""

@@ -20,8 +20,9 @@ from heapq import heappop, heappush
 from math import inf
 from typing import Callable
 
-from .core import LATE, Environment
+from .core import LATE, LATER, Environment
 from .memory import MemoryPlan
+from .prefix import EnginePrefixCache
 from .stepcost import StepCost
 from .store import Store
 
@@ -43,7 +44,7 @@ class Replica:
     def __init__(self, env: Environment, store: Store, name: str, cost: StepCost, mem: MemoryPlan,
                  policy, *, max_batch: int, devices: int, swap_bw: float = 0.0,
                  handoff: Callable[[int, float], None] | None = None, debug: bool = False,
-                 done: Callable[[int, float], None] | None = None) -> None:
+                 done: Callable[[int, float], None] | None = None, prefix_caching: bool = False) -> None:
         self.env, self.store, self.name, self.cost, self.mem = env, store, name, cost, mem
         self.done = done or store.complete          # where a finished request goes next
         self.policy, self.max_batch, self.devices = policy, max_batch, devices
@@ -77,9 +78,21 @@ class Replica:
         self._chunks: list[tuple[list[int], int]] = []
         self._extra = 0.0
         self._last_dec_end = 0.0
+        # The engine's prefix cache, for requests that carry their prompt's segments: block
+        # keys wait in ``_pkeys`` until the request is first considered for admission (the
+        # lookup), then in ``_pins`` until it is admitted (its blocks enter the cache).
+        self.prefix = (EnginePrefixCache(self.total_blocks, self.bs)
+                       if prefix_caching and store.segments is not None else None)
+        self._pkeys: dict[int, list[int]] = {}
+        self._pins: dict[int, list[int]] = {}
         # Async scheduling (cost.asyn): the previous step's kernel seconds, which the host work
         # of the next step overlaps; 0 after idling (nothing to hide behind).
         self._gprev = 0.0
+        # End of the step in progress whose end is an event (-inf between steps): with async
+        # scheduling the step after it was planned when it began, so a request arriving now
+        # waits for the planning at its end.
+        self._t_end = -inf
+        self.arriving = 0                           # requests on their way to ``waiting``
         # Front end (API server) that streams every emitted token and admits new requests
         # in one process, in order: a request reaches the scheduler once the token work
         # queued before it is done. 0 = no such bottleneck (the common, fast path).
@@ -127,8 +140,25 @@ class Replica:
         return busy if busy > t else t
 
     def _enqueue(self, rid: int, t: float) -> None:
-        self.waiting.append(rid)
         self.outstanding += self.store.prompt[rid] + self.store.output[rid]
+        if self.cost.asyn and not self.idle:
+            # vLLM's async scheduling keeps two steps in flight: the one after the running
+            # step is already planned, so a new request joins the step after that one.
+            self.arriving += 1
+            self.env.schedule(self._t_end if self._t_end > t else t, self._arrived, rid, priority=LATER)
+            return
+        self._wait(rid, t)
+
+    def _arrived(self, rid: int) -> None:
+        self.arriving -= 1
+        self._wait(rid, self.env.now)
+
+    def _wait(self, rid: int, t: float) -> None:
+        if self.prefix is not None:
+            segs = self.store.segments
+            if rid < len(segs) and segs[rid]:
+                self._pkeys[rid] = self.prefix.keys(segs[rid])
+        self.waiting.append(rid)
         if self.idle:                               # _kick, inlined (once per request)
             self.idle = False
             self.env.schedule(t, self._resume, priority=LATE)
@@ -171,6 +201,7 @@ class Replica:
             t_end = t + dur
             self.busy += dur
             if queue and t_end >= queue[0][0]:
+                self._t_end = t_end
                 env.schedule(t_end, self._step_end, t, t_end)
                 return
             env.now = t_end                 # nothing can happen before t_end: run ahead
@@ -181,6 +212,7 @@ class Replica:
                 return
 
     def _step_end(self, t0: float, t1: float) -> None:
+        self._t_end = -inf
         self._end(t0, t1)
         self.env.schedule(t1, self._resume, priority=LATE)
 
@@ -229,6 +261,7 @@ class Replica:
                 self.used, self.D, self._last_dec_end, self.spare, self._gprev = used, D, last, spare, gp
                 self.busy += t_end - t_start
                 self._dec, self._chunks, self._ptok = True, (), 0
+                self._t_end = t_end
                 env.schedule(t_end, self._step_end, t, t_end)
                 return -1.0
             D = j
@@ -293,6 +326,8 @@ class Replica:
             free = budget - q
             if waiting and free > 0:
                 rid = waiting[0]
+                if rid in self._pkeys:
+                    self._lookup(rid)
                 p = plen[rid]
                 left2 = p - cached[rid]
                 q2 = left2 if left2 < free else free
@@ -343,6 +378,7 @@ class Replica:
                 if q2:
                     chunks.append((e2, q2))
                 self._dec, self._chunks, self._ptok = True, chunks, q + q2
+                self._t_end = t_end
                 env.schedule(t_end, self._step_end, t, t_end)
                 return -1.0
             env.now = t_end
@@ -563,6 +599,8 @@ class Replica:
         """Prompt tokens ``admit(budget, whole=True)`` would schedule, ignoring KV room."""
         st, used, slots = self.store, 0, self.max_batch - self.n - len(self.prefilling)
         for rid in self.waiting:
+            if rid in self._pkeys:
+                self._lookup(rid)
             q = st.plen[rid] - st.cached[rid]
             if slots <= 0 or (used + q > budget and used):
                 break
@@ -579,8 +617,10 @@ class Replica:
             if self.n + len(prefilling) >= self.max_batch:
                 break
             rid = waiting[0]
+            if rid in self._pkeys:
+                self._lookup(rid)
             p = st.plen[rid]
-            c = st.cached[rid]                  # prefix KV already here (a KV-tier hit): not recomputed
+            c = st.cached[rid]                  # prefix KV already here (a cache hit): not recomputed
             if whole and p - c > budget - used and (used or chunks):
                 break                           # whole prompts only; an oversize one goes alone
             need = -(-p // self.bs)
@@ -588,6 +628,8 @@ class Replica:
             if self.used + need + extra > room:
                 break
             waiting.popleft()
+            if rid in self._pins:
+                self.prefix.insert(self._pins.pop(rid))
             self.used += need
             if self.reserve:
                 self._reserve(rid, p, extra)
@@ -598,6 +640,15 @@ class Replica:
             chunks.append((e, q))
             used += q
         return used
+
+    def _lookup(self, rid: int) -> None:
+        """The prefix cache's hit for a request about to be considered for admission."""
+        keys = self._pkeys.pop(rid)
+        st = self.store
+        hit = self.prefix.lookup(keys, st.plen[rid])
+        if hit > st.cached[rid]:
+            st.cached[rid] = hit
+        self._pins[rid] = keys
 
     def _output_blocks(self, rid: int, kv: int) -> int:
         """Blocks a full reservation holds beyond ``kv`` tokens: room for every output

@@ -38,7 +38,7 @@ class JoinShortestQueue(Router):
     """Fewest requests waiting, prefilling or decoding."""
 
     def pick(self, rid: int, store) -> int:
-        return _argmin(len(r.waiting) + len(r.ready) + len(r.prefilling) + r.n for r in self.replicas)
+        return _argmin(r.arriving + len(r.waiting) + len(r.ready) + len(r.prefilling) + r.n for r in self.replicas)
 
 
 class LeastTokens(Router):

@@ -32,6 +32,8 @@ class Store:
         self.where = [-1] * n                   # replica index that finished the request
         self.cached = [0] * n                   # prompt tokens whose KV is already there (prefix hit)
         self.shared = [0] * n                   # KV blocks shared with a sibling (parallel branches)
+        # prompt composition per request (``Requests.segments``) for the engine's prefix cache
+        self.segments: tuple[str, ...] | None = reqs.segments
         self.rejected: dict[int, str] = {}
         self.completed = 0
         self.prefill_tokens = 0

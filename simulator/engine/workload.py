@@ -23,6 +23,9 @@ class Requests:
     arrival: np.ndarray
     prompt: np.ndarray
     output: np.ndarray
+    # each prompt's composition for the engine's prefix cache (``simulator.engine.prefix``:
+    # space-separated ``ID:TOKENS``, '' unknown); None when the workload says nothing of it
+    segments: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt)

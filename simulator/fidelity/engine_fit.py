@@ -531,7 +531,7 @@ def plot_fit(fit: EngineFit, held: Sequence[tuple[RunScore, RunScore]], path: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from profiling.atomicfile import savefig_atomic
+    from ..plots import save_png
     rows = [(f"{b.run} (fit)", b, a) for b, a in zip(fit.before, fit.after)] + \
            [(f"{b.run} (held out)", b, a) for b, a in held]
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.5 * len(rows) + 3), width_ratios=(2, 2, 1.4))
@@ -549,12 +549,7 @@ def plot_fit(fit: EngineFit, held: Sequence[tuple[RunScore, RunScore]], path: st
     axes[2].set_xlabel("trial")
     axes[2].set_ylabel("loss on the fitting runs (%)")
     fig.suptitle(f"{fit.engine} engine calibration: before / after per run")
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    savefig_atomic(fig, p, dpi=100, format="png")
-    plt.close(fig)
-    return p
+    return save_png(fig, path, dpi=100)
 
 
 def log_mlflow(doc: dict, profile: Path, plot: Path | None, held: Sequence[tuple[RunScore, RunScore]]) -> str:

@@ -12,6 +12,7 @@ Every request of the run is either compared or listed in ``RunReplay.unsupported
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from math import isfinite
 from pathlib import Path
@@ -23,13 +24,14 @@ import pandas as pd
 from profiling.dtypes import normalize_dtype
 from profiling.errors import HermesError, InputError
 from profiling.hardware import load_catalog
-from profiling.models import resolve_model
+from profiling.models import load_models, resolve_model
 from profiling.readers.runs import RunInfo, ServingRun
 
 from ..engine.config import OverheadConfig
 from ..engine.engines import ENGINES
 from ..engine.workload import Requests
 from ..scenario import Scenario, parse_scenario
+from ..result import SimResult
 from ..simulate import simulate
 
 METRICS = ("ttft", "tpot", "e2e")
@@ -86,7 +88,10 @@ def _catalog_names(info: RunInfo) -> tuple[str, str]:
     try:
         model = resolve_model(info.model).name
     except HermesError as e:
-        raise InputError(f"model '{info.model}' cannot be simulated ({e})", file=src, column="model") from None
+        base = load_models().base_of(info.model)   # a quantized or instruct checkpoint of a catalog model
+        if base is None:
+            raise InputError(f"model '{info.model}' cannot be simulated ({e})", file=src, column="model") from None
+        model = base.name
     if not info.gpu:
         raise InputError("GPU not recorded in the run (give --gpu)", file=src, column="gpu")
     try:
@@ -106,10 +111,45 @@ def _dtype(value: Any) -> str | None:
         return None
 
 
+# A quantized checkpoint says so in its repository name (RedHatAI/...-FP8-dynamic,
+# nvidia/...-NVFP4, ...-AWQ); vLLM's --quantization names the method. Either sets the format
+# the weights are stored (and the GEMMs priced) in.
+_QUANT_NAMES = ((re.compile(r"(?i)(?<![a-z0-9])(fp8|w8a8|f8)(?=$|[^a-z0-9])"), "fp8"),
+                (re.compile(r"(?i)(?<![a-z0-9])(nvfp4|mxfp4|fp4|w4a4)(?=$|[^a-z0-9])"), "fp4"),
+                (re.compile(r"(?i)(?<![a-z0-9])(awq|gptq|w4a16|int4)(?=$|[^a-z0-9])"), "int4"),
+                (re.compile(r"(?i)(?<![a-z0-9])(int8|w8a16)(?=$|[^a-z0-9])"), "int8"))
+_QUANT_METHODS = {"fp8": "fp8", "fbgemm_fp8": "fp8", "ptpc_fp8": "fp8", "modelopt": "fp8", "fp_quant": "fp8",
+                  "modelopt_fp4": "fp4", "mxfp4": "fp4", "awq": "int4", "awq_marlin": "int4", "gptq": "int4",
+                  "gptq_marlin": "int4", "bitsandbytes": "int4", "experts_int8": "int8"}
+
+
+def weight_dtype(info: RunInfo) -> str | None:
+    """The weights' storage format a run's arguments or checkpoint name give, else None (the
+    model's own)."""
+    method = info.engine_args.get("quantization")
+    if isinstance(method, str) and method.lower() in _QUANT_METHODS:
+        return _QUANT_METHODS[method.lower()]
+    for pattern, dtype in _QUANT_NAMES:
+        if pattern.search(info.model):
+            return dtype
+    return None
+
+
+def recorded_kv_blocks(info: RunInfo) -> int | None:
+    """The KV block count the engine reported at start-up (vLLM's log or bench metadata)."""
+    kv = info.engine_facts.get("kv_cache")
+    blocks = kv.get("num_gpu_blocks") if isinstance(kv, dict) else None
+    return int(blocks) if isinstance(blocks, (int, float)) and not isinstance(blocks, bool) and blocks >= 1 else None
+
+
 def _engine_args(info: RunInfo, extra: dict | None) -> dict[str, Any]:
-    """The run's recorded arguments (minus deployment fields and unset ones) + ``extra``."""
+    """The run's recorded arguments (minus deployment fields and unset ones) + ``extra``; a
+    vLLM run's KV cache is the size its engine reported, as ``num_gpu_blocks_override``."""
     drop = set(_DEPLOYMENT_ARGS.get(info.engine, ()))
     args = {k: v for k, v in info.engine_args.items() if v is not None and k not in drop}
+    blocks = recorded_kv_blocks(info)
+    if info.engine == "vllm" and blocks and "num_gpu_blocks_override" not in args:
+        args["num_gpu_blocks_override"] = blocks
     return {**args, **(extra or {})}
 
 
@@ -119,7 +159,14 @@ def scenario_for_run(run: ServingRun, *, overhead: OverheadConfig | None = None,
     recorded arguments + ``engine_args``), model and GPU as catalog names, TP/PP, DP as
     replicas behind a join-shortest-queue router, ``overhead`` when given. The workload is the
     run's client (recorded arrivals, an open loop at its rate, or its closed loop)."""
-    info = run.info
+    return scenario_for_info(run.info, len(run.requests), overhead=overhead, surrogate=surrogate,
+                             engine_args=engine_args)
+
+
+def scenario_for_info(info: RunInfo, num_requests: int, *, overhead: OverheadConfig | None = None,
+                      surrogate: str | None = "builtin", engine_args: dict | None = None) -> Scenario:
+    """``scenario_for_run`` from a run's info and request count alone (a run known only by its
+    aggregate report, whose requests are synthesized)."""
     src = _where(info)
     if info.engine not in ENGINES:
         raise InputError(f"engine '{info.engine}' cannot be replayed (known: {', '.join(ENGINES)}; "
@@ -132,7 +179,7 @@ def scenario_for_run(run: ServingRun, *, overhead: OverheadConfig | None = None,
         "name": "llm", "model": model, "hardware": gpu, "tp": info.tp, "pp": info.pp, "replicas": info.dp,
         "engine": {"name": info.engine, "version": info.engine_version, "args": _engine_args(info, engine_args)},
         "router": "jsq"}
-    dtype = _dtype(info.engine_args.get("dtype"))
+    dtype = weight_dtype(info) or _dtype(info.engine_args.get("dtype"))
     if dtype:
         dep["dtype"] = dtype
     kv = _dtype(info.engine_args.get("kv_cache_dtype"))
@@ -140,7 +187,7 @@ def scenario_for_run(run: ServingRun, *, overhead: OverheadConfig | None = None,
         dep["kv_dtype"] = kv
     if overhead is not None:
         dep["overhead"] = overhead.model_dump()
-    n = max(len(run.requests), 1)
+    n = max(int(num_requests), 1)
     c = info.client
     if c.kind == "closed_loop":
         workload = {"arrival": "closed_loop", "concurrency": c.concurrency, "num_requests": n}
@@ -193,11 +240,10 @@ def _deployment_notes(run: ServingRun, scenario: Scenario, kv_blocks: dict[str, 
     if info.ep > 1:
         out.append(f"expert parallel {info.ep}: replayed as {scenario.deployments[0].replicas} replica(s) each "
                    "holding every expert (no all-to-all; weights counted whole per GPU)")
-    blocks = (info.engine_facts.get("kv_cache") or {}).get("num_gpu_blocks") if isinstance(
-        info.engine_facts.get("kv_cache"), dict) else None
+    blocks = recorded_kv_blocks(info)
     if blocks:
         sim = sorted(set(kv_blocks.values()))
-        out.append(f"KV blocks per replica: the engine recorded {blocks}, the simulation plans "
+        out.append(f"KV blocks per replica: the engine recorded {blocks}, the simulation holds "
                    f"{', '.join(str(b) for b in sim)}")
     return out
 
@@ -211,14 +257,11 @@ def replay_scenario(run: ServingRun, scenario: Scenario, *, seed: int = 0) -> Ru
     keep = np.isfinite(prompt) & np.isfinite(output) & (prompt >= 1)
     arrival, conc, notes = _arrivals(run, keep, seed)
     n = int(keep.sum())
+    prefix = df["prefix"].astype(str).to_numpy()[keep] if "prefix" in df else None
     reqs = Requests(np.full(n, np.nan) if arrival is None else arrival, prompt[keep].astype(np.int64),
-                    np.maximum(output[keep], 1).astype(np.int64))
-    w = scenario.workload
-    wl = (w.model_copy(update={"arrival": "closed_loop", "concurrency": conc, "num_requests": max(n, 1)})
-          if conc is not None else
-          w.model_copy(update={"arrival": "trace", "trace": None, "num_requests": max(n, 1)}))
-    sc = scenario.model_copy(update={"workload": wl, "seed": seed})
-    res = simulate(sc, requests=reqs)
+                    np.maximum(output[keep], 1).astype(np.int64),
+                    segments=tuple(prefix) if prefix is not None and any(prefix) else None)
+    sc, res = simulate_requests(scenario, reqs, seed=seed, concurrency=conc)
     ids = df["request_id"].astype(str).to_numpy()
     measured = pd.DataFrame({
         "arrival_s": df["arrival_s"].to_numpy(float), "prompt_tokens": prompt, "output_tokens": output,
@@ -249,8 +292,27 @@ def replay_scenario(run: ServingRun, scenario: Scenario, *, seed: int = 0) -> Ru
             unsupported.append(f"{rid}: {'; '.join(why)}")
     summary = dict(res.summary)
     summary["kv_blocks"] = dict(res.kv_blocks)
+    pc = summary.get("engine_prefix_cache")
+    if pc:
+        notes.append(f"engine prefix cache: {pc['token_hit_rate']:.1%} of prompt tokens found cached "
+                     f"({pc['hit_tokens']:,} of {pc['prompt_tokens_looked_up']:,}), from the run's prompts")
+    elif reqs.segments is None:
+        notes.append("engine prefix cache: the run records no prompt content, so no request reuses another's")
     return RunReplay(info=run.info, scenario=sc, measured=measured, simulated=sim, summary=summary,
                      unsupported=unsupported, notes=tuple(notes + _deployment_notes(run, sc, res.kv_blocks)))
+
+
+def simulate_requests(scenario: Scenario, reqs: Requests, *, seed: int = 0,
+                      concurrency: int | None = None) -> tuple[Scenario, SimResult]:
+    """Simulate exactly ``reqs`` on ``scenario``'s deployments: at their arrival times, or as a
+    closed loop of ``concurrency`` clients (arrivals NaN). Returns the scenario as run."""
+    n = max(len(reqs), 1)
+    w = scenario.workload
+    wl = (w.model_copy(update={"arrival": "closed_loop", "concurrency": concurrency, "num_requests": n})
+          if concurrency is not None else
+          w.model_copy(update={"arrival": "trace", "trace": None, "num_requests": n}))
+    sc = scenario.model_copy(update={"workload": wl, "seed": seed})
+    return sc, simulate(sc, requests=reqs)
 
 
 def _real_tpot(df: pd.DataFrame) -> np.ndarray:
@@ -404,7 +466,7 @@ def plot_replay(rep: RunReplay, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from profiling.atomicfile import savefig_atomic
+    from ..plots import save_png
     both = rep.compared
     m, s = rep.measured[both], rep.simulated[both]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
@@ -428,12 +490,7 @@ def plot_replay(rep: RunReplay, path: str | Path) -> Path:
     i = rep.info
     fig.suptitle(f"{i.engine} {i.engine_version} {i.model} on {i.gpu} (TP{i.tp} DP{i.dp}): "
                  f"{int(both.sum())} of {len(rep.measured)} requests compared")
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    savefig_atomic(fig, p, dpi=110, format="png")
-    plt.close(fig)
-    return p
+    return save_png(fig, path)
 
 
 def load_run_overhead(path: str | Path, info: RunInfo) -> OverheadConfig:

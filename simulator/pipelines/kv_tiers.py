@@ -12,73 +12,14 @@ path). Each tier evicts least-recently-used blocks.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.prefix import PrefixCache, Segment, block_keys  # noqa: F401  (shared with the engine)
+
 SCOPES = ("deployment", "node", "rack", "cluster")
-Segment = tuple[object, int]   # (content id, tokens)
-
-
-def block_keys(segments: list[Segment], block_tokens: int) -> list[int]:
-    """Hash-chain keys of the *full* blocks of a token stream made of ``segments``.
-
-    Only full blocks are cacheable (as in vLLM / LMCache); block ``i``'s key depends on
-    the content pieces inside it and on block ``i-1``'s key."""
-    keys: list[int] = []
-    prev = 0
-    pieces: list[tuple] = []
-    fill = 0
-    for sid, length in segments:
-        off = 0
-        while off < length:
-            take = min(length - off, block_tokens - fill)
-            pieces.append((sid, off, off + take))
-            off += take
-            fill += take
-            if fill == block_tokens:
-                prev = hash((prev, tuple(pieces)))
-                keys.append(prev)
-                pieces, fill = [], 0
-    return keys
-
-
-class PrefixCache:
-    """LRU set of block keys with a capacity in blocks; counts lookups and hits."""
-
-    __slots__ = ("capacity", "blocks", "lookups", "hits")
-
-    def __init__(self, capacity_blocks: int) -> None:
-        self.capacity = max(int(capacity_blocks), 0)
-        self.blocks: OrderedDict[int, None] = OrderedDict()
-        self.lookups = 0
-        self.hits = 0
-
-    def __contains__(self, key: int) -> bool:
-        return key in self.blocks
-
-    def touch(self, key: int) -> None:
-        self.blocks.move_to_end(key)
-
-    def insert(self, keys: list[int]) -> None:
-        """Add (or refresh) blocks, evicting the least recently used beyond capacity."""
-        if not self.capacity:
-            return
-        b = self.blocks
-        for k in keys:
-            if k in b:
-                b.move_to_end(k)
-            else:
-                b[k] = None
-        while len(b) > self.capacity:
-            b.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-
 @dataclass(frozen=True)
 class TierSpec:
     """One level of the hierarchy. ``bw`` in bytes/s, ``latency`` in s, ``capacity`` in bytes

@@ -145,9 +145,11 @@ def _strip(s: dict) -> str:
     return json.dumps({k: v for k, v in s.items() if k not in ("sim_wall_s", "deployments")}, sort_keys=True)
 
 
-def test_async_scheduling_never_slows_a_run_and_is_void_without_overhead():
-    """Same scenario with async scheduling on and off: on is never slower (mean E2E, TPOT
-    and makespan); with zero per-step host overhead both give the same summary."""
+def test_async_scheduling_hides_host_time_and_admits_a_step_later():
+    """Same scenario with async scheduling on and off: on hides the host work (mean E2E, TPOT
+    and makespan never worse). With zero host overhead there is nothing to hide and only the
+    admission lag is left: a request arriving during a step joins the step after the next,
+    so mean TTFT grows by at most about two steps and never shrinks."""
     base = {"name": "vllm", "version": "0.19.0", "max_num_seqs": 64, "max_num_batched_tokens": 2048}
     on, off = _run({**base, "async_scheduling": True}), _run({**base, "async_scheduling": False})
     assert on["deployments"]["llm"]["engine"]["async_scheduling"] is True
@@ -155,8 +157,10 @@ def test_async_scheduling_never_slows_a_run_and_is_void_without_overhead():
     assert on["e2e_s"]["mean"] < off["e2e_s"]["mean"]
     assert on["tpot_s"]["mean"] < off["tpot_s"]["mean"] and on["makespan_s"] <= off["makespan_s"]
     zero = {"step_s": 0.0, "per_seq_s": 0.0, "per_token_s": 0.0}
-    assert _strip(_run({**base, "async_scheduling": True}, zero)) == _strip(_run({**base, "async_scheduling": False},
-                                                                                 zero))
+    lag, sync = _run({**base, "async_scheduling": True}, zero), _run({**base, "async_scheduling": False}, zero)
+    assert lag["completed"] == sync["completed"] == 300
+    step = sync["itl_s"]["p50"]
+    assert sync["ttft_s"]["mean"] < lag["ttft_s"]["mean"] < sync["ttft_s"]["mean"] + 2.5 * step
 
 
 def test_async_step_charges_only_host_time_beyond_the_previous_kernels():

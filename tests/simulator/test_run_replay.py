@@ -211,3 +211,60 @@ def test_engine_profile_overhead_is_read_and_its_engine_checked(runs_dir, tmp_pa
     prof.write_text(json.dumps({"format": 1, "engine": "sglang", "overhead": {"step_s": 0.0042}}))
     with pytest.raises(InputError, match="vllm.json.*'engine'.*sglang"):
         load_run_overhead(prof, run.info)
+
+
+def test_a_vllm_runs_recorded_kv_blocks_size_its_replayed_cache(runs_dir):
+    """The RTX 4090 run's meta.json records vLLM's num_gpu_blocks (2588): the replay holds
+    exactly that many blocks (not the 2774 the memory plan would give), and says so."""
+    run = first(read_run(runs_dir / "RTX4090" / "Llama-3.1-8B"), 20)
+    sc = scenario_for_run(run)
+    assert sc.deployments[0].kv_blocks == 2588
+    assert sc.deployments[0].engine.args["num_gpu_blocks_override"] == 2588
+    rep = replay_run(run)
+    assert set(rep.summary["kv_blocks"].values()) == {2588}
+    assert any("the engine recorded 2588, the simulation holds 2588" in n for n in rep.notes)
+
+
+def test_num_gpu_blocks_override_sets_the_kv_blocks_and_nothing_else():
+    """vLLM's num_gpu_blocks_override fixes the KV blocks of every replica; the memory plan
+    still refuses a model that does not fit."""
+    from simulator import Scenario, simulate
+    doc = {"name": "t", "surrogate": "roofline",
+           "deployments": [{"name": "llm", "model": "Llama-3.1-8B", "hardware": "H100-SXM", "replicas": 2,
+                            "engine": {"name": "vllm", "version": "0.11.0", "num_gpu_blocks_override": 123}}],
+           "workload": {"rate_rps": 5, "num_requests": 20}}
+    res = simulate(Scenario.model_validate(doc))
+    assert set(res.kv_blocks.values()) == {123}
+    doc["deployments"][0]["model"] = "Llama-3.1-405B"
+    with pytest.raises(Exception, match="does not fit"):
+        simulate(Scenario.model_validate(doc))
+
+
+@pytest.mark.parametrize("model, args, name, dtype", [
+    ("RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", {}, "Llama-3.1-8B", "fp8"),
+    ("neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8-dynamic", {}, "Llama-3.1-8B", "fp8"),
+    ("nvidia/Qwen3-32B-NVFP4", {}, "Qwen3-32B", "fp4"),
+    ("Qwen/Qwen3-32B", {"quantization": "fp8"}, "Qwen3-32B", "fp8"),
+    ("Qwen/Qwen3-32B", {"dtype": "bfloat16"}, "Qwen3-32B", "bf16"),
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", {}, "Mixtral-8x7B", None),
+])
+def test_a_quantized_or_instruct_checkpoint_replays_its_base_model_in_its_weight_format(model, args, name, dtype):
+    """A run serving a checkpoint repository: the catalog model it derives from, with the
+    weights in the format its name or vLLM's --quantization gives (else the engine's dtype)."""
+    from profiling.readers.runs import ClientMode, RunInfo
+    from simulator.fidelity.runs import scenario_for_info
+    info = RunInfo(engine="vllm", engine_version="0.15.1", model=model, gpu="H100-SXM", engine_args=args,
+                   client=ClientMode(kind="trace"))
+    d = scenario_for_info(info, 10, surrogate="roofline").deployments[0]
+    assert (d.model, d.dtype) == (name, dtype)
+
+
+def test_an_unknown_checkpoint_is_still_refused_in_one_line():
+    """Stripping variant words never invents a model: an unknown base is a one-line error."""
+    from profiling.errors import InputError
+    from profiling.readers.runs import ClientMode, RunInfo
+    from simulator.fidelity.runs import scenario_for_info
+    info = RunInfo(engine="vllm", engine_version="0.15.1", model="foo/Bar-7B-Instruct-FP8", gpu="H100-SXM",
+                   client=ClientMode(kind="trace"))
+    with pytest.raises(InputError, match="foo/Bar-7B-Instruct-FP8"):
+        scenario_for_info(info, 10)

@@ -7,6 +7,9 @@ Public API: ``RUN_FORMATS`` (name -> ``RunFormat``), ``detect(path)`` (the forma
 dp, ep, engine_args) and ``known_engine_args()``. Format-specific keywords: ``trace=`` (vLLM
 result without arrivals), ``index=`` (a file holding several runs: vLLM --append-result,
 SGLang JSONL, genai-perf experiments, silicon rows).
+
+An inference-perf results folder with only per-stage reports is no per-request run: it is
+read by ``inference_perf_stages.read_stages`` into a ``StageRun`` (not in ``RUN_FORMATS``).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from . import (
     aiperf,
     genai_perf,
     inference_perf,
+    inference_perf_stages,
     llmservingsim,
     request_csv,
     sglang_bench,
@@ -27,6 +31,7 @@ from . import (
     vllm_bench,
 )
 from .common import OVERRIDES, known_engine_args
+from .inference_perf_stages import StageRun, read_stages
 from .schema import COLUMNS, ClientMode, RunInfo, ServingRun
 
 
@@ -67,6 +72,9 @@ def detect(path: str | Path) -> str:
     for fmt in RUN_FORMATS.values():
         if fmt.detect(p):
             return fmt.name
+    if inference_perf_stages.detect(p):
+        raise InputError("inference-perf per-stage reports without per-request data: not a per-request run "
+                         "(hermes-sim validate replays them stage by stage)", file=p)
     raise InputError(f"not a serving run in a known format ({', '.join(RUN_FORMATS)})", file=p)
 
 
@@ -77,5 +85,5 @@ def read_run(path: str | Path, fmt: str | None = None, **overrides: Any) -> Serv
     return RUN_FORMATS[fmt or detect(path)].read(Path(path), **overrides)
 
 
-__all__ = ["COLUMNS", "OVERRIDES", "RUN_FORMATS", "ClientMode", "RunFormat", "RunInfo", "ServingRun",
-           "detect", "known_engine_args", "read_run"]
+__all__ = ["COLUMNS", "OVERRIDES", "RUN_FORMATS", "ClientMode", "RunFormat", "RunInfo", "ServingRun", "StageRun",
+           "detect", "known_engine_args", "read_run", "read_stages"]

@@ -5,8 +5,11 @@ Per-request columns (units in the names; NaN where the source did not record a v
 invented): ``arrival_s`` (seconds from the run's first arrival), ``prompt_tokens``,
 ``output_tokens``, ``ttft_s``, ``e2e_s``, ``tpot_s`` (mean time per output token after the
 first), ``itl_s`` (list of inter-token gaps, or None), ``ok`` (False for a failed request:
-kept and counted, never dropped), ``error`` (the failure's message, '' when ok) and
-``request_id``.
+kept and counted, never dropped), ``error`` (the failure's message, '' when ok),
+``request_id`` and ``prefix`` (the prompt's composition as space-separated ``ID:TOKENS``
+segments in prompt order, '' when unknown: two requests' IDs are equal exactly when their
+prompts are equal up to and including that segment, and a request's segment tokens sum to
+its ``prompt_tokens``; see ``prefix.py``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ Engine = Literal["vllm", "sglang", "trtllm", "unknown"]
 
 LATENCY_COLUMNS = ("ttft_s", "e2e_s", "tpot_s")
 TOKEN_COLUMNS = ("prompt_tokens", "output_tokens")
-COLUMNS = ("request_id", "arrival_s", *TOKEN_COLUMNS, *LATENCY_COLUMNS, "itl_s", "ok", "error")
+COLUMNS = ("request_id", "arrival_s", *TOKEN_COLUMNS, *LATENCY_COLUMNS, "itl_s", "ok", "error", "prefix")
 
 
 class ClientMode(BaseModel):
@@ -161,6 +164,8 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     cols["itl_s"] = list(df["itl_s"]) if "itl_s" in df else [None] * n
     cols["ok"] = df["ok"].to_numpy(dtype=bool) if "ok" in df else np.ones(n, dtype=bool)
     cols["error"] = df["error"].fillna("").astype(str).to_numpy() if "error" in df else np.full(n, "")
+    # Optional: runs saved before the column existed, and readers that cannot tell, have ''.
+    cols["prefix"] = df["prefix"].fillna("").astype(str).to_numpy() if "prefix" in df else np.full(n, "")
     return pd.DataFrame({c: cols[c] for c in COLUMNS})
 
 
