@@ -5,6 +5,7 @@ the final report; trials run in ``workers`` processes (or in-process for one wor
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,33 @@ def identity_tags(space: SearchSpace) -> dict[str, str]:
             "hermes.scenario_hash": content_hash(space.base), "hermes.space_hash": content_hash(space.doc),
             "hermes.surrogate": sur, "hermes.surrogate_hash": surrogate_hash(sur),
             "hermes.identity": identity_hash(study_identity(space))}
+
+
+def study_params(space: SearchSpace, *, seed: int | None, storage_url: str, trials: int,
+                 workers: int) -> dict[str, str]:
+    """What a study was run on, as its MLflow parent run's params: the space (file, objective,
+    parameters, SLOs), the seed, the Optuna storage (password hidden), the hardware catalog,
+    the surrogate and each deployment's engine profile."""
+    from profiling.hardware import CATALOG_ENV
+    from simulator.engine.config import EngineConfig
+    from simulator.engine.engines import profile_for
+
+    profiles = []
+    for dep in space.base.get("deployments") or []:
+        eng = dep.get("engine") if isinstance(dep, dict) else None
+        if isinstance(eng, dict):
+            try:
+                prof = profile_for(EngineConfig.model_validate(eng))
+            except (ValueError, TypeError):
+                prof = None
+            profiles.append(f"{dep.get('name', 'llm')}: {prof.path if prof else 'engine defaults'}")
+    return {"space": space.name, "space_file": space.source, "objective": space.objective,
+            "parameters": ", ".join(space.params), "slo": ", ".join(f"{s.key}={s.target_s:g}" for s in space.slos),
+            "seed": str(seed), "storage": redact(storage_url),
+            "catalog": os.environ.get(CATALOG_ENV) or "builtin",
+            "surrogate": str(space.base.get("surrogate") or "builtin"),
+            "engine_profiles": "; ".join(profiles) or "no engine block", "trials": str(trials),
+            "workers": str(workers)}
 
 
 def _progress(console: Console, total: int, enabled: bool) -> Progress:
@@ -162,7 +190,9 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
     exp_id = tracker.experiment(exp_name) if tracker.enabled else None
     parent = study.user_attrs.get(PARENT_ATTR) if exp_id else None
     if exp_id and (parent is None or study.user_attrs.get(EXPERIMENT_ATTR) != exp_id):
-        parent = tracker.start_parent(exp_id, name, identity_tags(space))
+        parent = tracker.start_parent(exp_id, name, identity_tags(space),
+                                      study_params(space, seed=seed, storage_url=url, trials=trials,
+                                                   workers=workers))
         if parent:
             study.set_user_attr(PARENT_ATTR, parent)
             study.set_user_attr(EXPERIMENT_ATTR, exp_id)

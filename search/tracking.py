@@ -65,10 +65,15 @@ class Tracker:
             return self.client.create_experiment(name, artifact_location=artifact_root())
         return self._call(go)
 
-    def start_parent(self, experiment_id: str, study: str, tags: dict[str, str]) -> str | None:
+    def start_parent(self, experiment_id: str, study: str, tags: dict[str, str],
+                     params: dict[str, Any] | None = None) -> str | None:
+        """The study's parent run, with what the study was run on as ``params`` (logged once:
+        MLflow params cannot change, and a resumed study keeps its parent)."""
         def go() -> str:
             run = self.client.create_run(experiment_id, run_name=f"study-{study}",
                                          tags={**tags, "hermes.study": study, "hermes.kind": "study"})
+            if params:
+                self._log(run.info.run_id, params, {}, {})
             return run.info.run_id
         return self._call(go)
 

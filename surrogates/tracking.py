@@ -66,7 +66,12 @@ def artifact_root() -> str | None:
 def prepare_store(uri: str) -> None:
     """Make ``uri`` usable or fail within seconds: probe an HTTP server, create a SQLite
     store's folder, and honour a file store the user named explicitly (MLflow 3 refuses
-    one unless told to; their existing runs stay readable)."""
+    one unless told to; their existing runs stay readable). MLflow's own INFO lines (a new
+    store's table creation and migrations) stay out of the user's terminal."""
+    import logging
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")     # read when mlflow is imported
+    for name in ("mlflow", "alembic"):                            # and if it already was
+        logging.getLogger(name).setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3) as r:
             r.read()

@@ -324,9 +324,12 @@ def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
             "mem_fraction_static": frac, "cuda_graph_max_bs": cg_max, "page_size": sched["block_size"],
             "disable_radix_cache": bool(a.get("disable_radix_cache", not e["radix_cache"])),
             "schedule_policy": a.get("schedule_policy") or e["schedule_policy"],
-            "disable_cuda_graph": eager, "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce"))}
+            "disable_cuda_graph": eager, "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce")),
+            "disable_overlap_schedule": bool(a.get("disable_overlap_schedule", not e.get("overlap_schedule", False)))}
     sched["prefix_caching"] = not used["disable_radix_cache"]
-    return used, sched, dep, sizes, False, "decode"
+    # The overlap scheduler hides the host's scheduling behind the GPU's batch, as vLLM's async
+    # scheduling does, and is modelled the same way.
+    return used, sched, dep, sizes, not used["disable_overlap_schedule"], "decode"
 
 
 def _trtllm(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: int, dtype: str | None,

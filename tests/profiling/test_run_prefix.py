@@ -243,7 +243,7 @@ def test_parquet_round_trip_keeps_prefix(tmp_path):
     ({"exp": "tensor_parallelism: two\n"}, ["exp-config.yaml", "tensor_parallelism", "positive integer"]),
     ({"profile": '{"data": {"type": "shared_prefix"'}, ["profile.yaml", "not valid YAML"]),
     ({"config": "data:\n  type: shared_prefix\n  shared_prefix:\n    num_groups: 0\n"},
-     ["config.yaml", "data.shared_prefix.num_groups", "positive integer"]),
+     ["config.yaml", "data.shared_prefix.num_groups", "positive integer"]),    ({"config": "- not a mapping\n"}, ["config.yaml", "expected a mapping"]),
 ])
 def test_bad_experiment_files(tmp_path, files, needles):
     """A malformed exp-config.yaml, profile.yaml or shared_prefix field is one InputError line naming it."""

@@ -104,12 +104,15 @@ def test_rerun_resumes_and_only_runs_the_missing_trials(tmp_path):
 
 
 def test_cli_json_best_is_runnable_and_tracked(tmp_path, space_file):
-    """`search --json` prints only the JSON; MLflow holds the parent and one nested run per trial;
-    the best scenario file simulates as is to the reported tokens per dollar."""
+    """`search --json` prints only the JSON, and no MLflow INFO line on stderr while it creates a
+    new store; MLflow holds the parent (with what the study ran on as params) and one nested run
+    per trial with its SLO margins; the best scenario file simulates as is to the reported
+    tokens per dollar."""
     p = space_file(small_space())
+    store = f"sqlite:///{tmp_path / 'fresh-mlflow.db'}"
     r = run_cli(["search", str(p), "--trials", "6", "--json", "--storage",
                  f"sqlite:///{tmp_path / 's.db'}", "--study", "cli", "-o", str(tmp_path / "out")],
-                cwd=tmp_path)
+                cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)  # stdout is exactly one JSON object
     assert res["trials"] == 6 and res["study"] == "cli"
@@ -122,12 +125,18 @@ def test_cli_json_best_is_runnable_and_tracked(tmp_path, space_file):
     assert res["mlflow_experiment"] == "hermes-search/cli"
     assert res["bounded_out"] >= 0 and "branch and bound:" in r.stderr  # the log says what it skipped
 
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    assert "INFO mlflow" not in r.stderr, r.stderr
+    client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name(res["mlflow_experiment"])
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = [x for x in runs if x.info.run_id == res["mlflow_parent_run_id"]]
     nested = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == res["mlflow_parent_run_id"]]
     assert len(parent) == 1 and len(nested) == 6
+    pp = parent[0].data.params
+    assert pp["seed"] == "0" and pp["storage"].endswith("s.db") and pp["catalog"] == "builtin"
+    assert pp["space_file"] == str(p) and pp["trials"] == "6" and pp["surrogate"]
+    assert set(pp["parameters"].split(", ")) == set(small_space()["params"]) and "engine_profiles" in pp
+    assert all(any(k.startswith("slo_margin_") for k in n.data.metrics) for n in nested)
     assert parent[0].data.metrics["best_output_tokens_per_dollar"] == pytest.approx(best["output_tokens_per_dollar"])
     assert all(n.data.tags["hermes.scenario_hash"] == parent[0].data.tags["hermes.scenario_hash"] for n in nested)
     assert all("hermes.surrogate" in n.data.tags and n.data.params for n in nested)

@@ -92,6 +92,17 @@ def test_sglang_and_trtllm_defaults():
     assert r.cuda_graph_sizes == tuple(range(1, 32)) + (32, 64, 128) and r.pad_decode is False
 
 
+def test_sglangs_overlap_scheduler_is_async_scheduling_unless_disabled():
+    """SGLang 0.4 and later overlap the next batch's scheduling with the running one (on by
+    default): the engine block models it as async scheduling; disable_overlap_schedule turns it off."""
+    model, hw = resolve_model("Qwen3-32B"), load_catalog().get("H100-SXM")
+    on = resolve_engine("sglang", "0.5.2", {}, model=model, hw=hw, tp=2)
+    off = resolve_engine("sglang", "0.5.2", {"disable_overlap_schedule": True}, model=model, hw=hw, tp=2)
+    assert on.async_scheduling is True and on.args["disable_overlap_schedule"] is False
+    assert off.async_scheduling is False and off.args["disable_overlap_schedule"] is True
+    assert resolve_engine("sglang", "0.4.3", {}, model=model, hw=hw, tp=2).async_scheduling is True
+
+
 def _cli(tmp_path: Path, engine: dict, **dep) -> subprocess.CompletedProcess:
     doc = {"name": "t", "surrogate": "roofline",
            "deployments": [{"model": "Llama-3.1-8B", "hardware": "H100-SXM", "engine": engine, **dep}],

@@ -80,8 +80,7 @@ def _config(folder: Path) -> tuple[dict, Path | None]:
     for name in ("config.yaml", "config.yml"):
         f = folder / name
         if f.is_file():
-            doc = read_yaml(f, "inference-perf config")
-            return (doc if isinstance(doc, dict) else {}), f
+            return _mapping(f, "an inference-perf config"), f
     return {}, None
 
 
