@@ -18,8 +18,8 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import cmd_profile, cmd_search, cmd_simulate, cmd_surrogate  # noqa: F401
-    for mod in (cmd_profile, cmd_surrogate, cmd_simulate, cmd_search):
+    from . import cmd_export, cmd_profile, cmd_search, cmd_simulate, cmd_surrogate  # noqa: F401
+    for mod in (cmd_profile, cmd_surrogate, cmd_simulate, cmd_search, cmd_export):
         for command in mod.COMMANDS:
             cli.add_command(command)
 

@@ -202,7 +202,9 @@ def _deployments_of(scenario: Path | None, space: Path | None) -> list[tuple[str
 
 @profile.command("plan")
 @click.option("--gpu", required=True, help="The new GPU: a catalog name (or one a --catalog spec sheet adds).")
-@click.option("--budget", required=True, type=int, help="Kernels to measure (at least 1).")
+@click.option("--budget", type=int, default=None, help="Kernels to measure (at least 1).")
+@click.option("--minutes", type=float, default=None,
+              help="GPU minutes to spend measuring (roofline estimate: set-up, warm-up and timed runs per kernel).")
 @click.option("--scenario", type=click.Path(path_type=Path), default=None,
               help="Plan for this scenario's deployments (models, TP, batch and token limits).")
 @click.option("--space", type=click.Path(path_type=Path), default=None,
@@ -212,20 +214,29 @@ def _deployments_of(scenario: Path | None, space: Path | None) -> list[tuple[str
 @catalog_option
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Plan table (.csv or .parquet): canonical trace rows without latencies.")
+@click.option("--script", "script", type=click.Path(path_type=Path), default=None,
+              help="Also write the plan as one standalone Python file (PyTorch only) that measures it on a GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def plan(gpu: str, budget: int, scenario: Path | None, space: Path | None, surrogate: str, out: Path,
-         as_json: bool) -> None:
-    """Choose the BUDGET kernels whose measurement on GPU narrows the surrogate's intervals
-    most over the shapes your deployments run (greedy integrated-variance design)."""
+def plan(gpu: str, budget: int | None, minutes: float | None, scenario: Path | None, space: Path | None,
+         surrogate: str, out: Path, script: Path | None, as_json: bool) -> None:
+    """Choose the kernels (at most --budget, within --minutes of GPU time) whose measurement
+    on GPU narrows the surrogate's intervals most over the shapes your deployments run
+    (greedy integrated-variance design)."""
     from profiling.hardware import load_catalog
     from profiling.models import resolve_model
-    from profiling.plan import PLAN_KINDS, by_kind, deployment_candidates, greedy_plan, plan_table
+    from profiling.plan import PLAN_KINDS, by_kind, deployment_candidates, greedy_plan, kernel_ms, plan_table
     from surrogates.few_rows import kind_priors, with_basis
     from surrogates.tracking import load_surrogate
 
     t0 = time.perf_counter()
-    if budget < 1:
+    if budget is None and minutes is None:
+        raise InputError("give --budget (kernels) or --minutes (GPU time), or both")
+    if budget is not None and budget < 1:
         raise InputError(f"--budget must be at least 1 kernel (got {budget})")
+    if minutes is not None and not minutes > 0:
+        raise InputError(f"--minutes must be positive (got {minutes})")
+    if script is not None and script.suffix != ".py":
+        raise InputError("--script must end in .py", file=script)
     if scenario is not None and space is not None:
         raise InputError("give --scenario or --space, not both")
     for flag, f in (("--scenario", scenario), ("--space", space)):
@@ -250,22 +261,44 @@ def plan(gpu: str, budget: int, scenario: Path | None, space: Path | None, surro
             f = f.sample(MAX_CANDIDATES, random_state=0).sort_index().reset_index(drop=True)
         if k in PLAN_KINDS and k in model.kinds_:
             frames[k] = with_basis(model, k, f, hw)[1]
-    order = greedy_plan(frames, budget, kind_priors(model))
+    cost = {k: kernel_ms(k, f, hw) for k, f in frames.items()} if minutes is not None else None
+    order = greedy_plan(frames, budget, kind_priors(model), cost_ms=cost,
+                        max_ms=minutes * 60_000 if minutes is not None else None)
+    if not order:
+        raise InputError(f"--minutes {minutes:g}: not even the first planned kernel fits "
+                         f"(each costs at least {min(float(c.min()) for c in cost.values()) / 1000:.2f} s)")
     table = plan_table(frames, order, hw)
     table = table.drop(columns=[c for c in table.columns if str(c).startswith("basis_")])
     _write(table, out, as_csv=out.suffix.lower() == ".csv")
+    if script is not None:
+        from profiling.plan_script import plan_script
+        if script.parent and not script.parent.exists():
+            raise InputError("--script: directory does not exist", file=script.parent)
+        write_text_atomic(script, plan_script(table, hw.name))
     chosen = {k: int(len(v)) for k, v in by_kind(order).items()}
-    info = {"command": "profile plan", "output": str(out), "gpu": hw.name, "budget": budget, "kernels": len(table),
-            "by_kind": chosen, "candidates": {k: int(len(f)) for k, f in frames.items()},
+    est_by_kind = table.groupby("op")["est_gpu_ms"].sum()
+    info = {"command": "profile plan", "output": str(out), "gpu": hw.name, "budget": budget, "minutes": minutes,
+            "kernels": len(table), "by_kind": chosen, "candidates": {k: int(len(f)) for k, f in frames.items()},
             "deployments": list(dict.fromkeys(f"{m} TP{tp} {dt}" for m, tp, dt, _, _ in deps)),
             "est_gpu_seconds": round(float(table["est_gpu_ms"].sum()) / 1000, 2),
+            "est_gpu_seconds_by_kind": {k: round(float(v) / 1000, 2) for k, v in est_by_kind.items()},
+            "script": str(script) if script is not None else None,
             "seconds": round(time.perf_counter() - t0, 2)}
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"{len(table)} kernels for {hw.name} ({', '.join(f'{k} {n}' for k, n in chosen.items())}) "
-               f"from {sum(info['candidates'].values())} candidate shapes of {', '.join(info['deployments'])}; "
-               f"estimated GPU time {info['est_gpu_seconds']:.1f} s -> {out}")
+    click.echo(f"{len(table)} kernels for {hw.name} from {sum(info['candidates'].values())} candidate shapes "
+               f"of {', '.join(info['deployments'])}")
+    t = Table()
+    for c in ("op kind", "kernels", "est. GPU time (s)"):
+        t.add_column(c, justify="left" if c == "op kind" else "right")
+    for k, n in chosen.items():
+        t.add_row(k, str(n), f"{info['est_gpu_seconds_by_kind'][k]:.2f}")
+    t.add_row("total", str(len(table)), f"{info['est_gpu_seconds']:.2f}")
+    Console().print(t)
+    limit = f" of the {minutes:g} min allowed" if minutes is not None else ""
+    click.echo(f"estimated GPU time {info['est_gpu_seconds']:.1f} s ({info['est_gpu_seconds'] / 60:.2f} min{limit}) "
+               f"-> {out}" + (f"; measuring script -> {script}" if script is not None else ""))
 
 
 COMMANDS: list[click.Command] = [profile]

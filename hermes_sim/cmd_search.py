@@ -31,9 +31,13 @@ from .options import catalog_option
 @click.option("-o", "--out", "outdir", default=None, type=click.Path(file_okay=False),
               help="where the best scenario, plots and trials CSV go (default search-results/STUDY)")
 @click.option("--json", "as_json", is_flag=True, help="print only the result JSON on stdout")
+@click.option("--export", "export_target", default=None,
+              type=click.Choice(("vllm", "sglang", "trtllm", "k8s", "llm-d", "dynamo", "all")),
+              help="also export the best configuration for this target to OUT/export (as hermes-sim export)")
 @catalog_option
 def search_cmd(space: str | None, trials: int, storage: str | None, study_name: str | None,
-               workers: int, seed: int, heartbeat: int, outdir: str | None, as_json: bool) -> None:
+               workers: int, seed: int, heartbeat: int, outdir: str | None, as_json: bool,
+               export_target: str | None) -> None:
     """Find the deployment with the most output tokens per dollar under the SLOs.
 
     Without SPACE, runs the built-in example space (search/spaces/default.yaml).
@@ -54,8 +58,26 @@ def search_cmd(space: str | None, trials: int, storage: str | None, study_name: 
                      console=err, warn=warn)
     if as_json:
         click.echo(json.dumps(res.to_json(), default=_jsonable))
+    else:
+        _print(Console(), res)
+    if export_target is not None:
+        _export_best(res, export_target)
+
+
+def _export_best(res, target: str) -> None:
+    """``hermes-sim export`` of the best scenario into the search's output folder."""
+    from search.export import export
+
+    if res.best is None:
+        click.echo("export: no configuration met the SLOs, nothing exported", err=True)
         return
-    _print(Console(), res)
+    dest = Path(res.outdir) / "export"
+    files = export(res.best["scenario_file"], target, dest)
+    click.echo(f"exported the best configuration ({target}): {len(files)} files in {dest}", err=True)
+    if res.mlflow_parent_run_id:                  # beside the study's other outputs in MLflow
+        from search.tracking import Tracker
+        Tracker(warn=lambda m: click.echo(f"warning: {m}", err=True)).add_artifacts(
+            res.mlflow_parent_run_id, dest, "export")
 
 
 def _jsonable(x: object) -> object:

@@ -344,7 +344,9 @@ def _calibrate_few_rows(src: TraceSource, path: Path, base: str | None, out, par
             raise HermesError("--param and --max-rows train a surrogate; with --few-rows they need TRACES")
         model = load_surrogate(base or "builtin")
     corr = fit_correction(model, rows, hw)
-    pools = deployment_candidates([resolve_model("Llama-3.1-8B")], [1, 2])
+    # the intervals at the rows' own dtype: a device may have no peak for another (a CPU without bf16)
+    dtype = str(rows["dtype"].mode().iloc[0]) if rows["dtype"].notna().any() else "bf16"
+    pools = deployment_candidates([resolve_model("Llama-3.1-8B")], [1, 2], dtype=dtype)
     report = narrowing(model, corr, hw, {k: f for k, f in pools.items() if k in PLAN_KINDS})
     out = Path(out or store_root() / "surrogates" / f"few-rows-{hw.name}")
     FewRowSurrogate.wrap(model, {hw.name: corr}).save(out, manifest={"few_rows": {

@@ -45,8 +45,13 @@ SPACE_COLUMNS: dict[str, tuple[str, ...]] = {
 LOG_UNIT = 2.0
 # Columns of a candidate table that enter the covariance linearly (``GPPrior.basis``).
 BASIS_PREFIX = "basis_"
-# Fixed launch-and-sync cost per timed run and runs per kernel, for the GPU-time estimate.
-LAUNCH_MS, RUNS_PER_KERNEL = 0.01, 10
+# What measuring one kernel costs on the GPU (``kernel_ms``, what ``--minutes`` spends): its
+# untimed and timed runs, each the roofline time plus a launch-and-sync, and a fixed set-up per
+# shape (allocating and filling the inputs, the library's first-call algorithm choice, the
+# Python between shapes). SETUP_MS is an assumed figure: no GPU here to measure it on.
+LAUNCH_MS = 0.01
+WARMUP_RUNS, TIMED_RUNS = 3, 10
+SETUP_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -130,34 +135,49 @@ class _Greedy:
         self.cov = covariance(z, v, z, v, prior, x, x)
         self.prior, self.chosen = prior, []
         self.norm = weight / float(np.trace(self.cov))
+        self._best: tuple[float, int] | None = None  # only the kind just added to changes
 
     def best(self) -> tuple[float, int]:
-        gain = (self.cov ** 2).sum(0) / (np.diag(self.cov) + self.prior.noise)
-        gain[self.chosen] = -np.inf
-        i = int(np.argmax(gain))
-        return float(gain[i]) * self.norm, i
+        if self._best is None:
+            gain = (self.cov ** 2).sum(0) / (np.diag(self.cov) + self.prior.noise)
+            gain[self.chosen] = -np.inf
+            i = int(np.argmax(gain))
+            self._best = (float(gain[i]) * self.norm, i)
+        return self._best
 
     def add(self, i: int) -> None:
         c = self.cov[:, i].copy()
         self.cov -= np.outer(c, c) / (c[i] + self.prior.noise)
         self.chosen.append(i)
+        self._best = None
 
 
-def greedy_plan(pools: Mapping[str, pd.DataFrame], budget: int, priors: Mapping[str, GPPrior] | None = None,
-                weights: Mapping[str, float] | None = None) -> list[tuple[str, int]]:
-    """``budget`` (kind, position in that kind's pool) pairs in the order chosen, each the
-    candidate whose measurement lowers its kind's mean posterior variance most, relative
-    to the kind's prior, times its kind's ``weights`` (default 1). Deterministic: ties go
-    to the first."""
-    if budget < 1:
+def greedy_plan(pools: Mapping[str, pd.DataFrame], budget: int | None, priors: Mapping[str, GPPrior] | None = None,
+                weights: Mapping[str, float] | None = None, *, cost_ms: Mapping[str, np.ndarray] | None = None,
+                max_ms: float | None = None) -> list[tuple[str, int]]:
+    """Up to ``budget`` (None: no cap) (kind, position in that kind's pool) pairs in the order
+    chosen, each the candidate whose measurement lowers its kind's mean posterior variance
+    most, relative to the kind's prior, times its kind's ``weights`` (default 1). With
+    ``cost_ms`` (per kind, per candidate) and ``max_ms`` the plan stops before the first
+    choice whose cost would take the total past ``max_ms``: a prefix of the same order, so a
+    larger ``max_ms`` never plans fewer kernels. Deterministic: ties go to the first."""
+    if budget is not None and budget < 1:
         raise HermesError(f"budget must be at least 1 kernel (got {budget})")
+    if max_ms is not None and (cost_ms is None or max_ms <= 0):
+        raise HermesError(f"a time budget needs a positive limit and each candidate's cost (got {max_ms} ms)")
     state = {k: _Greedy(k, p.reset_index(drop=True), (priors or {}).get(k, GPPrior()), (weights or {}).get(k, 1.0))
              for k, p in pools.items() if len(p)}
     order: list[tuple[str, int]] = []
-    for _ in range(min(budget, sum(len(p) for p in pools.values()))):
+    total = sum(len(p) for p in pools.values())
+    spent = 0.0
+    for _ in range(total if budget is None else min(budget, total)):
         _, kind, i = _pick(state)
         if i < 0:
             break
+        if max_ms is not None:
+            spent += float(cost_ms[kind][i])
+            if spent > max_ms:
+                break
         state[kind].add(i)
         order.append((kind, i))
     return order
@@ -236,10 +256,16 @@ def estimated_ms(kind: str, frame: pd.DataFrame, hw: HardwareSpec) -> np.ndarray
     return np.maximum(out, 0.0) + LAUNCH_MS
 
 
+def kernel_ms(kind: str, frame: pd.DataFrame, hw: HardwareSpec) -> np.ndarray:
+    """Estimated GPU time of measuring each row on ``hw`` (ms): ``SETUP_MS`` plus
+    ``WARMUP_RUNS + TIMED_RUNS`` runs of ``estimated_ms``."""
+    return SETUP_MS + (WARMUP_RUNS + TIMED_RUNS) * estimated_ms(kind, frame, hw)
+
+
 def plan_table(pools: Mapping[str, pd.DataFrame], order: list[tuple[str, int]], hw: HardwareSpec) -> pd.DataFrame:
     """The chosen rows (``greedy_plan``'s order) as a canonical trace table without
-    latencies, on ``hw``, with each kernel's estimated GPU time for ``RUNS_PER_KERNEL`` runs
-    (``est_gpu_ms``) and the order chosen (``plan_rank``: measure from the top if time
+    latencies, on ``hw``, with each kernel's estimated GPU time of measuring it (``est_gpu_ms``,
+    ``kernel_ms``) and the order chosen (``plan_rank``: measure from the top if time
     runs short, the first rows narrow the intervals most)."""
     if not order:
         return conform(pd.DataFrame(columns=list(COLUMNS)))
@@ -249,7 +275,7 @@ def plan_table(pools: Mapping[str, pd.DataFrame], order: list[tuple[str, int]], 
     frame = pd.concat(parts, ignore_index=True)
     est = np.zeros(len(frame))
     for kind, idx in frame.groupby("op").indices.items():
-        est[idx] = estimated_ms(kind, frame.iloc[idx], hw) * RUNS_PER_KERNEL
+        est[idx] = kernel_ms(kind, frame.iloc[idx], hw)
     rank = frame["plan_rank"].to_numpy()
     frame = frame.assign(hardware=hw.name, latency_ms=np.nan, source="plan")
     out = conform(frame[[c for c in frame.columns if c in COLUMNS]])

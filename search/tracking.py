@@ -90,6 +90,11 @@ class Tracker:
             self.client.set_terminated(run_id, "FINISHED")
         self._call(go)
 
+    def add_artifacts(self, run_id: str, folder: Path, under: str) -> None:
+        """Files made after the study ended (an export of its best configuration) as artifacts
+        of its parent run, under ``under``."""
+        self._call(lambda: self.client.log_artifacts(run_id, str(folder), under))
+
     def end_parent(self, run_id: str, status: str) -> None:
         """End the parent run of a search that stopped on an error (FAILED) or was
         interrupted (KILLED). Tried even after a tracking failure: a run left RUNNING

@@ -1,0 +1,242 @@
+"""`hermes-sim export`: every target on the built-in examples, the checks it promises, its refusals."""
+from __future__ import annotations
+
+import json
+import shlex
+from collections import Counter
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+
+from hermes_sim.cli import main
+from profiling.readers.runs.common import known_engine_args
+from search.export import dynamo, engine_cmd
+from search.export.k8s import K8S_VERSION
+from simulator.engine.workload import build_requests
+from simulator.pipelines.build import prepare
+from simulator.scenario import load_scenario
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SCENARIOS = ("vllm_engine_llama8b", "disaggregated_llama8b", "rag_chat", "chat_llama8b")
+# (scenario, target) pairs a target cannot express: refused in one line
+REFUSED = {("vllm_engine_llama8b", "sglang"), ("vllm_engine_llama8b", "trtllm"),
+           ("disaggregated_llama8b", "trtllm")}
+TARGETS = ("vllm", "sglang", "trtllm", "k8s", "llm-d", "dynamo")
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = main(["export", *[str(a) for a in args]])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Every example exported for every target it can express (and for all)."""
+    out = {}
+    for name in SCENARIOS:
+        for target in (*TARGETS, "all"):
+            if (name, target) in REFUSED:
+                continue
+            d = tmp_path_factory.mktemp(f"{name}-{target}")
+            assert main(["export", str(EXAMPLES / f"{name}.yaml"), "--target", target, "-o", str(d)]) == 0
+            out[name, target] = d
+    return out
+
+
+def commands(script: Path) -> list[list[str]]:
+    """The engine commands of a launch script (without the GPU pinning and the '&')."""
+    out = []
+    for line in script.read_text().splitlines():
+        if not line or line.startswith("#") or line in ("set -e", "wait"):
+            continue
+        words = shlex.split(line)
+        out.append([w for w in words if not w.startswith("CUDA_VISIBLE_DEVICES=") and w != "&"])
+    return out
+
+
+def value(words: list[str], flag: str) -> str:
+    return words[words.index(flag) + 1]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_file_is_listed_in_the_readme(exported, name):
+    for target in (*TARGETS, "all"):
+        if (name, target) in REFUSED:
+            continue
+        d = exported[name, target]
+        readme = (d / "README.md").read_text()
+        files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+        assert f"examples/{name}.yaml" in readme
+        for f in files:
+            assert f"`{f}`" in readme, (target, f)
+        assert "bench/dataset.jsonl" in files and "bench/run.sh" in files
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize("engine", ("vllm", "sglang", "trtllm"))
+def test_engine_commands_use_known_flags_and_the_scenarios_numbers(exported, name, engine):
+    if (name, engine) in REFUSED:
+        return
+    sc = load_scenario(EXAMPLES / f"{name}.yaml")
+    dep = sc.deployments[0]
+    lines = commands(exported[name, engine] / engine / f"{dep.name}.sh")
+    known = known_engine_args()[engine]
+    seqs, budget = engine_cmd.LIMIT_ARGS[engine]
+    tp_flag = {"vllm": "--tensor-parallel-size", "sglang": "--tp-size", "trtllm": "--tp_size"}[engine]
+    s = dep.scheduler
+    replicas = s.prefill_replicas + s.decode_replicas if s.policy == "disaggregated" else dep.replicas
+    assert len(lines) == replicas                          # one engine per replica
+    for words in lines:
+        for w in words:
+            if w.startswith("--"):
+                n = w[2:].replace("-", "_")
+                assert n in known or (n.startswith("no_") and n[3:] in known), w
+        assert value(words, tp_flag) == str(dep.tp)
+        assert value(words, engine_cmd.flag(engine, seqs)) == str(s.max_batch_size)
+        if engine != "sglang":                             # SGLang's step budget is its chunk size
+            assert value(words, engine_cmd.flag(engine, budget)) == str(s.max_tokens_per_step)
+    if s.policy == "disaggregated":
+        roles = [value(w, "--disaggregation-mode") if engine == "sglang" else
+                 json.loads(value(w, "--kv-transfer-config"))["kv_connector"] for w in lines]
+        assert roles == (["prefill", "decode", "decode"] if engine == "sglang" else ["NixlConnector"] * 3)
+
+
+def test_trtllm_extra_yaml_holds_known_llm_api_options(exported):
+    d = exported["chat_llama8b", "trtllm"]
+    words = commands(d / "trtllm" / "llm.sh")[0]
+    extra = yaml.safe_load((d / value(words, "--extra_llm_api_options")).read_text())
+    assert set(extra) <= known_engine_args()["trtllm"]
+    assert extra["scheduler_config"]["capacity_scheduler_policy"] in ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
+    assert 0 < extra["kv_cache_config"]["free_gpu_memory_fraction"] <= 1
+
+
+def test_engine_block_args_are_the_resolved_ones(exported):
+    words = commands(exported["vllm_engine_llama8b", "vllm"] / "vllm" / "llm.sh")[0]
+    assert value(words, "--max-num-seqs") == "256"           # set in the scenario
+    assert value(words, "--max-num-batched-tokens") == "8192"  # vLLM 0.19's default on an H100
+    assert "--enable-prefix-caching" in words and "--enable-chunked-prefill" in words
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_kubernetes_manifests_validate_strictly(exported, name):
+    sc = load_scenario(EXAMPLES / f"{name}.yaml")
+    docs = [x for f in sorted((exported[name, "k8s"] / "k8s").glob("*.yaml"))
+            for x in yaml.safe_load_all(f.read_text())]
+    kinds = Counter(d["kind"] for d in docs)
+    assert kinds["Deployment"] == kinds["Service"] >= 1
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    deps = [d for d in docs if d["kind"] == "Deployment"]
+    llm = [d for d in deps if d["spec"]["template"]["spec"]["containers"][0]["name"] == "engine"]
+    dep = sc.deployments[0]
+    for d in llm:
+        pod = d["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == str(dep.tp * dep.pp)
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert sum(d["spec"]["replicas"] for d in llm) == (
+        dep.scheduler.prefill_replicas + dep.scheduler.decode_replicas
+        if dep.scheduler.policy == "disaggregated" else dep.replicas)
+    assert len(deps) - len(llm) == len(sc.services)        # RAG / CPU services as their own workloads
+    for d in deps:
+        assert d["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_dynamo_graph_and_llmd_values(exported, name):
+    docs = list(yaml.safe_load_all((exported[name, "dynamo"] / "dynamo" / "llm.yaml").read_text()))
+    graph = docs[-1]
+    dynamo.check(graph, name)
+    subs = sorted(s.get("subComponentType", "") for s in graph["spec"]["services"].values()
+                  if s["componentType"] == "worker")
+    assert subs == (["decode", "prefill"] if name.startswith("disagg") else [""])
+    values = yaml.safe_load((exported[name, "llm-d"] / "llm-d" / "llm-values.yaml").read_text())
+    assert values["prefill"]["create"] == name.startswith("disagg")
+    assert values["modelArtifacts"]["name"] == "meta-llama/Llama-3.1-8B"
+    for w in values["decode"]["containers"][0]["args"]:
+        if w.startswith("--"):
+            n = w[2:].replace("-", "_")
+            assert n in known_engine_args()["vllm"] or n[3:] in known_engine_args()["vllm"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_dataset_is_the_simulators_request_stream(exported, name):
+    sc = load_scenario(EXAMPLES / f"{name}.yaml")
+    plan = prepare(sc, build_requests(sc.workload, sc.seed))
+    rows = [json.loads(x) for x in (exported[name, "vllm"] / "bench" / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == sc.workload.num_requests
+    for r in rows:
+        assert len(r["prompt"].split()) == r["prompt_tokens"]
+    added = np.array([sum(s.context_tokens for s in plan.classes[k].stages[:[x.kind for x in
+                      plan.classes[k].stages].index("llm")]) for k in plan.klass])
+    assert sorted(r["prompt_tokens"] for r in rows) == sorted((plan.requests.prompt + added).tolist())
+    assert sorted(r["output_tokens"] for r in rows) == sorted(plan.requests.output.tolist())
+    run_sh = (exported[name, "vllm"] / "bench" / "run.sh").read_text()
+    bench = shlex.split(next(x for x in run_sh.splitlines() if x.startswith("vllm bench serve")))
+    assert value(bench, "--num-prompts") == str(sc.workload.num_requests)
+    assert float(value(bench, "--request-rate")) == sc.workload.rate_rps
+    assert value(bench, "--dataset-name") == "custom" and "--save-result" in bench
+    assert "hermes-sim validate" in run_sh and "hermes-sim calibrate --runs" in run_sh
+
+
+def test_shared_system_prompts_are_the_same_text(exported):
+    rows = [json.loads(x) for x in (exported["rag_chat", "vllm"] / "bench" / "dataset.jsonl").read_text().splitlines()]
+    heads = Counter(" ".join(r["prompt"].split()[:600]) for r in rows)
+    assert len(heads) == 2 and sum(heads.values()) == len(rows)   # rag_chat: 2 system prompts of 600 tokens
+
+
+def test_same_scenario_same_bytes(tmp_path):
+    for d in ("a", "b"):
+        assert main(["export", str(EXAMPLES / "rag_chat.yaml"), "--target", "all", "-o", str(tmp_path / d)]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def _scenario(tmp_path, **dep) -> Path:
+    doc = {"name": "x", "deployments": [{"name": "llm", "model": "Llama-3.1-8B", "hardware": "H100-SXM", **dep}],
+           "workload": {"num_requests": 20}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize("dep, target, says", [
+    ({"scheduler": {"policy": "static"}}, "vllm", "static batching has no vllm flag"),
+    ({"scheduler": {"policy": "mixed"}}, "sglang", "use --target trtllm"),
+    ({"scheduler": {"policy": "prefill_first"}}, "vllm", "use --target sglang"),
+    ({"hardware": "MI300X"}, "k8s", "NVIDIA GPUs only"),
+    ({"engine": {"name": "vllm", "version": "0.10.1", "cuda_graph_sizes": [256]}}, "vllm",
+     "has no argument '--cuda-graph-sizes'"),
+    ({"scheduler": {"policy": "disaggregated"}}, "trtllm", "disaggregated prefill/decode on trtllm"),
+    ({"engine": {"name": "sglang", "version": "0.5.4"}}, "llm-d", "llm-d's model service runs vLLM"),
+    ({"engine": {"name": "vllm", "version": "0.19.0"}}, "sglang", "use --target vllm"),
+])
+def test_refusals_are_one_line_exit_2(tmp_path, capsys, dep, target, says):
+    code, err = run(capsys, _scenario(tmp_path, **dep), "--target", target, "-o", tmp_path / "out")
+    assert code == 2
+    assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "out").exists()                 # nothing written before the checks pass
+
+
+def test_bad_command_line_is_one_line_exit_2(tmp_path, capsys):
+    sc = _scenario(tmp_path)
+    code, err = run(capsys, sc, "--target", "k8s", "--service-image", "nope", "-o", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and "NAME=IMAGE" in err
+    code, err = run(capsys, tmp_path / "missing.yaml", "--target", "k8s", "-o", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1
+    code, err = run(capsys, _scenario(tmp_path, replicas=3, tp=4), "--target", "vllm", "--data-parallel",
+                    "-o", tmp_path / "o")
+    assert code == 2 and "do not fit one" in err
+
+
+def test_all_skips_what_a_target_cannot_express(tmp_path, capsys):
+    sc = _scenario(tmp_path, engine={"name": "sglang", "version": "0.5.4"})
+    code, _ = run(capsys, sc, "--target", "all", "-o", tmp_path / "o")
+    assert code == 0
+    readme = (tmp_path / "o" / "README.md").read_text()
+    assert "## Targets not written" in readme and "llm-d" in readme
+    assert (tmp_path / "o" / "sglang" / "llm.sh").is_file() and (tmp_path / "o" / "dynamo" / "llm.yaml").is_file()
