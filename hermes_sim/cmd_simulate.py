@@ -54,6 +54,30 @@ def summary_table(s: dict):
     return (lat, tot, *_pipeline_tables(s))
 
 
+def uncertainty_tables(u: dict) -> list:
+    """Bands (p10/p50/p90) of the sampled simulations, P(SLO met), and what each deployment's
+    kernel-time factor spans."""
+    from rich.table import Table
+    b = Table(title=f"uncertainty: {u['samples']} sampled simulations (seed {u['seed']})", show_edge=False)
+    b.add_column("metric")
+    for q in ("p10", "p50", "p90"):
+        b.add_column(q, justify="right")
+    for k, v in u["bands"].items():
+        ms = k.split("_")[0] in ("ttft", "tpot", "itl", "e2e", "queue")   # latencies in ms, rates as they are
+        b.add_row(k.removesuffix("_s") + " (ms)" if ms else k, *[_fmt(v[q], "ms" if ms else "")
+                                                                    for q in ("p10", "p50", "p90")])
+    for k, p in u["slo_probability"].items():
+        b.add_row(f"P(SLO {k} met)" if k != "all" else "P(all SLOs met)", "", f"{p:.0%}", "")
+    d = Table(title="kernel-time factor per deployment (p10-p90)", show_edge=False, show_header=False)
+    for _ in range(3):
+        d.add_column()
+    for name, v in u["deployments"].items():
+        lo, hi = v["kernel_factor_p10_p90"]
+        d.add_row(f"{name} on {v['hardware']}", f"x{lo:.2f} - x{hi:.2f}", v["note"]
+                  + (f"; overhead from {v['overhead_sets']} profile fits" if v["overhead_sets"] else ""))
+    return [b, d]
+
+
 def _pipeline_tables(s: dict) -> list:
     """Per-stage latency breakdown and KV-tier hit rates (multi-stage pipelines)."""
     from rich.table import Table
@@ -87,9 +111,15 @@ def _pipeline_tables(s: dict) -> list:
               help="write summary.json, requests.parquet, trace.json and plots here")
 @click.option("--json", "as_json", is_flag=True, help="print only the summary JSON on stdout")
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
+@click.option("--uncertainty", "uncertain", is_flag=True,
+              help="also run --samples simulations with kernel time (and engine overhead) drawn from the "
+                   "surrogate's intervals: p10/p50/p90 bands and P(SLO met), in summary.json 'uncertainty' "
+                   "(costs --samples more simulations)")
+@click.option("--samples", type=click.IntRange(2, 1000), default=16, show_default=True,
+              help="--uncertainty: sampled simulations (seeded by the scenario's seed)")
 @catalog_option
 def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, as_json: bool,
-                 no_plots: bool) -> None:
+                 no_plots: bool, uncertain: bool, samples: int) -> None:
     """Simulate SCENARIO_FILE (YAML) and print the summary."""
     from simulator import check_fit, load_scenario, simulate
     scenario = load_scenario(scenario_file)
@@ -109,6 +139,12 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
     with _progress_bar(console, f"simulating {scenario.name}") as bar:
         task = bar.add_task("sim", total=1.0)
         result = simulate(scenario, progress=lambda f: bar.update(task, completed=f))
+    if uncertain:
+        from simulator.uncertainty import uncertainty
+        with _progress_bar(console, f"{samples} sampled simulations") as bar:
+            task = bar.add_task("samples", total=1.0)
+            result.summary["uncertainty"] = uncertainty(scenario, samples, scenario.seed,
+                                                        progress=lambda f: bar.update(task, completed=f))
     if outdir:
         result.write(outdir, plots=not no_plots)
     if as_json:
@@ -116,6 +152,9 @@ def simulate_cmd(scenario_file: str, surrogate: str | None, outdir: str | None, 
         return
     for t in summary_table(result.summary):
         console.print(t)
+    if uncertain:
+        for t in uncertainty_tables(result.summary["uncertainty"]):
+            console.print(t)
     reasons = result.summary["rejected"]["reasons"]
     for why, n in reasons.items():
         console.print(f"[yellow]rejected {n}: {why}[/]")

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from profiling.atomicfile import atomic_path
 from profiling.errors import HermesError
 
-from .objective import content_hash, prepare, score, simulate_doc
+from .objective import at_confidence, content_hash, prepare, score, simulate_doc
 from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plot_history,
                      plot_pareto, trials_table)
 from .space import SearchSpace
@@ -326,8 +326,11 @@ def _simulate_full(space: SearchSpace, values: dict, outdir: Path | None) -> dic
         outdir.mkdir(parents=True, exist_ok=True)
         res.write(outdir)
     o = score(space, summary, False)
+    if getattr(space, "slo_confidence", None) is not None:  # the verdict the search ranked by, not the point estimate's
+        o = at_confidence(space, scen, o)
+    conf = {k: o.metrics[k] for k in ("slo_probability", "output_tokens_per_dollar_at_confidence") if k in o.metrics}
     margins = {f"{s.key}": {"target": s.target_s, "measured": s.measured(summary),
                             "margin": -s.violation(summary)} for s in space.slos}
     return {"output_tokens_per_dollar": float(summary.get("output_tokens_per_dollar") or 0.0),
             "slo_met": o.feasible, "reason": o.reason, "slo": margins,
-            "throughput_req_s": summary.get("throughput_req_s"), "cost_usd": summary.get("cost_usd")}
+            "throughput_req_s": summary.get("throughput_req_s"), "cost_usd": summary.get("cost_usd"), **conf}

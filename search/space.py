@@ -6,6 +6,7 @@ base: chat.yaml                 # or an inline scenario mapping
 workload: {rate_rps: 8}         # optional: override the offered load of the base
 slo: {ttft_p90_s: 1.0}          # optional: override the base's SLOs (units required)
 objective: tokens_per_dollar    # or pareto (tokens/$ vs latency: ttft_p90 | e2e_p99)
+slo_confidence: 0.9             # optional: P(all SLOs met) >= 0.9 over sampled simulations
 params:
   deployments.0.hardware: {choices: [H100-SXM, A100-80GB]}
   deployments.0.replicas: {low: 1, high: 4}
@@ -139,10 +140,20 @@ class SpaceFile(BaseModel):
     pareto_latency: Literal["ttft_p90", "e2e_p99"] = "ttft_p90"
     capacity: Capacity | None = None
     prune: Prune = Prune()
+    # Feasible only when P(all SLOs met) >= this over sampled simulations (simulator.uncertainty),
+    # ranked by the tokens per dollar reached with that probability; none: the point estimate.
+    slo_confidence: float | None = Field(default=None, gt=0, lt=1)
+    confidence_samples: int = Field(default=8, ge=2, le=256)
     params: dict[str, Param]
     require: list[str] = Field(default_factory=list)
     baseline: dict[str, Any] = Field(default_factory=dict)
     baseline_name: str = ""
+
+    @model_validator(mode="after")
+    def _confidence(self) -> "SpaceFile":
+        if self.slo_confidence is not None and self.capacity is not None:
+            raise ValueError("slo_confidence: not with capacity mode (the load would be searched per sample)")
+        return self
 
     @field_validator("params")
     @classmethod
@@ -165,9 +176,13 @@ class SearchSpace:
         self.pareto_latency = raw.pareto_latency
         self.capacity = raw.capacity
         self.prune = raw.prune
+        self.slo_confidence = raw.slo_confidence
+        self.confidence_samples = raw.confidence_samples
         base = deep_merge(base, {"workload": raw.workload}) if raw.workload else base
         slo_raw = raw.slo if raw.slo is not None else base.get("slo") or {}
         self.slos: tuple[SLO, ...] = parse_slos(slo_raw)
+        if raw.slo_confidence is not None and not self.slos:
+            raise ValueError("slo_confidence: the space has no SLO to be confident about")
         base = dict(base)
         base["slo"] = slo_dict(self.slos)
         self.base: dict = base

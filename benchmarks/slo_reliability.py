@@ -1,0 +1,165 @@
+"""Is P(SLO met) calibrated? A reliability table on held-out real serving measurements.
+
+Rows: AIConfigurator's silicon_sample.csv, aggregated serving of the dense models
+(Llama-3.1-8B, Llama-3.1-70B, Qwen3-32B), every k-th, each replayed as its closed-loop
+scenario through its engine block (``silicon_rows``), i.e. as `simulate` prices a user's
+scenario: the shipped surrogate and the shipped engine profile. Rows an engine profile was
+fitted on (its ``fitted_on``) are left out, so every row is held out of the engine
+calibration (the surrogate never sees serving rows). Each row is simulated ``--samples``
+times with sampled kernel time and overhead (``simulator.uncertainty``). For thresholds
+x = measured value x f (f in 0.8, 0.9, 1.0, 1.1, 1.25) of the row's mean TTFT and mean TPOT,
+the predicted probability is the fraction of samples at or under x and the outcome is whether
+the measured value is (f >= 1). Predictions are binned (0-0.2, ..., 0.8-1); a calibrated
+model's observed frequency in each bin lies inside it. Also reported: how often the measured
+value falls inside the sampled p10-p90 band (nominal 80%), and the expected calibration error.
+
+    python benchmarks/slo_reliability.py [--every 16] [--samples 12] [--processes 2]
+
+Cost: rows x samples simulations (about 1 s each). Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TRACES = Path(os.environ.get("HERMES_TRACES", REPO.parent / "shared" / "traces"))
+DENSE = r"Llama-3\.1-8B|Llama-3\.1-70B|Qwen3-32B"
+FACTORS = (0.8, 0.9, 1.0, 1.1, 1.25)
+BINS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-9])
+
+
+def fitted_rows() -> set[str]:
+    """Silicon rows any shipped engine profile was fitted on."""
+    out: set[str] = set()
+    for p in (REPO / "simulator" / "engine" / "profiles").glob("*.json"):
+        out |= {x["silicon_row"] for x in json.loads(p.read_text()).get("fitted_on", [])}
+    return out
+
+
+def sample_row(args) -> dict:
+    """Mean TTFT and TPOT of ``samples`` sampled simulations of one row."""
+    row, samples, seed = args
+    from simulator.fidelity.calibrate import run_row
+    from simulator.uncertainty import sample_scenarios, spreads
+    spread = spreads(row.scenario)
+    ttft, tpot = [], []
+    for sc in sample_scenarios(row.scenario, samples, seed, spread):
+        r = run_row(replace(row, scenario=sc))
+        ttft.append(r.ttft_pred)
+        tpot.append(r.tpot_pred)
+    return {"id": row.id, "group": row.group, "ttft_meas": row.ttft_s, "tpot_meas": row.tpot_s,
+            "ttft": ttft, "tpot": tpot, "kernel_sigma": spread[0].kernel_sigma,
+            "overhead_sets": len(spread[0].overhead_sets)}
+
+
+def reliability(rows: list[dict], metrics=("ttft", "tpot")) -> pd.DataFrame:
+    """One line per (metric, row, factor): predicted P(value <= threshold), outcome."""
+    out = []
+    for r in rows:
+        for m in metrics:
+            s, meas = np.asarray(r[m], float), float(r[f"{m}_meas"])
+            for f in FACTORS:
+                out.append({"metric": m, "id": r["id"], "factor": f, "p": float(np.mean(s <= meas * f)),
+                            "met": f >= 1.0})
+    return pd.DataFrame(out)
+
+
+def table(df: pd.DataFrame) -> pd.DataFrame:
+    b = pd.cut(df.p, BINS, right=False, labels=[f"{lo:.1f}-{min(hi, 1):.1f}" for lo, hi in zip(BINS, BINS[1:])])
+    return df.assign(bin=b).groupby("bin", observed=False).agg(n=("met", "size"), mean_p=("p", "mean"),
+                                                               observed=("met", "mean"))
+
+
+def ece(t: pd.DataFrame) -> float:
+    t = t[t.n > 0]
+    return float((t.n * (t.mean_p - t.observed).abs()).sum() / t.n.sum())
+
+
+def coverage(rows: list[dict], m: str) -> float:
+    """Share of rows whose measured value lies in the sampled p10-p90 band."""
+    inside = [np.percentile(r[m], 10) <= r[f"{m}_meas"] <= np.percentile(r[m], 90) for r in rows]
+    return float(np.mean(inside))
+
+
+def plot(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from profiling.atomicfile import savefig_atomic
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+    for name, t in tables.items():
+        t = t[t.n > 0]
+        ax.plot(t.mean_p, t.observed, "o-", label=name)
+    ax.set_xlabel("predicted P(SLO met)")
+    ax.set_ylabel("observed frequency met")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("SLO reliability, held-out silicon rows")
+    ax.legend()
+    savefig_atomic(fig, path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--every", type=int, default=16, help="use every k-th dense aggregated row")
+    ap.add_argument("--samples", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--png", default=str(REPO / "benchmarks" / "results" / "slo_reliability.png"))
+    a = ap.parse_args()
+    from profiling.readers.serving import read_silicon
+    from simulator.fidelity.silicon import silicon_rows
+    t0 = time.time()
+    df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
+    df = df[(df["mode"] != "disagg") & df.model_path.astype(str).str.contains(DENSE, regex=True)]
+    df = df[~df.id.astype(str).isin(fitted_rows())].reset_index(drop=True).iloc[::a.every]
+    rows = [r for r in silicon_rows(df) if r.scenario is not None]
+    jobs = [(r, a.samples, a.seed) for r in rows]
+    if a.processes > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(a.processes) as ex:
+            res = list(ex.map(sample_row, jobs))
+    else:
+        res = [sample_row(j) for j in jobs]
+    rel = reliability(res)
+    tables = {"TTFT": table(rel[rel.metric == "ttft"]), "TPOT": table(rel[rel.metric == "tpot"]),
+              "both": table(rel)}
+    print(f"rows: {len(rows)} held-out dense aggregated rows (every {a.every}th of those no engine profile was "
+          f"fitted on), {a.samples} sampled simulations each; GPUs {sorted({r.system for r in rows})}")
+    for name, t in tables.items():
+        print(f"\n{name}: reliability (thresholds = measured x {', '.join(map(str, FACTORS))})")
+        print(t.to_string(float_format=lambda x: f"{x:.2f}"))
+        print(f"expected calibration error {ece(t):.3f}")
+    cov = {m: coverage(res, m) for m in ("ttft", "tpot")}
+    print(f"\nmeasured mean inside the sampled p10-p90 band (nominal 80%): TTFT {cov['ttft']:.0%}, "
+          f"TPOT {cov['tpot']:.0%}")
+    sig = np.array([r["kernel_sigma"] for r in res])
+    rel_err = {m: float(np.median([abs(np.median(r[m]) / r[f"{m}_meas"] - 1) for r in res])) for m in ("ttft", "tpot")}
+    print(f"kernel sigma (log) median {np.median(sig):.3f}; median |p50 / measured - 1|: TTFT {rel_err['ttft']:.1%}, "
+          f"TPOT {rel_err['tpot']:.1%}")
+    plot(tables, Path(a.png))
+    print(f"plot: {a.png}; {time.time() - t0:.0f} s")
+    print(json.dumps({"rows": len(rows), "samples": a.samples, "every": a.every,
+                      "coverage_p10_p90": cov, "ece": {k: ece(t) for k, t in tables.items()},
+                      "median_kernel_sigma": float(np.median(sig)), "median_abs_err_p50": rel_err,
+                      "table": {k: {str(b): {"n": int(v.n), "mean_p": None if v.n == 0 else float(v.mean_p),
+                                             "observed": None if v.n == 0 else float(v.observed)}
+                                    for b, v in t.iterrows()} for k, t in tables.items()},
+                      "wall_s": time.time() - t0}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Uncertainty to the end: the surrogate's prediction intervals (and the engine profile's
+spread) propagated through whole simulations into bands of TTFT, TPOT, tokens per dollar
+and the probability that each SLO is met.
+
+The model, stated:
+
+* **Kernel time.** Each deployment's kernel time is the point prediction times one
+  log-normal factor ``exp(sigma z)``, shared by every step of the run. ``sigma`` is the
+  time-weighted mean of the surrogate's 90% interval half-widths (log) over the operators
+  of a representative step (a 512-token prefill chunk beside 32 decoders) on that GPU,
+  divided by z(0.95) = 1.645. Assumption: a surrogate's errors within one step are strongly
+  correlated across kernels of a kind on one GPU (one regressor, one GPU's spec sheet), so
+  they do not average out over kernels or steps; deployments on the same GPU share ``z``.
+  On a GPU without kernel traces the intervals are the transfer model's (leave-one-GPU-out),
+  so its band is wider.
+* **Engine overhead.** Where the deployment's engine profile records leave-one-out fits
+  (``held_out``), each sample draws one of its parameter sets (the full fit or a
+  held-out one) and scales the deployment's step/sequence/token overhead by its ratio to
+  the full fit; otherwise the overhead is taken as known.
+* Services (CPU/GPU RAG stages), the network and the workload carry no model uncertainty
+  here; every sample replays the same requests (the scenario's seed), so the band is the
+  model's, not the workload's.
+
+Cost: ``samples`` full simulations (the step tables are compiled once and shared).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from profiling.operators import BatchShape, expand_step
+
+from .engine.config import Deployment
+from .engine.deployment import resolve
+from .engine.engines import load_profile, profile_for
+from .engine.stepcost import load_predictor
+from .scenario import Scenario
+from .simulate import simulate
+
+Z90 = 1.6448536269514722          # a central 90% interval of a normal spans +-1.645 sigma
+Z80 = 1.2815515655446004          # and its p10-p90 span +-1.28 sigma
+REP_STEP = BatchShape(prefill=((512, 512),), decode_kv=(1024,) * 32)
+OVERHEAD_FIELDS = ("step_s", "per_seq_s", "per_token_s")
+QUANTILES = (10, 50, 90)
+# summary metrics reported as bands: (key in the band table, summary block, stat)
+BAND_METRICS = (("ttft_mean_s", "ttft_s", "mean"), ("tpot_mean_s", "tpot_s", "mean"))
+SCALARS = ("throughput_req_s", "output_tokens_per_s", "output_tokens_per_dollar")
+
+
+@dataclass(frozen=True)
+class DeploymentSpread:
+    """What is sampled for one deployment: the kernel-time factor's log sigma, the 90%
+    interval half-width it came from, and overhead ratio sets (empty: overhead known)."""
+
+    name: str
+    hardware: str
+    kernel_sigma: float
+    kernel_q90: float
+    overhead_sets: tuple[dict[str, float], ...] = ()
+    note: str = ""
+
+    def doc(self) -> dict:
+        return {"hardware": self.hardware, "kernel_sigma_log": self.kernel_sigma,
+                "kernel_interval90_log": self.kernel_q90,
+                "kernel_factor_p10_p90": [math.exp(-Z80 * self.kernel_sigma), math.exp(Z80 * self.kernel_sigma)],
+                "overhead_sets": len(self.overhead_sets), "note": self.note}
+
+
+def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None = None,
+                    tp: int | None = None) -> tuple[float, str]:
+    """Time-weighted mean 90% interval half-width (log) of the surrogate over one
+    representative step's operators of ``dep`` (on ``hardware``/``tp`` if given), and a note;
+    0 with a note for a predictor without intervals (the roofline)."""
+    predictor = load_predictor(surrogate)
+    predict = getattr(predictor, "predict", None)
+    if predict is None:
+        return 0.0, f"{type(predictor).__name__} gives no intervals: kernel time taken as known"
+    model, hw = resolve(dep, hardware, tp or dep.tp)
+    ops = expand_step(model, REP_STEP, dtype=dep.dtype, tp=tp or dep.tp, pp=dep.pp, kv_dtype=dep.kv_dtype,
+                      fusions=tuple(dep.fusions))
+    by_kind: dict[tuple, list] = {}
+    for o in ops:
+        by_kind.setdefault((o.kind, o.dtype, o.kv_dtype), []).append(o)
+    w_sum = q_sum = 0.0
+    for (kind, dtype, kv_dtype), group in by_kind.items():
+        frame = pd.DataFrame([o.shape for o in group])
+        frame["dtype"], frame["kv_dtype"], frame["name"] = dtype, kv_dtype, [o.name for o in group]
+        p = predict(kind, frame, hw)
+        ms = np.asarray(p.ms, float) * np.array([o.count for o in group], float)
+        q = np.log(np.asarray(p.hi_ms, float) / np.asarray(p.ms, float))
+        ok = np.isfinite(q) & np.isfinite(ms) & (ms > 0)   # a kind priced by the roofline has no interval
+        w_sum += float(ms[ok].sum())
+        q_sum += float((ms[ok] * q[ok]).sum())
+    trained = set(getattr(predictor, "trained_hardware", lambda: [])())
+    note = "measured GPU" if hw.name in trained else "no kernel traces: transfer intervals"
+    return (q_sum / w_sum if w_sum > 0 else 0.0), note
+
+
+def overhead_sets(dep: Deployment) -> tuple[dict[str, float], ...]:
+    """Ratios (field -> held-out fit / full fit) of the deployment's engine profile, the full
+    fit (all ones) first; empty without a profile or without leave-one-out fits."""
+    if dep.engine is None:
+        return ()
+    try:
+        prof = profile_for(dep.engine)
+    except ValueError:
+        return ()
+    if prof is None:
+        return ()
+    try:
+        doc = json.loads(Path(prof.path).read_text())
+    except (OSError, ValueError):
+        return ()
+    full = load_profile(prof.path).parameters
+    out = [dict.fromkeys(OVERHEAD_FIELDS, 1.0)]
+    for scheme in (doc.get("held_out") or {}).values():
+        for entry in (scheme or {}).values():
+            params = (entry or {}).get("params") or {}
+            out.append({f: (float(params[f]) / full[f]) if full.get(f) and f in params else 1.0
+                        for f in OVERHEAD_FIELDS})
+    return tuple(out) if len(out) > 1 else ()
+
+
+def spreads(scenario: Scenario) -> list[DeploymentSpread]:
+    """What each deployment's samples vary (``DeploymentSpread``)."""
+    out = []
+    for d in scenario.deployments:
+        q, note = kernel_interval(d, scenario.surrogate)
+        s = d.scheduler
+        if s.policy == "disaggregated" and (s.decode_hardware or s.decode_tp):
+            q2, note2 = kernel_interval(d, scenario.surrogate, s.decode_hardware, s.decode_tp)
+            if q2 > q:      # one factor for both pools: the wider interval (on the safe side)
+                q, note = q2, f"decode pool: {note2}"
+        out.append(DeploymentSpread(d.name, d.hardware, q / Z90, q, overhead_sets(d), note))
+    return out
+
+
+def sample_scenarios(scenario: Scenario, samples: int, seed: int,
+                     spread: Sequence[DeploymentSpread] | None = None) -> list[Scenario]:
+    """``samples`` copies of ``scenario`` with sampled kernel_scale (and overhead) per
+    deployment; deployments on one GPU share the kernel draw. Seeded: same seed, same draws."""
+    spread = list(spread) if spread is not None else spreads(scenario)
+    rng = np.random.default_rng([int(seed), 27])
+    hws = sorted({s.hardware for s in spread})
+    out = []
+    for _ in range(samples):
+        z = dict(zip(hws, rng.standard_normal(len(hws))))
+        picks = [int(rng.integers(len(s.overhead_sets))) if s.overhead_sets else -1 for s in spread]
+        deps = []
+        for d, s, pick in zip(scenario.deployments, spread, picks):
+            o = d.overhead
+            upd = {"kernel_scale": o.kernel_scale * math.exp(s.kernel_sigma * z[s.hardware])}
+            if pick >= 0:
+                upd.update({f: getattr(o, f) * s.overhead_sets[pick][f] for f in OVERHEAD_FIELDS})
+            deps.append(d.model_copy(update={"overhead": o.model_copy(update=upd)}))
+        out.append(scenario.model_copy(update={"deployments": deps}))
+    return out
+
+
+def run_samples(scenario: Scenario, samples: int = 16, seed: int = 0, *,
+                progress: Callable[[float], None] | None = None,
+                should_stop: Callable[[dict], bool] | None = None,
+                spread: Sequence[DeploymentSpread] | None = None) -> list[tuple[dict, bool]]:
+    """(summary, stopped early) of each sampled simulation."""
+    out = []
+    for i, scen in enumerate(sample_scenarios(scenario, samples, seed, spread)):
+        res = simulate(scen, should_stop=should_stop)
+        out.append((res.summary, bool(res.stopped_early)))
+        if progress is not None:
+            progress((i + 1) / samples)
+    return out
+
+
+def _band(values: Sequence[float]) -> dict[str, float | None]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    if not len(v):
+        return {f"p{q}": None for q in QUANTILES}
+    return {f"p{q}": float(np.percentile(v, q)) for q in QUANTILES}
+
+
+def slo_met(summary: dict, key: str) -> bool:
+    """Whether SLO ``key`` (``ttft_p90_s``) holds in ``summary`` (a missing value misses)."""
+    v = (summary.get("slo") or {}).get(key) or {}
+    return bool(v.get("met"))
+
+
+def uncertainty(scenario: Scenario, samples: int = 16, seed: int = 0, *,
+                progress: Callable[[float], None] | None = None) -> dict:
+    """The ``uncertainty`` section of summary.json: p10/p50/p90 of TTFT and TPOT (mean and
+    each SLO's statistic), throughput and tokens per dollar over ``samples`` simulations, and
+    P(SLO met) per SLO and for all together (the fraction of samples meeting it)."""
+    if samples < 2:
+        raise ValueError("samples must be >= 2")
+    wall0 = perf_counter()
+    spread = spreads(scenario)
+    runs = run_samples(scenario, samples, seed, progress=progress, spread=spread)
+    sums = [s for s, _ in runs]
+    bands: dict[str, dict] = {}
+    for key, block, stat in BAND_METRICS:
+        bands[key] = _band([(s.get(block) or {}).get(stat) for s in sums])
+    for key in scenario.slo:
+        metric, stat, _ = key.split("_")
+        bands.setdefault(f"{metric}_{stat}_s", _band([(s.get(f"{metric}_s") or {}).get(stat) for s in sums]))
+    for key in SCALARS:
+        bands[key] = _band([s.get(key) for s in sums])
+    keys = [k for k, v in scenario.slo.items() if v is not None]
+    prob = {k: float(np.mean([slo_met(s, k) for s in sums])) for k in keys}
+    if keys:
+        prob["all"] = float(np.mean([all(slo_met(s, k) for k in keys) for s in sums]))
+    return {"samples": samples, "seed": seed, "bands": bands, "slo_probability": prob,
+            "deployments": {s.name: s.doc() for s in spread},
+            "assumption": "one log-normal kernel-time factor per GPU shared by every step (errors "
+                          "correlated across kernels); overhead from the engine profile's leave-one-out fits",
+            "sim_wall_s": perf_counter() - wall0}

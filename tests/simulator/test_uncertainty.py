@@ -1,0 +1,97 @@
+"""`simulate --uncertainty`: the surrogate's intervals propagated into bands and P(SLO met)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator import parse_scenario
+from simulator.uncertainty import overhead_sets, sample_scenarios, spreads, uncertainty
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _scenario(hardware: str = "H100-SXM", slo: dict | None = None, requests: int = 60, **dep):
+    doc = yaml.safe_load((REPO / "examples" / "uncertain_choice.yaml").read_text())
+    doc["deployments"][0].update(hardware=hardware, **dep)
+    doc["workload"]["num_requests"] = requests
+    if slo is not None:
+        doc["slo"] = slo
+    if "engine" in dep:     # the engine's own limits replace the scheduler's
+        doc["deployments"][0].pop("scheduler")
+    return parse_scenario(doc)
+
+
+def _width(band: dict) -> float:
+    return band["p90"] / band["p10"]
+
+
+def test_bands_are_wider_on_a_gpu_without_kernel_traces():
+    """Same scenario on the measured H100 and on the L40 (spec sheet only): the L40's kernel
+    factor and its TPOT and tokens-per-dollar bands are wider."""
+    h100, l40 = uncertainty(_scenario("H100-SXM"), 6, 0), uncertainty(_scenario("L40"), 6, 0)
+    dh, dl = h100["deployments"]["llm"], l40["deployments"]["llm"]
+    assert dh["note"] == "measured GPU" and "transfer" in dl["note"]
+    assert dl["kernel_sigma_log"] > 2 * dh["kernel_sigma_log"] > 0
+    for key in ("tpot_mean_s", "output_tokens_per_dollar"):
+        assert _width(l40["bands"][key]) > _width(h100["bands"][key]) >= 1.0, key
+
+
+def test_slo_probability_is_one_far_above_the_band_and_zero_far_below():
+    u = uncertainty(_scenario("L40", slo={"tpot_p90_s": 10.0, "ttft_p90_s": 1e-6}), 4, 0)
+    assert u["slo_probability"] == {"tpot_p90_s": 1.0, "ttft_p90_s": 0.0, "all": 0.0}
+
+
+def test_samples_are_seeded():
+    """Same seed, same draws and the same bands; another seed draws other kernel factors;
+    deployments on one GPU share their draw."""
+    s = _scenario("L40")
+    a, b = uncertainty(s, 3, 7), uncertainty(s, 3, 7)
+    assert a["bands"] == b["bands"] and a["slo_probability"] == b["slo_probability"]
+    ks = lambda seed: [x.deployments[0].overhead.kernel_scale for x in sample_scenarios(s, 3, seed)]
+    assert ks(7) == ks(7) and ks(7) != ks(8)
+    two = s.model_copy(update={"deployments": [s.deployments[0],
+                                               s.deployments[0].model_copy(update={"name": "llm2"})]})
+    for x in sample_scenarios(two, 3, 1):
+        assert x.deployments[0].overhead.kernel_scale == x.deployments[1].overhead.kernel_scale
+
+
+def test_engine_profile_spread_varies_the_overhead():
+    """A TensorRT-LLM deployment, whose shipped profile records leave-one-GPU-out fits with
+    other parameters, samples its overhead from them; one without an engine keeps its overhead."""
+    s = _scenario("H100-SXM", engine={"name": "trtllm", "version": "1.0.0"})
+    sets = overhead_sets(s.deployments[0])
+    assert len(sets) >= 2 and sets[0] == {"step_s": 1.0, "per_seq_s": 1.0, "per_token_s": 1.0}
+    steps = {x.deployments[0].overhead.step_s for x in sample_scenarios(s, 12, 0)}
+    assert len(steps) >= 2
+    assert spreads(_scenario())[0].overhead_sets == ()
+
+
+def test_cli_writes_the_uncertainty_section(tmp_path):
+    """--uncertainty --samples 2 puts bands and P(SLO met) into summary.json; --samples 1 is
+    refused in one line (exit 2)."""
+    doc = yaml.safe_load((REPO / "examples" / "uncertain_choice.yaml").read_text())
+    doc["workload"]["num_requests"] = 40
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    r = subprocess.run([sys.executable, "-m", "hermes_sim.cli", "simulate", str(p), "--uncertainty",
+                        "--samples", "2", "--no-plots", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    u = json.loads((tmp_path / "out" / "summary.json").read_text())["uncertainty"]
+    assert u["samples"] == 2 and set(u["slo_probability"]) == {"ttft_p90_s", "tpot_p90_s", "all"}
+    assert {"ttft_mean_s", "tpot_mean_s", "output_tokens_per_dollar"} <= set(u["bands"])
+    assert "P(all SLOs met)" in r.stdout + r.stderr
+    bad = subprocess.run([sys.executable, "-m", "hermes_sim.cli", "simulate", str(p), "--uncertainty",
+                          "--samples", "1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--samples" in bad.stderr
+
+
+@pytest.mark.parametrize("samples", [0, 1])
+def test_too_few_samples_is_an_error(samples):
+    with pytest.raises(ValueError):
+        uncertainty(_scenario(), samples, 0)
