@@ -2,7 +2,7 @@
 
     python benchmarks/new_gpu_budget.py [--traces ../shared/traces] [--budgets 0,25,50,100,200,400]
         [--max-rows 20000] [--pool 3000] [--score 20000] [--seeds 3] [--weighted N] [--cache DIR] [--png OUT.png]
-        [--quick]
+        [--targeted] [--quick]
 
 For each GPU of the AIConfigurator tables in turn (bf16 GEMM, prefill and decode attention,
 all-reduce): train the surrogate on the other GPUs (the shipped recipe's trees, but
@@ -10,7 +10,9 @@ all-reduce): train the surrogate on the other GPUs (the shipped recipe's trees, 
 seconds), reveal N of the held-out GPU's rows, fit the few-row correction
 (``surrogates/few_rows.py``) and score MAPE per op kind on its other rows. Strategies:
 
-* ``plan``    — the rows ``profiling.plan.greedy_plan`` chooses (greedy max posterior variance);
+* ``plan``    — the rows ``profiling.plan.greedy_plan`` chooses (greedy integrated posterior
+  variance over the pool; ``--targeted``: half over the pool and half over the shapes the
+  ``TARGETS`` step tables query);
 * ``random``  — the same number of rows per kind drawn at random (mean over ``--seeds`` seeds);
 * ``nearest`` — the same shape's latency copied from the measured GPU nearest on spec (N-free);
 * N = 0 is the spec-sheet transfer alone;
@@ -41,7 +43,7 @@ import pandas as pd
 
 from profiling.atomicfile import savefig_atomic
 from profiling.hardware import load_catalog
-from profiling.plan import by_kind, greedy_plan
+from profiling.plan import by_kind, deployment_candidates, greedy_plan
 from surrogates import load_traces
 from surrogates.build_bundle import BUNDLE_PARAMS, default_traces
 from surrogates.evaluate import nearest_gpu
@@ -103,6 +105,14 @@ def step_errors(predictor, hw, refs: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def plan_targets(model: SurrogateModel, hw) -> dict[str, pd.DataFrame]:
+    """Per kind, the kernel shapes the ``TARGETS`` deployments' step tables query
+    (``deployment_candidates``), with the pool's basis columns: what the plan must predict."""
+    parts = [deployment_candidates([resolve_model(name)], [tp]) for name, tp in TARGETS]
+    return {k: with_basis(model, k, pd.concat([p[k] for p in parts if k in p], ignore_index=True), hw)[1]
+            for k in KINDS if any(k in p for p in parts)}
+
+
 def fold(table: pd.DataFrame, hw_name: str, budgets: list[int], a: argparse.Namespace, log,
          reference: SurrogateModel) -> dict:
     """``{strategy: {N: {kind: MAPE}}}`` for one held-out GPU, and ``step[N]``: the compiled
@@ -135,7 +145,7 @@ def fold(table: pd.DataFrame, hw_name: str, budgets: list[int], a: argparse.Name
     print(f"{hw_name:10s} reference (all GPUs' rows) " + " ".join(
         f"{LABEL[k]}={v:6.2f}%" for k, v in res["reference"].items()), flush=True)
     near = {k: nearest_gpu(train[train["op"] == k], s) for k, s in scores.items()}
-    order = greedy_plan(pools, max(budgets), priors)
+    order = greedy_plan(pools, max(budgets), priors, targets=plan_targets(model, hw) if a.targeted else None)
     if a.weighted:
         res["weighted"] = {a.weighted: _weighted_refit(train, pools, scores, by_kind(order[:a.weighted]), hw, a)}
         print(f"{hw_name:10s} N={a.weighted:4d} weighted " + " ".join(
@@ -240,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", default="", help="comma-separated subset of held-out GPUs")
     ap.add_argument("--weighted", type=int, default=0,
                     help="also retrain with the N planned rows weighted (x20) among the others' (slow)")
+    ap.add_argument("--targeted", action="store_true",
+                    help="plan over the pool and the target deployments' step-table shapes (half each)")
     ap.add_argument("--cache", type=Path, default=None, help="folder keeping each fold's trained surrogate")
     ap.add_argument("--png", type=Path, default=Path(__file__).parent / "results" / "new_gpu_budget.png")
     ap.add_argument("--quick", action="store_true",
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(mean, budgets, a.png)
     wins = {n: all(mean["plan"][n][k] <= mean["random"][n][k] for k in kinds) for n in budgets if n}
     print(json.dumps({"benchmark": "new_gpu_budget", "gpus": gpus, "budgets": budgets, "max_rows": a.max_rows,
-                      "pool": a.pool, "score": a.score, "seeds": a.seeds, "mean_mape": mean,
+                      "pool": a.pool, "score": a.score, "seeds": a.seeds, "targeted": a.targeted, "mean_mape": mean,
                       "step_targets": [f"{m} TP{tp} bf16" for m, tp in TARGETS], "mean_step_error": steps,
                       "reference_mape": ref,
                       "per_gpu": results, "plan_beats_random_every_kind": wins, "png": str(a.png),

@@ -129,24 +129,42 @@ class _Greedy:
     candidates (integrated variance: it prefers shapes that stand for many others over the
     extreme corners plain maximum variance picks), relative to the prior's."""
 
-    def __init__(self, kind: str, frame: pd.DataFrame, prior: GPPrior, weight: float):
+    def __init__(self, kind: str, frame: pd.DataFrame, prior: GPPrior, weight: float,
+                 target: pd.DataFrame | None = None):
         z, v, x = embed(kind, frame), variant_of(frame), basis_of(frame)
-        x = x - (np.median(x, axis=0) if len(x) else 0.0)  # the level term owns the offset
+        center = np.median(x, axis=0) if len(x) else 0.0  # the level term owns the offset
+        x = x - center
         self.cov = covariance(z, v, z, v, prior, x, x)
         self.prior, self.chosen = prior, []
         self.norm = weight / float(np.trace(self.cov))
+        # Shapes the deployments query (``targets``): half the score is their variance, so a
+        # pool of another GPU's table is measured where the step tables will look, not only
+        # where that table happens to be dense.
+        self.cross = None
+        if target is not None and len(target):
+            zt, vt = embed(kind, target), variant_of(target)
+            xt = basis_of(target) - center if x.shape[1] else None
+            self.cross = covariance(zt, vt, z, v, prior, xt, x if x.shape[1] else None)
+            prior_t = prior.level + prior.variant + prior.shape + (
+                prior.basis * (xt ** 2).sum(1) if xt is not None else 0.0)
+            self.norm_t = weight / float(np.sum(prior_t))
         self._best: tuple[float, int] | None = None  # only the kind just added to changes
 
     def best(self) -> tuple[float, int]:
         if self._best is None:
-            gain = (self.cov ** 2).sum(0) / (np.diag(self.cov) + self.prior.noise)
+            denom = np.diag(self.cov) + self.prior.noise
+            gain = (self.cov ** 2).sum(0) / denom * self.norm
+            if self.cross is not None:
+                gain = 0.5 * gain + 0.5 * (self.cross ** 2).sum(0) / denom * self.norm_t
             gain[self.chosen] = -np.inf
             i = int(np.argmax(gain))
-            self._best = (float(gain[i]) * self.norm, i)
+            self._best = (float(gain[i]), i)
         return self._best
 
     def add(self, i: int) -> None:
         c = self.cov[:, i].copy()
+        if self.cross is not None:
+            self.cross -= np.outer(self.cross[:, i], c) / (c[i] + self.prior.noise)
         self.cov -= np.outer(c, c) / (c[i] + self.prior.noise)
         self.chosen.append(i)
         self._best = None
@@ -154,18 +172,23 @@ class _Greedy:
 
 def greedy_plan(pools: Mapping[str, pd.DataFrame], budget: int | None, priors: Mapping[str, GPPrior] | None = None,
                 weights: Mapping[str, float] | None = None, *, cost_ms: Mapping[str, np.ndarray] | None = None,
-                max_ms: float | None = None) -> list[tuple[str, int]]:
+                max_ms: float | None = None, targets: Mapping[str, pd.DataFrame] | None = None
+                ) -> list[tuple[str, int]]:
     """Up to ``budget`` (None: no cap) (kind, position in that kind's pool) pairs in the order
     chosen, each the candidate whose measurement lowers its kind's mean posterior variance
     most, relative to the kind's prior, times its kind's ``weights`` (default 1). With
     ``cost_ms`` (per kind, per candidate) and ``max_ms`` the plan stops before the first
     choice whose cost would take the total past ``max_ms``: a prefix of the same order, so a
-    larger ``max_ms`` never plans fewer kernels. Deterministic: ties go to the first."""
+    larger ``max_ms`` never plans fewer kernels. With ``targets`` (per kind, the shapes the
+    deployments' step tables query, e.g. ``deployment_candidates``; same columns as the pool)
+    half of each score is the variance lowered on them: the pool is what can be measured,
+    the targets what must be predicted. Deterministic: ties go to the first."""
     if budget is not None and budget < 1:
         raise HermesError(f"budget must be at least 1 kernel (got {budget})")
     if max_ms is not None and (cost_ms is None or max_ms <= 0):
         raise HermesError(f"a time budget needs a positive limit and each candidate's cost (got {max_ms} ms)")
-    state = {k: _Greedy(k, p.reset_index(drop=True), (priors or {}).get(k, GPPrior()), (weights or {}).get(k, 1.0))
+    state = {k: _Greedy(k, p.reset_index(drop=True), (priors or {}).get(k, GPPrior()), (weights or {}).get(k, 1.0),
+                        (targets or {}).get(k))
              for k, p in pools.items() if len(p)}
     order: list[tuple[str, int]] = []
     total = sum(len(p) for p in pools.values())

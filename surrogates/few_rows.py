@@ -10,6 +10,9 @@ shape); its posterior sd, never below the leave-one-out error on the rows, is th
 interval, which ``narrowing`` compares with the surrogate's own. The prior's scale and length are chosen
 per kind by leave-one-out MAPE on the measured rows (closed-form for a GP) over a small grid,
 next to a level-only correction and none: the few rows choose how much of a curve they can carry.
+A query of a kernel variant with no measured rows (the simulator's, naming no kernel) gets the
+correction only if it predicted each measured variant's rows with that variant left out better
+than no correction did: a level learnt on other kernels is not assumed to carry to this one.
 
 ``FewRowSurrogate`` is a ``SurrogateModel`` whose predictions on the corrected GPUs go through
 their correction; saved and loaded like any surrogate (``--surrogate DIR``).
@@ -52,6 +55,9 @@ class KindCorrection:
     n: int
     active: bool = True  # False: no correction beat the transfer on the rows (left as it was)
     q_loo: float = 0.0  # 90% quantile of the leave-one-out |log error|: the interval's floor
+    # Whether the correction reaches kernel variants without measured rows (a query naming no
+    # kernel among them): only if it predicted each measured variant left out (``_lovo_ape``).
+    to_unmeasured: bool = True
 
     def posterior(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Mean and sd of ``r`` at the rows of ``frame``."""
@@ -73,7 +79,10 @@ class KindCorrection:
             out_sd[e] = np.sqrt(np.maximum(prior_var[e] - (w ** 2).sum(0), 0.0))
         # A GP's mean far from its rows swings past anything measured; clipped to the range
         # measured, a shape unlike every measured one keeps at most the largest correction seen.
-        return np.clip(out_mu, *self.r_range), out_sd
+        out_mu = np.clip(out_mu, *self.r_range)
+        if not getattr(self, "to_unmeasured", True):  # corrections pickled before the gate: True
+            out_mu[~np.isin(v, self.v)] = 0.0
+        return out_mu, out_sd
 
 
 def _posterior_parts(z, v, x, r, prior: GPPrior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,6 +94,22 @@ def _posterior_parts(z, v, x, r, prior: GPPrior) -> tuple[np.ndarray, np.ndarray
     alpha = inv_l.T @ (inv_l @ r)
     loo = r - alpha / (inv_l ** 2).sum(0)
     return chol, alpha, np.clip(loo, r.min(), r.max()) - r
+
+
+def _lovo_ape(z, v, x, r, prior: GPPrior) -> float:
+    """MAPE of the process on each measured kernel variant's rows when that variant is left
+    out (fitted on the others' rows): how well the correction carries to a variant it has no
+    rows of. NaN with fewer than two variants (nothing to leave out)."""
+    groups = np.unique(v)
+    if len(groups) < 2:
+        return float("nan")
+    err = np.empty(len(r))
+    for g in groups:
+        out = v == g
+        _, alpha, _ = _posterior_parts(z[~out], v[~out], x[~out], r[~out], prior)
+        ks = covariance(z[out], v[out], z[~out], v[~out], prior, x[out], x[~out])
+        err[out] = np.clip(ks @ alpha, r[~out].min(), r[~out].max()) - r[out]
+    return _ape(err)
 
 
 def _ape(log_err: np.ndarray) -> float:
@@ -123,8 +148,13 @@ def fit_kind(kind: str, rows: pd.DataFrame, base_ms: np.ndarray, prior: GPPrior)
     if p is None:  # the transfer as it is, with its own interval
         return KindCorrection(kind, prior, z, v, x, center, r_range, np.zeros(len(r)), np.eye(len(r)), len(r),
                               active=False)
+    # A query naming no kernel is a variant without rows here: corrected only where leaving
+    # each measured variant out showed the correction beats none on it (never hurt by a level
+    # learnt on other kernels; one variant: the user's own kernel, nothing to test).
+    lovo = _lovo_ape(z, v, x, r, p)
     return KindCorrection(kind, p, z, v, x, center, r_range, alpha, chol, len(r),
-                          q_loo=float(np.quantile(np.abs(loo), 0.9)))
+                          q_loo=float(np.quantile(np.abs(loo), 0.9)),
+                          to_unmeasured=bool(np.isnan(lovo) or lovo < _ape(-r)))
 
 
 @dataclass

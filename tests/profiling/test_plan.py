@@ -54,6 +54,28 @@ def test_plan_narrows_more_than_random_rows(l40s_gemm):
         assert planned < _mean_variance(l40s_gemm, rand, prior)
 
 
+def _target_variance(pool: pd.DataFrame, targets: pd.DataFrame, chosen: np.ndarray, prior: GPPrior) -> float:
+    """Mean posterior variance of the correction over ``targets`` once ``chosen`` of ``pool`` are measured."""
+    zp, vp, zt, vt = embed("gemm", pool), variant_of(pool), embed("gemm", targets), variant_of(targets)
+    kc = covariance(zp[chosen], vp[chosen], zp[chosen], vp[chosen], prior) + prior.noise * np.eye(len(chosen))
+    ktc = covariance(zt, vt, zp[chosen], vp[chosen], prior)
+    prior_t = np.diag(covariance(zt, vt, zt, vt, prior))
+    return float(np.mean(prior_t - (ktc @ np.linalg.solve(kc, ktc.T)).diagonal()))
+
+
+def test_targets_steer_the_plan_to_the_deployments_shapes(l40s_gemm):
+    """With the GEMM shapes Llama-3.1-8B's step tables query as ``targets`` (small m among
+    them), 30 rows planned from L40S's table leave a lower mean variance on those shapes than
+    the plan over the pool alone; no targets plans exactly as before."""
+    prior = GPPrior()
+    targets = deployment_candidates([resolve_model("Llama-3.1-8B")], [1])["gemm"]
+    plain = by_kind(greedy_plan({"gemm": l40s_gemm}, 30, {"gemm": prior}))["gemm"]
+    aimed = by_kind(greedy_plan({"gemm": l40s_gemm}, 30, {"gemm": prior}, targets={"gemm": targets}))["gemm"]
+    assert _target_variance(l40s_gemm, targets, aimed, prior) < _target_variance(l40s_gemm, targets, plain, prior)
+    assert greedy_plan({"gemm": l40s_gemm}, 30, {"gemm": prior}, targets={}) == \
+        greedy_plan({"gemm": l40s_gemm}, 30, {"gemm": prior})
+
+
 def test_plan_spreads_over_kinds_and_writes_canonical_rows():
     """Candidates of Llama-3.1-8B at TP 2 hold all four planned kinds; a 40-kernel plan takes
     rows of each and becomes a canonical table without latencies, ranked in choice order,

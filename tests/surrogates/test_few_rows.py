@@ -87,3 +87,40 @@ def test_calibrate_few_rows_cli(gpu_table, tmp_path):
     pd.concat([rows, gpu_table[gpu_table["hardware"] == "H100-SXM"].head(5)]).to_csv(two, index=False)
     p = _run("calibrate", "--few-rows", two, "-o", tmp_path / "out2")
     assert p.returncode == 2 and "one GPU" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def _two_variant_rows(offsets: dict[str, float], n: int = 24, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Synthetic GEMM rows of the given kernel variants, each measured at ``exp(offset)``
+    times a base prediction of 1 ms (with 2% noise): the log ratio the correction fits."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for kernel, off in offsets.items():
+        m = 2 ** rng.integers(0, 12, n)
+        parts.append(pd.DataFrame({"m": m, "n": 4096, "k": 4096, "dtype": "bf16", "stack": "trtllm 1.0",
+                                   "kernel": kernel, "latency_ms": np.exp(off + rng.normal(0, 0.02, n))}))
+    rows = pd.concat(parts, ignore_index=True)
+    return rows, np.ones(len(rows))
+
+
+def test_correction_reaches_unmeasured_kernels_only_if_it_carries_across_variants():
+    """The leave-one-variant-out gate: two measured kernels off by x2.2 and x1.2 predict each
+    other worse than no correction, so a query naming no kernel keeps the transfer (correction
+    exactly 0, though 0 is outside the measured range) while the measured kernels keep
+    theirs; two kernels off alike
+    (x1.5) carry the shared level to a kernel-less query; one kernel alone (the user's own
+    measurements) reaches every query."""
+    from profiling.plan import GPPrior
+    from surrogates.few_rows import fit_kind
+    query = pd.DataFrame({"m": [64, 512], "n": 4096, "k": 4096, "dtype": "bf16"})
+    named = query.assign(stack="trtllm 1.0", kernel="a")
+    rows, base = _two_variant_rows({"a": 0.8, "b": 0.2})
+    c = fit_kind("gemm", rows, base, GPPrior().scaled(0.8))
+    assert c.active and not c.to_unmeasured
+    np.testing.assert_array_equal(c.posterior(query)[0], 0.0)
+    assert (c.posterior(named)[0] > 0.6).all()
+    rows, base = _two_variant_rows({"a": 0.4, "b": 0.4})
+    c = fit_kind("gemm", rows, base, GPPrior().scaled(0.8))
+    assert c.to_unmeasured and np.allclose(c.posterior(query)[0], 0.4, atol=0.1)
+    rows, base = _two_variant_rows({"a": -0.5})
+    c = fit_kind("gemm", rows, base, GPPrior().scaled(0.8))
+    assert c.to_unmeasured and np.allclose(c.posterior(query)[0], -0.5, atol=0.1)
