@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from profiling.errors import HermesError
+from profiling.errors import HermesError, interrupt_behind
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +73,13 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         click.echo("hermes-sim: interrupted", err=True)
         return 130
+    except Exception as e:
+        intr = interrupt_behind(e)
+        if intr is None:
+            raise                               # a bug: its traceback is the report
+        terminated = isinstance(intr, Terminated)
+        click.echo(f"hermes-sim: {'terminated' if terminated else 'interrupted'}", err=True)
+        return 143 if terminated else 130
     return 0
 
 

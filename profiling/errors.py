@@ -23,3 +23,16 @@ class InputError(HermesError):
             where.append(f"column '{column}'")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM raised as one) that ``e`` is, or that a library's cleanup was
+    handling when it raised ``e`` instead (Optuna's trial bookkeeping can fail that way when
+    the signal lands inside it): the interrupt is what happened, and it decides the exit."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

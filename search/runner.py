@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from profiling.atomicfile import atomic_path
-from profiling.errors import HermesError
+from profiling.errors import HermesError, interrupt_behind
 
 from .objective import at_confidence, content_hash, prepare, score, simulate_doc
 from .report import (best_scenario_yaml, best_trial, finished, pareto_front, plot_history,
@@ -233,7 +233,7 @@ def run_search(space: SearchSpace, *, trials: int, storage_url: str | None = Non
         result = _finalize(space, study, out, name, url, console)
     except BaseException as e:  # the parent run must not stay RUNNING after an error
         if parent:
-            tracker.end_parent(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            tracker.end_parent(parent, "KILLED" if interrupt_behind(e) else "FAILED")
         raise
     result.bounded_out, result.bounding = bounded_out(study), note
     result.optimum_proven = bool(study.user_attrs.get(PROVEN_ATTR))
