@@ -10,7 +10,7 @@ Each size runs in a fresh process (so peak RSS is per run) after one small warm-
 that compiles the step table (Vidur's figure is likewise warm: predictors trained once).
 Prints one line per size, then the 10,000-request run as one JSON object on the last line.
 
-    python benchmarks/sim_speed.py [--sizes 1000,10000,100000] [--surrogate builtin]
+    python benchmarks/sim_speed.py [--sizes 1000,10000,100000] [--surrogate builtin] [--engine 0.15.1]
 """
 from __future__ import annotations
 
@@ -30,24 +30,30 @@ VIDUR_WORK = Path(os.environ.get("VIDUR_WORK", "/tmp/vidur-peer"))
 VIDUR_README_S = 38.2   # ../shared/peers/vidur/README.md: 10,000 requests, warm, this machine
 
 
-def scenario(n: int, surrogate: str):
+def scenario(n: int, surrogate: str, engine: str | None = None):
+    """The reference deployment; with ``engine`` (a vLLM release) the same limits through its
+    ``engine:`` block instead (CUDA-graph padding, async scheduling and its admission lag,
+    prefix caching on)."""
     from simulator import Scenario
+    dep = {"name": "llm", "model": "Llama-2-7B", "hardware": "H100-SXM", "dtype": "bf16",
+           "scheduler": {"policy": "chunked", "max_batch_size": 128, "max_tokens_per_step": 512, "chunk_size": 512}}
+    if engine:
+        del dep["scheduler"]
+        dep["engine"] = {"name": "vllm", "version": engine, "max_num_batched_tokens": 512, "max_num_seqs": 128}
     return Scenario.model_validate({
         "name": f"reference-{n}", "seed": 0, "surrogate": surrogate,
-        "deployments": [{"name": "llm", "model": "Llama-2-7B", "hardware": "H100-SXM", "dtype": "bf16",
-                         "scheduler": {"policy": "chunked", "max_batch_size": 128,
-                                       "max_tokens_per_step": 512, "chunk_size": 512}}],
+        "deployments": [dep],
         "workload": {"arrival": "trace", "trace": str(TRACES / "workloads" / "splitwise_conv.csv"),
                      "num_requests": n, "max_total_tokens": 4096}})
 
 
-def run_one(n: int, surrogate: str) -> dict:
+def run_one(n: int, surrogate: str, engine: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     from simulator import simulate
     t = time.perf_counter()
-    simulate(scenario(50, surrogate))                 # warm-up: compiles the step table
+    simulate(scenario(50, surrogate, engine))         # warm-up: compiles the step table
     compile_s = time.perf_counter() - t
-    sc = scenario(n, surrogate)
+    sc = scenario(n, surrogate, engine)
     t = time.perf_counter()
     res = simulate(sc)
     wall = time.perf_counter() - t
@@ -82,10 +88,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--surrogate", default="builtin")
     ap.add_argument("--repeats", type=int, default=3, help="runs per size; the fastest is kept")
+    ap.add_argument("--engine", default=None, metavar="VLLM_VERSION",
+                    help="run the reference deployment through a vLLM engine block of this release")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
-        print(json.dumps(run_one(a.one, a.surrogate)))
+        print(json.dumps(run_one(a.one, a.surrogate, a.engine)))
         return
     if not (TRACES / "workloads" / "splitwise_conv.csv").is_file():
         sys.exit(f"reference trace not found under {TRACES}")
@@ -93,7 +101,8 @@ def main() -> None:
     for n in [int(x) for x in a.sizes.split(",")]:
         runs = []
         for _ in range(a.repeats if n <= 10_000 else 1):
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--surrogate", a.surrogate],
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--surrogate", a.surrogate,
+                                  *(["--engine", a.engine] if a.engine else [])],
                                  capture_output=True, text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = min(runs, key=lambda d: d["wall_s"])
