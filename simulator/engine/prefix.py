@@ -38,15 +38,13 @@ def block_keys(segments: list[Segment], block_tokens: int) -> list[int]:
 
 
 class PrefixCache:
-    """LRU set of block keys with a capacity in blocks; counts lookups and hits."""
+    """LRU set of block keys with a capacity in blocks."""
 
-    __slots__ = ("capacity", "blocks", "lookups", "hits")
+    __slots__ = ("capacity", "blocks")
 
     def __init__(self, capacity_blocks: int) -> None:
         self.capacity = max(int(capacity_blocks), 0)
         self.blocks: OrderedDict[int, None] = OrderedDict()
-        self.lookups = 0
-        self.hits = 0
 
     def __contains__(self, key: int) -> bool:
         return key in self.blocks

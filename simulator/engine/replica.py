@@ -108,7 +108,7 @@ class Replica:
         self._fixed_chunk = (c._tok, c._seq, c.prefill, c.max_tokens,
                              policy.max_tokens, policy.chunk, c.overhead,
                              self.waiting, self.ready, store.plen, store.cached, max_batch,
-                             self.total_blocks - self.watermark, self.reserve)
+                             self.total_blocks - self.watermark, self.reserve, self._pkeys)
 
     # ---- entry points ---------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -298,7 +298,7 @@ class Replica:
         taking the next step, or -1 after handing the replica to the event queue."""
         env, queue, xs, dec, top, max_seqs, asyn, res, bs, total, fin, ext = self._fixed
         (tok, seq, prefill, max_tokens, full, chunk, o, waiting, ready, plen, cached, max_batch,
-         room, reserve) = self._fixed_chunk
+         room, reserve, pkeys) = self._fixed_chunk
         e = self.prefilling[0] if self.prefilling else None
         n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
         gp, busy = self._gprev, self.busy
@@ -326,7 +326,7 @@ class Replica:
             free = budget - q
             if waiting and free > 0:
                 rid = waiting[0]
-                if rid in self._pkeys:
+                if rid in pkeys:
                     self._lookup(rid)
                 p = plen[rid]
                 left2 = p - cached[rid]
