@@ -97,10 +97,11 @@ def screening_s(space) -> float:
     return time.perf_counter() - t0
 
 
-def replay(space, table: dict[str, Outcome], seed: int, n: int) -> tuple[list[float], dict]:
+def replay(space, table: dict[str, Outcome], seed: int, n: int, tmp_dir: str | None = None) -> tuple[list[float], dict]:
     """Best feasible tokens/$ after each counted trial of a search that reads the table,
-    and what branch and bound did (configurations bounded out, optimum proven)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    and what branch and bound did (configurations bounded out, optimum proven). ``tmp_dir``:
+    where the SQLite file goes (a RAM disk spares the per-commit disk flush)."""
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
         url = f"sqlite:///{tmp}/replay.db"
         study = open_study(space, make_storage(url), "replay", seed)
         run_worker(url, "replay", n_trials=n, seed=seed, evaluator=lambda _s, v: table[params_hash(v)])

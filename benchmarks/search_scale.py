@@ -242,6 +242,7 @@ def main() -> None:
                     help="JSON file keeping every evaluated configuration (reused and extended)")
     ap.add_argument("--png", type=Path, default=REPO / "benchmarks" / "results" / "search_scale.png")
     ap.add_argument("--quick", action="store_true", help="2 seeds, budgets up to 40, a 100-trial long run")
+    ap.add_argument("--max-budget", type=int, default=None, help="report budgets up to this many trials only")
     a = ap.parse_args()
     methods = tuple(m for m in a.methods.split(",") if m)
     bad = [m for m in methods if m not in METHODS]
@@ -250,6 +251,8 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     budgets = (20, 40) if a.quick else BUDGETS
+    if a.max_budget is not None:
+        budgets = tuple(b for b in budgets if b <= a.max_budget) or (a.max_budget,)
     seeds = 2 if a.quick else a.seeds
     long_n, long_seeds = (100, 1) if a.quick else (a.long, a.long_seeds)
     quiet_optuna()

@@ -6,14 +6,16 @@ scenario through its engine block (``silicon_rows``), i.e. as `simulate` prices 
 scenario: the shipped surrogate and the shipped engine profile. Rows an engine profile was
 fitted on (its ``fitted_on``) are left out, so every row is held out of the engine
 calibration (the surrogate never sees serving rows). Each row is simulated ``--samples``
-times with sampled kernel time and overhead (``simulator.uncertainty``). For thresholds
+times with sampled kernel time and overhead and the engine-model error factor
+(``simulator.uncertainty``; ``--no-model-error`` leaves the factor out). For thresholds
 x = measured value x f (f in 0.8, 0.9, 1.0, 1.1, 1.25) of the row's mean TTFT and mean TPOT,
 the predicted probability is the fraction of samples at or under x and the outcome is whether
 the measured value is (f >= 1). Predictions are binned (0-0.2, ..., 0.8-1); a calibrated
 model's observed frequency in each bin lies inside it. Also reported: how often the measured
 value falls inside the sampled p10-p90 band (nominal 80%), and the expected calibration error.
 
-    python benchmarks/slo_reliability.py [--every 16] [--samples 12] [--processes 2]
+    python benchmarks/slo_reliability.py [--every 16] [--samples 12] [--processes 2] [--no-model-error]
+    python benchmarks/slo_reliability.py --model-error    # re-estimate MODEL_ERROR (31 simulations)
 
 Cost: rows x samples simulations (about 1 s each). Last line: one JSON object.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -48,18 +51,71 @@ def fitted_rows() -> set[str]:
 
 def sample_row(args) -> dict:
     """Mean TTFT and TPOT of ``samples`` sampled simulations of one row."""
-    row, samples, seed = args
+    row, samples, seed, model_error = args
     from simulator.fidelity.calibrate import run_row
-    from simulator.uncertainty import sample_scenarios, spreads
+    from simulator.uncertainty import model_error_factors, sample_scenarios, spreads
     spread = spreads(row.scenario)
+    factors = model_error_factors(samples, seed, spread) if model_error else [{}] * samples
     ttft, tpot = [], []
-    for sc in sample_scenarios(row.scenario, samples, seed, spread):
+    for sc, f in zip(sample_scenarios(row.scenario, samples, seed, spread), factors):
         r = run_row(replace(row, scenario=sc))
-        ttft.append(r.ttft_pred)
-        tpot.append(r.tpot_pred)
+        ttft.append(r.ttft_pred * f.get("ttft", 1.0))
+        tpot.append(r.tpot_pred * f.get("tpot", 1.0))
     return {"id": row.id, "group": row.group, "ttft_meas": row.ttft_s, "tpot_meas": row.tpot_s,
             "ttft": ttft, "tpot": tpot, "kernel_sigma": spread[0].kernel_sigma,
             "overhead_sets": len(spread[0].overhead_sets)}
+
+
+def calibration_residual(args) -> dict:
+    """One engine profile's fitted row replayed with the leave-one-group-out fit that left its
+    group out: simulated and measured mean TTFT and TPOT, and the row's kernel sigma."""
+    row, params = args
+    from simulator.engine.config import OverheadConfig
+    from simulator.fidelity.calibrate import run_row
+    from simulator.uncertainty import spreads
+    r = run_row(row, {row.group: OverheadConfig(**params)})
+    return {"id": row.id, "engine": row.backend, "ttft": r.ttft_pred, "tpot": r.tpot_pred,
+            "ttft_meas": row.ttft_s, "tpot_meas": row.tpot_s, "kernel_sigma": spreads(row.scenario)[0].kernel_sigma}
+
+
+def model_error(processes: int) -> dict:
+    """``simulator.uncertainty.MODEL_ERROR`` from the shipped engine profiles' own calibration rows
+    (their ``fitted_on``, which the reliability table leaves out), each simulated with the
+    profile's leave-one-group-out fit that did not see its group: per engine and metric,
+    sqrt(max(0, s^2 - k^2)) with s = 1.4826 x median |log(measured / simulated)| and k the median
+    kernel sigma; "*" pools the engines."""
+    from profiling.readers.serving import read_silicon
+    from simulator.fidelity.silicon import silicon_rows
+    df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
+    jobs = []
+    for p in sorted((REPO / "simulator" / "engine" / "profiles").glob("*.json")):
+        doc = json.loads(p.read_text())
+        folds = (doc.get("held_out") or {}).get("leave_one_gpu_out") or {}
+        ids = {x["silicon_row"] for x in doc.get("fitted_on", []) if "silicon_row" in x}
+        if not folds or not ids:
+            continue
+        by_tp = next(iter(folds)).startswith("TP")
+        for r in silicon_rows(df[df.id.astype(str).isin(ids)].reset_index(drop=True)):
+            key = f"TP{r.scenario.deployments[0].tp}" if r.scenario is not None and by_tp else r.system
+            if r.scenario is not None and key in folds:
+                jobs.append((r, folds[key]["params"]))
+    if processes > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(processes) as ex:
+            res = list(ex.map(calibration_residual, jobs))
+    else:
+        res = [calibration_residual(j) for j in jobs]
+    out: dict = {}
+    for eng in [*sorted({r["engine"] for r in res}), "*"]:
+        rs = [r for r in res if eng in ("*", r["engine"])]
+        k = float(np.median([r["kernel_sigma"] for r in rs]))
+        out[eng] = {"rows": len(rs)}
+        for m in ("ttft", "tpot"):
+            e = np.log(np.array([r[f"{m}_meas"] for r in rs]) / np.array([r[m] for r in rs]))
+            s = 1.4826 * float(np.median(np.abs(e)))
+            out[eng][m] = round(math.sqrt(max(0.0, s * s - k * k)), 3)
+            out[eng][f"{m}_residual_median"] = round(float(np.median(e)), 3)
+    return out
 
 
 def reliability(rows: list[dict], metrics=("ttft", "tpot")) -> pd.DataFrame:
@@ -85,9 +141,11 @@ def ece(t: pd.DataFrame) -> float:
     return float((t.n * (t.mean_p - t.observed).abs()).sum() / t.n.sum())
 
 
-def coverage(rows: list[dict], m: str) -> float:
-    """Share of rows whose measured value lies in the sampled p10-p90 band."""
-    inside = [np.percentile(r[m], 10) <= r[f"{m}_meas"] <= np.percentile(r[m], 90) for r in rows]
+def coverage(rows: list[dict], m: str, nominal: int = 80) -> float:
+    """Share of rows whose measured value lies in the sampled central ``nominal``% band
+    (80: p10-p90)."""
+    lo, hi = 50 - nominal / 2, 50 + nominal / 2
+    inside = [np.percentile(r[m], lo) <= r[f"{m}_meas"] <= np.percentile(r[m], hi) for r in rows]
     return float(np.mean(inside))
 
 
@@ -119,7 +177,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--png", default=str(REPO / "benchmarks" / "results" / "slo_reliability.png"))
+    ap.add_argument("--rows-json", help="also write each row's measured values and samples here")
+    ap.add_argument("--no-model-error", action="store_true",
+                    help="leave out the engine-model error term (the kernel and overhead draws only)")
+    ap.add_argument("--model-error", action="store_true",
+                    help="only estimate simulator.uncertainty.MODEL_ERROR from the engine profiles' rows")
     a = ap.parse_args()
+    if a.model_error:
+        print(json.dumps(model_error(a.processes)))
+        return
     from profiling.readers.serving import read_silicon
     from simulator.fidelity.silicon import silicon_rows
     t0 = time.time()
@@ -127,13 +193,15 @@ def main() -> None:
     df = df[(df["mode"] != "disagg") & df.model_path.astype(str).str.contains(DENSE, regex=True)]
     df = df[~df.id.astype(str).isin(fitted_rows())].reset_index(drop=True).iloc[::a.every]
     rows = [r for r in silicon_rows(df) if r.scenario is not None]
-    jobs = [(r, a.samples, a.seed) for r in rows]
+    jobs = [(r, a.samples, a.seed, not a.no_model_error) for r in rows]
     if a.processes > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(a.processes) as ex:
             res = list(ex.map(sample_row, jobs))
     else:
         res = [sample_row(j) for j in jobs]
+    if a.rows_json:
+        Path(a.rows_json).write_text(json.dumps(res))
     rel = reliability(res)
     tables = {"TTFT": table(rel[rel.metric == "ttft"]), "TPOT": table(rel[rel.metric == "tpot"]),
               "both": table(rel)}
@@ -146,6 +214,9 @@ def main() -> None:
     cov = {m: coverage(res, m) for m in ("ttft", "tpot")}
     print(f"\nmeasured mean inside the sampled p10-p90 band (nominal 80%): TTFT {cov['ttft']:.0%}, "
           f"TPOT {cov['tpot']:.0%}")
+    bands = {f"{m}_{n}": coverage(res, m, n) for m in ("ttft", "tpot") for n in (50, 80, 90)}
+    print("central bands (nominal 50/80/90%): " + "; ".join(
+        f"{m.upper()} " + "/".join(f"{bands[f'{m}_{n}']:.0%}" for n in (50, 80, 90)) for m in ("ttft", "tpot")))
     sig = np.array([r["kernel_sigma"] for r in res])
     rel_err = {m: float(np.median([abs(np.median(r[m]) / r[f"{m}_meas"] - 1) for r in res])) for m in ("ttft", "tpot")}
     print(f"kernel sigma (log) median {np.median(sig):.3f}; median |p50 / measured - 1|: TTFT {rel_err['ttft']:.1%}, "
@@ -153,7 +224,7 @@ def main() -> None:
     plot(tables, Path(a.png))
     print(f"plot: {a.png}; {time.time() - t0:.0f} s")
     print(json.dumps({"rows": len(rows), "samples": a.samples, "every": a.every,
-                      "coverage_p10_p90": cov, "ece": {k: ece(t) for k, t in tables.items()},
+                      "coverage_p10_p90": cov, "coverage_central": bands, "ece": {k: ece(t) for k, t in tables.items()},
                       "median_kernel_sigma": float(np.median(sig)), "median_abs_err_p50": rel_err,
                       "table": {k: {str(b): {"n": int(v.n), "mean_p": None if v.n == 0 else float(v.mean_p),
                                              "observed": None if v.n == 0 else float(v.observed)}

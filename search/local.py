@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .objective import params_hash
+from .objective import params_hash, prepare
 from .space import Param, SearchSpace
 from .storage import FINISHED, counts, free
 
@@ -58,7 +58,10 @@ def neighbours(space: SearchSpace, values: dict[str, Any], rng: random.Random) -
                         nb[q_path] = changed[q_path]
                     else:
                         grid = list(q.choices) if q.choices is not None else [q.low, q.high]
-                        nb[q_path] = rng.choice(grid)
+                        pick = rng.choice(grid)
+                        # a range's bounds are stored as floats: an int parameter must get an int, or
+                        # its hash differs from the trial it becomes and the move repeats forever
+                        nb[q_path] = int(pick) if q.kind == "int" else pick
             out.append(nb)
     return out
 
@@ -118,6 +121,15 @@ def plan_local_move(study: optuna.Study, space: SearchSpace, n_trials: int, *,
         fresh = [v for v in _grid(space) if params_hash(v) not in seen]
     if guide is not None:  # a move that cannot beat the incumbent would only be bounded out
         fresh = [v for v in fresh if not guide.cannot_win(study, trials, v)]
+    if not fresh and not _grid(space):
+        # every one-step neighbour tried or bounded out: the incumbent is a local optimum of
+        # one-parameter moves, so take a random two-step neighbour that builds and fits
+        two = {params_hash(nb2): nb2 for nb in neighbours(space, dict(best.params), rng)
+               for nb2 in neighbours(space, nb, rng)}
+        unseen = [v for h, v in two.items() if h not in seen]
+        rng.shuffle(unseen)
+        fresh = next(([v] for v in unseen if prepare(space, v)[1] is None
+                      and (guide is None or not guide.cannot_win(study, trials, v))), [])
     if not fresh:
         return False
     move = rng.choice(fresh)

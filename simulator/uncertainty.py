@@ -17,6 +17,16 @@ The model, stated:
   (``held_out``), each sample draws one of its parameter sets (the full fit or a
   held-out one) and scales the deployment's step/sequence/token overhead by its ratio to
   the full fit; otherwise the overhead is taken as known.
+* **Engine-model error.** What no sampled input represents (the scheduler's and front end's
+  structural error: the first wave of a closed loop, admission, queueing the model gets
+  wrong) is an explicit log-normal factor on each sample's TTFT and TPOT statistics, one
+  stratified draw per sample and metric, applied after the simulation (the simulator has one
+  kernel-time knob for prefill and decode alike, so it cannot carry a TTFT-only error). Its sigma (``MODEL_ERROR``) comes from the shipped engine
+  profiles' own calibration rows replayed with their leave-one-group-out fits: 1.4826 x the
+  median |log(measured / simulated)| (a robust scale about zero, no bias), less the kernel
+  sigma in quadrature (that part is sampled already). Engines without calibration rows and
+  deployments without an engine block take the pooled value. It scales latency statistics
+  only: throughput and tokens per dollar stay as simulated.
 * Services (CPU/GPU RAG stages), the network and the workload carry no model uncertainty
   here; every sample replays the same requests (the scenario's seed), so the band is the
   model's, not the workload's.
@@ -29,6 +39,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from time import perf_counter
 from typing import Callable, Sequence
 
@@ -52,6 +63,12 @@ QUANTILES = (10, 50, 90)
 # summary metrics reported as bands: (key in the band table, summary block, stat)
 BAND_METRICS = (("ttft_mean_s", "ttft_s", "mean"), ("tpot_mean_s", "tpot_s", "mean"))
 SCALARS = ("throughput_req_s", "output_tokens_per_s", "output_tokens_per_dollar")
+# Engine-model error, log sigma of the simulated mean TTFT / TPOT beyond the kernel spread, per
+# engine ("*": pooled, for engines without calibration rows and for plain schedulers); produced by
+# `python benchmarks/slo_reliability.py --model-error` from rows the reliability table never scores.
+MODEL_ERROR = {"vllm": {"ttft": 0.236, "tpot": 0.0}, "trtllm": {"ttft": 1.498, "tpot": 0.196},
+               "*": {"ttft": 0.398, "tpot": 0.0}}
+MODEL_METRICS = ("ttft", "tpot")
 
 
 @dataclass(frozen=True)
@@ -65,12 +82,20 @@ class DeploymentSpread:
     kernel_q90: float
     overhead_sets: tuple[dict[str, float], ...] = ()
     note: str = ""
+    model_sigma: tuple[tuple[str, float], ...] = ()      # (metric, log sigma) of the engine-model error
 
     def doc(self) -> dict:
         return {"hardware": self.hardware, "kernel_sigma_log": self.kernel_sigma,
                 "kernel_interval90_log": self.kernel_q90,
                 "kernel_factor_p10_p90": [math.exp(-Z80 * self.kernel_sigma), math.exp(Z80 * self.kernel_sigma)],
-                "overhead_sets": len(self.overhead_sets), "note": self.note}
+                "overhead_sets": len(self.overhead_sets), "model_error_sigma_log": dict(self.model_sigma),
+                "note": self.note}
+
+
+def model_sigma(dep: Deployment) -> tuple[tuple[str, float], ...]:
+    """The deployment's engine-model error sigmas (``MODEL_ERROR``)."""
+    table = MODEL_ERROR.get(dep.engine.name if dep.engine is not None else "*", MODEL_ERROR["*"])
+    return tuple((m, float(table[m])) for m in MODEL_METRICS)
 
 
 def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None = None,
@@ -138,7 +163,42 @@ def spreads(scenario: Scenario) -> list[DeploymentSpread]:
             q2, note2 = kernel_interval(d, scenario.surrogate, s.decode_hardware, s.decode_tp)
             if q2 > q:      # one factor for both pools: the wider interval (on the safe side)
                 q, note = q2, f"decode pool: {note2}"
-        out.append(DeploymentSpread(d.name, d.hardware, q / Z90, q, overhead_sets(d), note))
+        out.append(DeploymentSpread(d.name, d.hardware, q / Z90, q, overhead_sets(d), note, model_sigma(d)))
+    return out
+
+
+def model_error_factors(samples: int, seed: int, spread: Sequence[DeploymentSpread]) -> list[dict[str, float]]:
+    """Per sample, metric -> the engine-model error factor exp(sigma z), sigma the largest of the
+    deployments' (a scenario's statistics mix its deployments). Its own seeded stream, so the
+    kernel and overhead draws stay those of ``sample_scenarios``."""
+    sig = {m: max((dict(s.model_sigma).get(m, 0.0) for s in spread), default=0.0) for m in MODEL_METRICS}
+    rng = np.random.default_rng([int(seed), 27, 1])
+    # Stratified draws (the normal's K quantile midpoints, shuffled per metric): with a sigma as wide
+    # as TensorRT-LLM's TTFT one, K plain draws would move the band's median by chance.
+    mid = [NormalDist().inv_cdf((i + 0.5) / samples) for i in range(samples)]
+    z = {m: rng.permutation(mid) for m in MODEL_METRICS}
+    return [{m: math.exp(sig[m] * float(z[m][i])) for m in MODEL_METRICS} for i in range(samples)]
+
+
+def with_model_error(summary: dict, factors: dict[str, float]) -> dict:
+    """``summary`` with its TTFT and TPOT statistics (and those SLOs' measured values and
+    verdicts) times the sample's engine-model error factors; other entries as simulated."""
+    out = dict(summary)
+    for m, f in factors.items():
+        block = summary.get(f"{m}_s")
+        if isinstance(block, dict):
+            out[f"{m}_s"] = {k: v * f if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                             for k, v in block.items()}
+    slo = {}
+    for key, v in (summary.get("slo") or {}).items():
+        f = factors.get(key.split("_")[0])
+        if f is not None and isinstance(v, dict) and v.get("measured") is not None:
+            measured = v["measured"] * f
+            v = {**v, "measured": measured, "met": bool(measured <= v["target"])}
+        slo[key] = v
+    if "slo" in summary:
+        out["slo"] = slo
+        out["slo_met"] = all(v.get("met") for v in slo.values())
     return out
 
 
@@ -169,10 +229,12 @@ def run_samples(scenario: Scenario, samples: int = 16, seed: int = 0, *,
                 should_stop: Callable[[dict], bool] | None = None,
                 spread: Sequence[DeploymentSpread] | None = None) -> list[tuple[dict, bool]]:
     """(summary, stopped early) of each sampled simulation."""
+    spread = list(spread) if spread is not None else spreads(scenario)
+    factors = model_error_factors(samples, seed, spread)
     out = []
     for i, scen in enumerate(sample_scenarios(scenario, samples, seed, spread)):
         res = simulate(scen, should_stop=should_stop)
-        out.append((res.summary, bool(res.stopped_early)))
+        out.append((with_model_error(res.summary, factors[i]), bool(res.stopped_early)))
         if progress is not None:
             progress((i + 1) / samples)
     return out
@@ -217,5 +279,6 @@ def uncertainty(scenario: Scenario, samples: int = 16, seed: int = 0, *,
     return {"samples": samples, "seed": seed, "bands": bands, "slo_probability": prob,
             "deployments": {s.name: s.doc() for s in spread},
             "assumption": "one log-normal kernel-time factor per GPU shared by every step (errors "
-                          "correlated across kernels); overhead from the engine profile's leave-one-out fits",
+                          "correlated across kernels); overhead from the engine profile's leave-one-out fits; "
+                          "an engine-model error factor on TTFT and TPOT (MODEL_ERROR)",
             "sim_wall_s": perf_counter() - wall0}

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from simulator import parse_scenario
-from simulator.uncertainty import overhead_sets, sample_scenarios, spreads, uncertainty
+from simulator.uncertainty import Z80, overhead_sets, sample_scenarios, spreads, uncertainty
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,3 +97,32 @@ def test_cli_writes_the_uncertainty_section(tmp_path):
 def test_too_few_samples_is_an_error(samples):
     with pytest.raises(ValueError):
         uncertainty(_scenario(), samples, 0)
+
+
+def test_engine_model_error_scales_latency_statistics_and_rejudges_slos():
+    """The model-error factor multiplies TTFT/TPOT statistics and re-judges those SLOs; tokens per
+    dollar stays as simulated. Sigmas: the engine's own, the pooled one without an engine block."""
+    from simulator.uncertainty import MODEL_ERROR, model_error_factors, spreads, with_model_error
+    summary = {"ttft_s": {"mean": 0.5, "p90": 0.8}, "tpot_s": {"mean": 0.02, "p90": 0.03},
+               "output_tokens_per_dollar": 1e6,
+               "slo": {"ttft_p90_s": {"target": 1.0, "measured": 0.8, "met": True},
+                       "tpot_p90_s": {"target": 0.05, "measured": 0.03, "met": True}}, "slo_met": True}
+    out = with_model_error(summary, {"ttft": 1.5, "tpot": 1.0})
+    assert out["ttft_s"] == {"mean": 0.75, "p90": pytest.approx(1.2)} and out["tpot_s"] == summary["tpot_s"]
+    assert out["slo"]["ttft_p90_s"]["met"] is False and out["slo"]["tpot_p90_s"]["met"] is True
+    assert out["slo_met"] is False and out["output_tokens_per_dollar"] == 1e6
+    assert summary["slo"]["ttft_p90_s"]["met"] is True                   # the input is left alone
+    plain = spreads(_scenario())[0]
+    trt = spreads(_scenario(engine={"name": "trtllm", "version": "1.0.0"}))[0]
+    assert dict(plain.model_sigma) == MODEL_ERROR["*"] and dict(trt.model_sigma) == MODEL_ERROR["trtllm"]
+    f = model_error_factors(2000, 0, [trt])
+    assert f == model_error_factors(2000, 0, [trt])                       # seeded
+    logs = np.log([x["ttft"] for x in f])
+    assert logs.std() == pytest.approx(MODEL_ERROR["trtllm"]["ttft"], rel=0.1)
+
+
+def test_model_error_widens_the_ttft_band():
+    s = _scenario("H100-SXM", engine={"name": "vllm", "version": "0.15.1"})
+    u = uncertainty(s, 6, 0)
+    assert u["deployments"]["llm"]["model_error_sigma_log"]["ttft"] > 0
+    assert _width(u["bands"]["ttft_mean_s"]) > math.exp(2 * Z80 * 0.1)
