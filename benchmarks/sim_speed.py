@@ -11,6 +11,7 @@ that compiles the step table (Vidur's figure is likewise warm: predictors traine
 Prints one line per size, then the 10,000-request run as one JSON object on the last line.
 
     python benchmarks/sim_speed.py [--sizes 1000,10000,100000] [--surrogate builtin] [--engine 0.15.1]
+                                   [--speculative]
 """
 from __future__ import annotations
 
@@ -30,16 +31,22 @@ VIDUR_WORK = Path(os.environ.get("VIDUR_WORK", "/tmp/vidur-peer"))
 VIDUR_README_S = 38.2   # ../shared/peers/vidur/README.md: 10,000 requests, warm, this machine
 
 
-def scenario(n: int, surrogate: str, engine: str | None = None):
+# --speculative: EAGLE with 4 proposed tokens at acceptance 0.7 (2.77 tokens per step)
+SPECULATIVE = {"method": "eagle", "num_speculative_tokens": 4, "acceptance": 0.7}
+
+
+def scenario(n: int, surrogate: str, engine: str | None = None, speculative: bool = False):
     """The reference deployment; with ``engine`` (a vLLM release) the same limits through its
     ``engine:`` block instead (CUDA-graph padding, async scheduling and its admission lag,
-    prefix caching on)."""
+    prefix caching on); with ``speculative`` EAGLE speculative decoding on."""
     from simulator import Scenario
     dep = {"name": "llm", "model": "Llama-2-7B", "hardware": "H100-SXM", "dtype": "bf16",
            "scheduler": {"policy": "chunked", "max_batch_size": 128, "max_tokens_per_step": 512, "chunk_size": 512}}
     if engine:
         del dep["scheduler"]
         dep["engine"] = {"name": "vllm", "version": engine, "max_num_batched_tokens": 512, "max_num_seqs": 128}
+    if speculative:
+        dep["speculative"] = dict(SPECULATIVE)
     return Scenario.model_validate({
         "name": f"reference-{n}", "seed": 0, "surrogate": surrogate,
         "deployments": [dep],
@@ -47,13 +54,13 @@ def scenario(n: int, surrogate: str, engine: str | None = None):
                      "num_requests": n, "max_total_tokens": 4096}})
 
 
-def run_one(n: int, surrogate: str, engine: str | None = None) -> dict:
+def run_one(n: int, surrogate: str, engine: str | None = None, speculative: bool = False) -> dict:
     sys.path.insert(0, str(REPO))
     from simulator import simulate
     t = time.perf_counter()
-    simulate(scenario(50, surrogate, engine))         # warm-up: compiles the step table
+    simulate(scenario(50, surrogate, engine, speculative))   # warm-up: compiles the step table
     compile_s = time.perf_counter() - t
-    sc = scenario(n, surrogate, engine)
+    sc = scenario(n, surrogate, engine, speculative)
     t = time.perf_counter()
     res = simulate(sc)
     wall = time.perf_counter() - t
@@ -90,10 +97,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per size; the fastest is kept")
     ap.add_argument("--engine", default=None, metavar="VLLM_VERSION",
                     help="run the reference deployment through a vLLM engine block of this release")
+    ap.add_argument("--speculative", action="store_true",
+                    help="EAGLE speculative decoding on the reference deployment (k=4, acceptance 0.7)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
-        print(json.dumps(run_one(a.one, a.surrogate, a.engine)))
+        print(json.dumps(run_one(a.one, a.surrogate, a.engine, a.speculative)))
         return
     if not (TRACES / "workloads" / "splitwise_conv.csv").is_file():
         sys.exit(f"reference trace not found under {TRACES}")
@@ -102,7 +111,8 @@ def main() -> None:
         runs = []
         for _ in range(a.repeats if n <= 10_000 else 1):
             out = subprocess.run([sys.executable, __file__, "--one", str(n), "--surrogate", a.surrogate,
-                                  *(["--engine", a.engine] if a.engine else [])],
+                                  *(["--engine", a.engine] if a.engine else []),
+                                  *(["--speculative"] if a.speculative else [])],
                                  capture_output=True, text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = min(runs, key=lambda d: d["wall_s"])

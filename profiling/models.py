@@ -118,6 +118,13 @@ class ModelSpec(BaseModel):
             head = h * h + h + (h + 1 if self.arch == "cross-encoder" else 0)
         return emb + head + final_norm + self.num_layers * self.layer_params(active_only)
 
+    def expert_weight_bytes(self, dtype: str | None = None) -> float:
+        """Every expert of every layer at ``dtype`` (experts are always in the GEMM dtype); 0
+        for a dense model."""
+        if not self.is_moe:
+            return 0.0
+        return self.num_layers * self.num_experts * self._expert_params() * dtype_bytes(dtype or self.dtype)
+
     def weight_bytes(self, dtype: str | None = None) -> float:
         """Weights at ``dtype``; a quantized checkpoint keeps the embedding table and LM head
         in the model's 16-bit dtype (ModelOpt and vLLM leave them unquantized), and

@@ -6,7 +6,7 @@ numpy arrays alike); ``expand_step`` turns one forward step of a model into oper
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -106,6 +106,7 @@ class Operator:
     dtype: str = "bf16"
     kv_dtype: str | None = None
     count: int = 1
+    groups: int = 1          # a grouped GEMM over this many experts (MoE), priced as one wide GEMM
 
     @property
     def cost(self) -> tuple[float, float]:
@@ -202,9 +203,15 @@ def fused_away(fusions: Iterable[str], tp: int) -> frozenset[str]:
 
 
 def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
-              fusions: Iterable[str] = ()) -> list[Operator]:
+              fusions: Iterable[str] = (), ep: int = 1) -> list[Operator]:
     """Token-wise operators of one transformer layer (no attention core), TP-sharded,
-    without those the engine's ``fusions`` (``FUSIONS``) fold into a neighbour."""
+    without those the engine's ``fusions`` (``FUSIONS``) fold into a neighbour.
+
+    ``ep`` > ``tp`` (a MoE model with expert parallelism across ``ep / tp`` data-parallel
+    engines): each device holds ``E / ep`` whole experts, and the engines' tokens meet them
+    through an all-gather before and a reduce-scatter after the experts (vLLM's default
+    all-to-all), loads balanced across engines. ``ep`` <= ``tp`` prices as TP: whole experts
+    split over the TP group read and compute the same as every expert split in width."""
     act = activation_dtype(model, dtype)  # GEMMs run in ``dtype``; everything else in ``act``
     dense = act if model.quantized_layers == "experts" and model.is_moe else dtype  # non-expert GEMMs
     h, b = model.hidden_size, dtype_bytes(act)
@@ -225,9 +232,27 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, act))
     ops.append(Operator(ELEMENTWISE, "post_attn_norm", {"elements": tokens * h, "io_bytes": 2 * tokens * h * b, **rows},
                         act))
-    inter = _shard(model.expert_intermediate, tp, "intermediate size", model)
+    dp = ep // tp if model.is_moe and ep > tp else 1
+    inter = _shard(model.expert_intermediate, 1 if dp > 1 else tp, "intermediate size", model)
     up = 2 * inter if model.gated_mlp else inter
-    if model.is_moe:
+    if model.is_moe and dp > 1:
+        # Every engine's tokens, gathered, go to the experts this device holds: the picks of
+        # dp engines' tokens over ep devices, on the local share of the experts they hit.
+        picks = tokens * dp * model.experts_per_token / ep
+        e = max(1.0, active_experts(model.num_experts, model.experts_per_token, tokens * dp) / ep)
+        gathered = tokens * dp * h * b
+        ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, act),
+                Operator(COLLECTIVE, "moe_dispatch", {"collective": "all_gather", "msg_bytes": gathered,
+                                                      "world": ep}, act),
+                Operator(GEMM, "mlp_up_proj", {"m": picks / e, "n": up * e, "k": h}, dtype,
+                         groups=round(e)),
+                Operator(ELEMENTWISE, "mlp_act", {"elements": picks * inter, "io_bytes": 3 * picks * inter * b,
+                                                  **elementwise_rows(max(1, round(picks)), 1)}, act),
+                Operator(GEMM, "mlp_down_proj", {"m": picks / e, "n": h * e, "k": inter}, dtype,
+                         groups=round(e)),
+                Operator(COLLECTIVE, "moe_combine", {"collective": "reduce_scatter", "msg_bytes": gathered,
+                                                     "world": ep}, act)]
+    elif model.is_moe:
         # Each token picks top_k of E experts; the picks spread evenly (a mean, so FLOPs
         # stay exactly 2 x picks x expert weights) over the expected distinct experts hit.
         # Engines run all active experts in one grouped kernel (vLLM fused_moe, TRT-LLM and
@@ -238,17 +263,17 @@ def layer_ops(model: ModelSpec, tokens: int, tp: int, dtype: str,
         e = active_experts(model.num_experts, model.experts_per_token, tokens)
         per_expert = picks / e
         ops += [Operator(GEMM, "moe_router", {"m": tokens, "n": model.num_experts, "k": h}, act),  # gate: 16-bit
-                Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up * e, "k": h}, dtype),
+                Operator(GEMM, "mlp_up_proj", {"m": per_expert, "n": up * e, "k": h}, dtype, groups=e),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": picks * inter, "io_bytes": 3 * picks * inter * b,
                                                   **elementwise_rows(picks, tp)}, act),
-                Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h * e, "k": inter}, dtype)]
+                Operator(GEMM, "mlp_down_proj", {"m": per_expert, "n": h * e, "k": inter}, dtype, groups=e)]
     else:
         ops += [Operator(GEMM, "mlp_up_proj", {"m": tokens, "n": up, "k": h}, dtype),
                 Operator(ELEMENTWISE, "mlp_act", {"elements": tokens * inter,
                                                   "io_bytes": (3 if model.gated_mlp else 2) * tokens * inter * b,
                                                   **rows}, act),
                 Operator(GEMM, "mlp_down_proj", {"m": tokens, "n": h, "k": inter}, dtype)]
-    if tp > 1:
+    if tp > 1 and dp == 1:
         ops.append(Operator(COLLECTIVE, "mlp_all_reduce",
                             {"collective": "all_reduce", "msg_bytes": tokens * h * b, "world": tp}, act))
     ops.append(Operator(ELEMENTWISE, "residual_add", {"elements": tokens * h, "io_bytes": 3 * tokens * h * b, **rows},
@@ -311,10 +336,11 @@ def stage_layers(model: ModelSpec, pp: int) -> tuple[int, int]:
 
 
 def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None, tp: int = 1,
-                pp: int = 1, kv_dtype: str | None = None, fusions: Iterable[str] = ()) -> list[Operator]:
+                pp: int = 1, kv_dtype: str | None = None, fusions: Iterable[str] = (),
+                ep: int = 1) -> list[Operator]:
     """Operators of one forward step on one pipeline stage (the one holding the LM head).
 
-    Per-layer operators carry ``count`` = layers in the stage.
+    Per-layer operators carry ``count`` = layers in the stage; ``ep`` as in ``layer_ops``.
     """
     dtype = dtype or model.dtype
     if tp < 1 or pp < 1:
@@ -325,8 +351,7 @@ def expand_step(model: ModelSpec, batch: BatchShape, *, dtype: str | None = None
         return []
     layers = model.num_layers // pp
     full, sliding = stage_layers(model, pp)
-    ops = [Operator(o.kind, o.name, o.shape, o.dtype, o.kv_dtype, o.count * layers)
-           for o in layer_ops(model, batch.tokens, tp, dtype, fusions)]
+    ops = [replace(o, count=o.count * layers) for o in layer_ops(model, batch.tokens, tp, dtype, fusions, ep)]
     for n, window in ((full, None), (sliding, model.sliding_window)):
         if n:
             ops += [Operator(o.kind, o.name + ("_window" if window else ""), o.shape, o.dtype, o.kv_dtype, o.count * n)

@@ -51,6 +51,10 @@ def unsupported(space: SearchSpace) -> str | None:
         return "Pareto objective (a dearer candidate may still be on the front)"
     if space.capacity is not None:
         return "capacity mode (the offered load is searched per candidate)"
+    deps = space.base.get("deployments")
+    if any(".autoscaling" in p for p in space.params) or (
+            isinstance(deps, list) and any(isinstance(d, dict) and d.get("autoscaling") for d in deps)):
+        return "autoscaled deployments (billed per replica-second, below the fleet's price x makespan)"
     return None
 
 

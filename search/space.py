@@ -263,6 +263,8 @@ def parse_space(doc: Any, *, source: str = "<space>", root: Path | None = None) 
         if not isinstance(base, dict):
             raise InputError("a scenario must be a YAML mapping", file=path)
         _check_size(base, path)
+        from simulator.scenario import _resolve_paths
+        base = _resolve_paths(base, path.parent)    # its relative trace and model paths are the base file's
     else:
         base = raw.base
     for path in list(raw.params) + [k for p in raw.params.values() for k in p.when]:

@@ -85,3 +85,34 @@ def _binned(t, y, bins):
     c, _ = np.histogram(t, bins=bins)
     with np.errstate(invalid="ignore"):
         return bins[1:], np.where(c > 0, s / np.maximum(c, 1), np.nan)
+
+
+def write_scaling_plot(result, path: Path, bins: int = 120) -> Path:
+    """Replicas over time (serving and billed) per autoscaled deployment, under the offered
+    rate (arrivals per second, binned)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = result.scaling
+    arrival = result.requests.arrival_s.dropna().to_numpy()
+    end = max([float(r[-1, 0]) for r in rec.replicas.values()] + [float(arrival.max()) if arrival.size else 1.0])
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=(1, 1.4))
+    edges = np.linspace(0, max(end, 1e-9), bins + 1)
+    counts, _ = np.histogram(arrival, bins=edges)
+    a1.step(edges[:-1], counts / np.diff(edges), where="post", color="0.3", lw=1)
+    a1.set_ylabel("offered rate (req/s)")
+    a1.grid(alpha=0.3)
+    for name, r in rec.replicas.items():
+        t, active, starting, draining = r.T
+        a2.step(t, active, where="post", label=f"{name}: serving")
+        a2.step(t, active + starting + draining, where="post", ls="--", label=f"{name}: billed")
+    from matplotlib.ticker import MaxNLocator
+    a2.yaxis.set_major_locator(MaxNLocator(integer=True))
+    a2.set_ylim(bottom=0)
+    a2.set_ylabel("replicas")
+    a2.set_xlabel("simulated time (s)")
+    a2.grid(alpha=0.3)
+    a2.legend(loc="upper right", fontsize="small")
+    fig.suptitle(f"{getattr(result.scenario, 'name', '')}: autoscaling")
+    return save_png(fig, path, dpi=100)

@@ -43,6 +43,9 @@ class SimResult:
     steps: dict[str, np.ndarray] = field(repr=False)   # [steps, 6] per replica
     kv_blocks: dict[str, int] = field(repr=False)
     stopped_early: bool = False
+    # autoscaled deployments only (``simulator.engine.autoscale.ScalingRecord``): their events
+    # go to scaling_events.csv and their replicas over time to replicas.png
+    scaling: object | None = field(default=None, repr=False)
 
     def summary_json(self) -> str:
         return json.dumps(_clean({**self.summary, "stopped_early": self.stopped_early}), indent=2, sort_keys=True)
@@ -57,11 +60,15 @@ class SimResult:
         with atomic_path(out / "requests.parquet") as tmp:
             self.requests.to_parquet(tmp)
         self.write_trace(out / "trace.json")
+        if self.scaling is not None:
+            write_text_atomic(out / "scaling_events.csv", self.scaling.events.to_csv(index=False))
         if plots:
-            from .plots import write_plots
+            from .plots import write_plots, write_scaling_plot
             from .pipelines.plots import write_stage_plot
             write_plots(self, out)
             write_stage_plot(self.requests, out / "stage_breakdown.png", getattr(self.scenario, "name", ""))
+            if self.scaling is not None:
+                write_scaling_plot(self, out / "replicas.png")
         return out
 
     def write_trace(self, path: Path) -> None:

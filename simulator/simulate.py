@@ -15,9 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from .engine.autoscale import scaling_record
 from .engine.core import Environment, StopSimulation
 from .engine.deployment import build_deployment
 from .engine.engines import resolve_for
+from .engine.lora import columns as lora_columns, summarize as lora_summary
 from .engine.metrics import requests_frame, summarize
 from .engine.store import Store
 from .engine.workload import Requests, build_requests
@@ -75,6 +77,9 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     reqs = requests if requests is not None else build_requests(scenario.workload, scenario.seed)
     plan = prepare(scenario, reqs)    # request classes; prefix/multi-turn classes rewrite prompts
     store = Store(plan.requests)
+    store.seed = scenario.seed        # per-deployment draws (LoRA adapter ids) derive from it
+    if any(d.speculative is not None and d.speculative.by_class for d in scenario.deployments):
+        store.request_class = [plan.classes[k].name for k in plan.klass.tolist()]  # per-class acceptance
     env = Environment()
     deps = [build_deployment(env, store, d, scenario.surrogate, scenario.debug) for d in scenario.deployments]
     run = attach_pipelines(scenario, env, store, deps, plan)
@@ -110,6 +115,9 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
         progress(1.0)
     frame = requests_frame(store.arrays(), store.rejected)
     columns = run.columns()
+    adapter_cols = lora_columns(deps, len(frame))
+    if adapter_cols:                  # only with LoRA adapters: which adapter, how long it waited
+        frame = frame.assign(**adapter_cols)
     if columns:
         frame = frame.assign(**columns)
     steps = {r.name: _step_rows(r) for d in deps for r in d.replicas}
@@ -122,18 +130,28 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
         hit = sum(c.hit_tokens for c in caches)
         summary["engine_prefix_cache"] = {"prompt_tokens_looked_up": looked, "hit_tokens": hit,
                                           "token_hit_rate": hit / looked if looked else 0.0}
+    adapters = lora_summary(deps)
+    if adapters:                      # only with LoRA adapters: other summaries stay as they were
+        summary["lora"] = adapters
     summary["events"] = env.events
     summary["steps"] = sum(len(r.steps) // 6 for d in deps for r in d.replicas)
+    spec = {r.name: r.spec.summary() for d in deps for r in d.replicas if getattr(r, "spec", None) is not None}
+    if spec:                          # only with speculative decoding: other summaries stay as they were
+        summary["speculative"] = spec
     engines = {d.name: {"engine": resolve_for(d.engine, d.model, d.hardware, d.tp, d.pp, d.dtype).summary()}
                for d in scenario.deployments if d.engine is not None}
     if engines:                       # only with an engine block: other summaries stay as they were
         summary["deployments"] = engines
+    scaled = [d for d in deps if hasattr(d, "billed_s")]
+    if scaled:                        # only with autoscaling: replica-hours and scaling counts
+        summary["autoscaling"] = {d.dep.name: d.report(summary["makespan_s"]) for d in scaled}
     summary["sim_wall_s"] = perf_counter() - wall0
     return SimResult(scenario=scenario, summary=summary,
                      requests=frame,
                      steps=steps,
                      kv_blocks={r.name: r.total_blocks for d in deps for r in d.replicas},
-                     stopped_early=not finished)
+                     stopped_early=not finished,
+                     scaling=scaling_record(scaled, summary["makespan_s"]) if scaled else None)
 
 
 def _summary(scenario: Scenario, store: Store, deps: list, now: float, wall: float, df=None,
@@ -144,17 +162,24 @@ def _summary(scenario: Scenario, store: Store, deps: list, now: float, wall: flo
     makespan = float(np.nanmax(finish)) if np.isfinite(finish).any() else now
     makespan = max(makespan, now if isnan(makespan) else makespan)
     gaps, weights, fleet = [], [], []
+    scaled = 0
     for d in deps:
+        billed = getattr(d, "billed_s", None)       # an autoscaled deployment bills per replica-second
         for pool, reps in d.pools:
-            for r in reps:
+            for k, r in enumerate(reps):
                 if r.steps:
                     a = steps[r.name] if steps else _step_rows(r)
                     gaps.append(a[:, 5])
                     weights.append(a[:, 2])
                 fleet.append({"name": r.name, "devices": pool.devices, "price_per_hour": pool.hw.price_per_hour,
                               "tdp_w": pool.hw.tdp_w, "busy": min(r.busy / makespan, 1.0) if makespan > 0 else 0.0})
+                if billed is not None:
+                    secs = fleet[-1]["billed_s"] = billed(k, makespan)
+                    fleet[-1]["busy"] = min(r.busy / secs, 1.0) if secs > 0 else 0.0
+        if billed is not None:
+            scaled += d.peak_devices(makespan)
     itl = (np.concatenate(gaps) if gaps else np.array([]), np.concatenate(weights) if weights else np.array([]))
-    return summarize(df, itl, scenario.slo, fleet, makespan, wall)
+    return summarize(df, itl, scenario.slo, fleet, makespan, wall, scaled)
 
 
 def _step_rows(replica) -> np.ndarray:

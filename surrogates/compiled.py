@@ -26,6 +26,8 @@ from profiling.operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, GEMM, Ba
                                  windowed_prefill)
 from profiling.roofline import roofline_ms
 
+from .grouped_gemm import GROUPED_GEMM
+
 
 class OpLatencyModel(Protocol):
     """Anything that predicts kernel latency (ms) for rows of one operator kind."""
@@ -91,7 +93,9 @@ def _ops_ms_each(op_lists: Sequence[Sequence[Operator]], hw: HardwareSpec,
             ms = _collective_ms(predictor, frame, hw, picks, log if log is not None else set())
         else:
             ms = predictor.predict_ms(kind, frame, hw)
-        ms = ms * np.array([o.count for _, o in group], dtype=float)
+        # a grouped expert GEMM runs slower than the dense GEMM of its shape (grouped_gemm.py)
+        ms = ms * np.array([o.count * (GROUPED_GEMM(o.shape["m"], o.groups) if o.groups > 1 else 1.0)
+                            for _, o in group], dtype=float)
         total += np.bincount([i for i, _ in group], weights=ms, minlength=len(op_lists))
     return total
 
@@ -253,7 +257,7 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
                        pp: int = 1, max_tokens: int = 65536, max_batch: int = 2048,
                        max_kv: int | None = None, points: int = 40,
                        fusions: tuple[str, ...] = (),
-                       collective_kernel: CollectiveKernel | None = None) -> StepTable:
+                       collective_kernel: CollectiveKernel | None = None, ep: int = 1) -> StepTable:
     """Evaluate ``predictor`` on the grids a simulation of this deployment will query
     (without the kernels the engine's ``fusions`` fold into their neighbours; each TP
     all-reduce on the kernel ``collective_kernel`` names for its message, if given)."""
@@ -268,7 +272,7 @@ def compile_step_table(model: ModelSpec, hw: HardwareSpec, predictor: OpLatencyM
         per_token = model.hidden_size * dtype_bytes(activation_dtype(model, dtype))
         cuts = [int(e // per_token) + d for e in getattr(collective_kernel, "edges", ()) for d in (0, 1)]
         tok = np.unique(np.concatenate([tok, [c for c in cuts if 1 <= c <= max_tokens]])).astype(np.int64)
-    tok_y = _ops_ms_each([layer_ops(model, int(t), tp, dtype, fusions) for t in tok], hw, predictor,
+    tok_y = _ops_ms_each([layer_ops(model, int(t), tp, dtype, fusions, ep) for t in tok], hw, predictor,
                          collective_kernel if tp > 1 else None, log) * layers * 1e-3
     seq = _edge_grid(1, max_batch, points // 2)
     head = [o for o in expand_step(model, BatchShape(decode_kv=(1,)), dtype=dtype, tp=tp, pp=pp)

@@ -141,7 +141,7 @@ def _one(sc, src: str, target: str, ex: Export, *, image, engine_version, engine
             for key, svc in docs[-1]["spec"]["services"].items():
                 if svc["componentType"] == "worker":
                     engine_cmd.check_flags(lns[0].engine, svc["extraPodSpec"]["mainContainer"]["args"],
-                                           f"{where} (dynamo {key})", dynamo.DYNAMO_FLAGS)
+                                           f"{where} (dynamo {key})", dynamo.DYNAMO_FLAGS, lns[0].version)
             k8s.validate(docs[:-1], f"{where} (dynamo)")
             staged[f"dynamo/{d.name}.yaml"] = (k8s.dump(docs), f"Dynamo DynamoGraphDeployment of '{d.name}' "
                                                f"(nvidia.com/v1alpha1, Dynamo {dynamo_version} runtime images)")
@@ -196,8 +196,10 @@ def _readme(sc, src: Path, target: str, ex: Export) -> str:
     lines += [f"| `{rel}` | {what} |" for rel, (_, what) in sorted(ex.files.items())]
     lines += ["| `README.md` | this file |", "",
               "## Notes", "",
-              "* Engine flags are the engine's own spelling and are all in hermes-sim's known-argument list "
-              "(`profiling/readers/runs/engine_args.yaml`); values are what the simulation used.",
+              "* Engine flags are the engine's own spelling and are all in the argument list of the release "
+              "exported for (vLLM, SGLang: the newest release at or below it in "
+              "`profiling/readers/runs/engine_args_releases.yaml`; TensorRT-LLM: its list in "
+              "`engine_args.yaml`); values are what the simulation used.",
               f"* Kubernetes manifests pass `kubernetes_validate` (strict) for Kubernetes {k8s.K8S_VERSION}; "
               "GPUs are requested as `nvidia.com/gpu` and pinned with the `nvidia.com/gpu.product` node label "
               "of NVIDIA's GPU feature discovery. Secrets: `hf-token` (key `token`) for k8s and llm-d, "

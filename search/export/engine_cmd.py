@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from profiling.errors import HermesError
 from profiling.hardware import HardwareSpec
@@ -19,7 +23,7 @@ from profiling.models import resolve_model
 from profiling.operators import activation_dtype
 from profiling.readers.runs.common import known_engine_args
 from simulator.engine.config import Deployment
-from simulator.engine.engines import LIMIT_ARGS, device, resolve_for
+from simulator.engine.engines import LIMIT_ARGS, device, parse_version, resolve_for
 from simulator.engine.memory import GB, activation_bytes
 
 ENGINES = ("vllm", "sglang", "trtllm")
@@ -64,6 +68,7 @@ class Launch:
     flags: tuple[tuple[str, Any], ...]         # (engine field name, value), without model/host/port
     extra_yaml: dict[str, Any] | None = None   # TensorRT-LLM extra LLM API options
     notes: tuple[str, ...] = field(default=())
+    dp: int = 1                                # data-parallel ranks one command runs (expert parallelism)
 
     @property
     def name(self) -> str:
@@ -71,7 +76,7 @@ class Launch:
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.pp * self.dp
 
     @property
     def image_default(self) -> str:
@@ -85,9 +90,10 @@ class Launch:
             out += ["--model-path", self.model] if self.engine == "sglang" else [self.model]
         if host:
             out += [flag(self.engine, "host"), "0.0.0.0", flag(self.engine, "port"), str(port)]
+        rel = release_args(self.engine, self.version)
         for k, v in self.flags:
             if k not in skip:
-                out += render(self.engine, k, v)
+                out += render(self.engine, k, v, rel.negatable if rel is not None else None)
         if self.extra_yaml and extra_path:
             out += [flag("trtllm", "extra_llm_api_options"), extra_path]
         return out
@@ -104,12 +110,15 @@ def flag(engine: str, name: str) -> str:
     return "--" + (name if engine == "trtllm" else name.replace("_", "-"))
 
 
-def render(engine: str, name: str, value: Any) -> list[str]:
-    """One argument as command-line words: booleans as bare flags, mappings as compact JSON."""
+def render(engine: str, name: str, value: Any, negatable: frozenset[str] | None = None) -> list[str]:
+    """One argument as command-line words: booleans as bare flags, mappings as compact JSON.
+    ``negatable``: the names the target release takes as --no-NAME (None: all of VLLM_NEGATABLE)."""
     if isinstance(value, bool):
         if value:
             return [flag(engine, name)]
-        return [flag(engine, "no_" + name)] if engine == "vllm" and name in VLLM_NEGATABLE else []
+        # A release without --no-NAME had a plain switch, off unless given: False is saying nothing.
+        can = VLLM_NEGATABLE if negatable is None else VLLM_NEGATABLE & negatable
+        return [flag(engine, "no_" + name)] if engine == "vllm" and name in can else []
     if isinstance(value, dict):
         return [flag(engine, name), json.dumps(value, separators=(",", ":"), sort_keys=True)]
     if isinstance(value, (list, tuple)):
@@ -117,17 +126,76 @@ def render(engine: str, name: str, value: Any) -> list[str]:
     return [flag(engine, name), str(value)]
 
 
-def check_flags(engine: str, words: list[str], where: str, extra_known: frozenset[str] = frozenset()) -> None:
-    """Every ``--flag`` in ``words`` names an argument of the engine's known-argument list."""
-    known = known_engine_args()[engine] | extra_known
+@dataclass(frozen=True)
+class ReleaseArgs:
+    """The argument names of one kept engine release (``engine_args_releases.yaml``)."""
+
+    engine: str
+    release: str                               # the kept release whose list applies
+    names: frozenset[str]
+    negatable: frozenset[str]                  # booleans that also take --no-NAME
+
+
+@lru_cache(maxsize=1)
+def _releases_doc() -> dict[str, Any]:
+    text = resources.files("profiling.readers.runs").joinpath("engine_args_releases.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _in_spans(spans: str, release: str, order: list[str]) -> bool:
+    """Whether ``release`` lies in a span list such as "0.6.0..0.9.2, 0.15.1.." (over ``order``)."""
+    at = order.index(release)
+    for span in spans.split(","):
+        lo, sep, hi = span.strip().partition("..")
+        first = order.index(lo)
+        last = (order.index(hi) if hi else len(order) - 1) if sep else first
+        if first <= at <= last:
+            return True
+    return False
+
+
+@lru_cache(maxsize=64)
+def release_args(engine: str, version: str) -> ReleaseArgs | None:
+    """The argument list of the newest kept release of ``engine`` at or below ``version``; None when
+    the engine has no per-release lists (TensorRT-LLM). A version older than every kept release is
+    refused: no list says what it accepted."""
+    doc = _releases_doc().get(engine)
+    if doc is None:
+        return None
+    order = [str(r) for r in doc["releases"]]
+    want = parse_version(version)
+    below = [r for r in order if parse_version(r) <= want]
+    if not below:
+        raise HermesError(f"{engine} {version} is older than the oldest release whose argument list the "
+                          f"project keeps ({order[0]}, profiling/readers/runs/engine_args_releases.yaml); "
+                          f"export for {engine} {order[0]} or later")
+    rel = max(below, key=lambda r: (parse_version(r), order.index(r)))
+    pick = lambda d: frozenset(n for n, s in (d or {}).items() if _in_spans(str(s), rel, order))
+    return ReleaseArgs(engine, rel, pick(doc["args"]), pick(doc.get("negatable")))
+
+
+def check_flags(engine: str, words: list[str], where: str, extra_known: frozenset[str] = frozenset(),
+                version: str | None = None) -> None:
+    """Every ``--flag`` in ``words`` names an argument of ``version``'s own argument list (the union
+    over releases when no version is given or the engine has no per-release lists)."""
+    rel = release_args(engine, version) if version is not None else None
+    if rel is None:
+        known = known_engine_args()[engine] | extra_known
+        negatable = known
+    else:
+        known, negatable = rel.names | extra_known, rel.negatable
     for w in words:
         if not w.startswith("--"):
             continue
         name = w[2:].replace("-", "_")
-        if name in known or (name.startswith("no_") and name[3:] in known):
+        if name in known or (name.startswith("no_") and name[3:] in negatable):
             continue
-        raise HermesError(f"{where}: {engine} has no argument '{w}' (not in profiling/readers/runs/"
-                          "engine_args.yaml); the export cannot express it")
+        if rel is None:
+            raise HermesError(f"{where}: {engine} has no argument '{w}' (not in profiling/readers/runs/"
+                              "engine_args.yaml); the export cannot express it")
+        raise HermesError(f"{where}: {engine} {version} has no argument '{w}' (not in the argument list of "
+                          f"{engine} {rel.release}, profiling/readers/runs/engine_args_releases.yaml); "
+                          "the export cannot express it")
 
 
 def hf_name(model: str) -> str:
@@ -179,8 +247,60 @@ def launches(dep: Deployment, target_engine: str | None, version: str | None, wh
                               tuple(flags), extra, tuple(notes)))
         return out
     flags, extra, notes = _settings(dep, name, hw, dep.tp, where, "serve")
-    return [Launch(dep.name, "serve", name, ver, model, hw.name, gpu_product(hw), dep.replicas, dep.tp, dep.pp,
-                   tuple(flags), extra, tuple(notes))]
+    dp = dep.ep // dep.tp if dep.ep > dep.tp else 1
+    experts = _expert_flags(dep, name, dp, where)
+    if name == "trtllm" and experts:
+        extra = {**(extra or {}), **dict(experts)}      # an LLM API option, not a trtllm-serve flag
+    else:
+        flags += experts
+    return [Launch(dep.name, "serve", name, ver, model, hw.name, gpu_product(hw), dep.replicas // dp, dep.tp, dep.pp,
+                   tuple(flags), extra, tuple(notes), dp)]
+
+
+def _expert_flags(dep: Deployment, engine: str, dp: int, where: str) -> list[tuple[str, Any]]:
+    """Expert parallelism: within the TP group (ep = tp), or over ``dp`` data-parallel ranks of
+    one command (ep = tp x dp), which share their experts and so cannot be separate servers."""
+    if dep.ep <= 1:
+        return []
+    if engine == "vllm":
+        return [("enable_expert_parallel", True)] + ([("data_parallel_size", dp)] if dp > 1 else [])
+    if engine == "sglang":
+        return [("ep_size", dep.ep)] + ([("dp_size", dp), ("enable_dp_attention", True)] if dp > 1 else [])
+    if dp > 1:
+        raise HermesError(f"{where}: TensorRT-LLM spreads experts within its TP group only; ep {dep.ep} over "
+                          f"{dp} replicas cannot be expressed (set tp = ep, or export for vllm or sglang)")
+    return [("moe_expert_parallel_size", dep.ep)]
+
+
+def _speculative_flags(dep: Deployment, engine: str, where: str) -> list[tuple[str, Any]]:
+    """vLLM's ``speculative_config`` for the deployment's ``speculative:`` block. An EAGLE head is
+    a checkpoint of its own that the block does not name, and the other engines' speculation
+    arguments are not mapped: both are refused rather than exported without speculation."""
+    s = dep.speculative
+    if engine != "vllm":
+        raise HermesError(f"{where}: speculative decoding is exported for vllm only (give --target vllm)")
+    if s.method == "eagle":
+        raise HermesError(f"{where}: an EAGLE head is a checkpoint of its own: name it in the engine block "
+                          "(engine: {name: vllm, speculative_config: {method: eagle, model: HEAD, ...}})")
+    cfg: dict[str, Any] = {"method": {"draft": "draft_model", "mtp": "mtp", "ngram": "ngram"}[s.method],
+                           "num_speculative_tokens": s.num_speculative_tokens}
+    if s.method == "draft":
+        cfg["model"] = hf_name(s.draft_model)
+    if s.disable_above_batch is not None:
+        cfg["disable_by_batch_size"] = s.disable_above_batch
+    return [("speculative_config", cfg)]
+
+
+def _lora_flags(dep: Deployment, engine: str, where: str) -> list[tuple[str, Any]]:
+    """vLLM's LoRA slot arguments for the deployment's ``lora:`` block (other engines count their
+    slots differently and are refused rather than exported without adapters)."""
+    if engine != "vllm":
+        raise HermesError(f"{where}: LoRA adapters are exported for vllm only (give --target vllm)")
+    lo = dep.lora
+    out: list[tuple[str, Any]] = [("enable_lora", True), ("max_loras", lo.max_loras), ("max_lora_rank", lo.max_lora_rank)]
+    if lo.max_cpu_loras is not None:
+        out.append(("max_cpu_loras", lo.max_cpu_loras))
+    return out
 
 
 def _disagg_flags(engine: str, role: str) -> list[tuple[str, Any]]:
@@ -200,6 +320,18 @@ def _settings(dep: Deployment, engine: str, hw: HardwareSpec, tp: int, where: st
         flags, extra, notes = _from_engine(dep, hw, tp)
     else:
         flags, extra, notes = _from_scheduler(dep, engine, hw, tp, where, role)
+    if dep.speculative is not None and not any(k == "speculative_config" for k, _ in flags):
+        flags = flags + _speculative_flags(dep, engine, where)
+    if dep.lora is not None and not any(k == "enable_lora" for k, _ in flags):
+        flags = flags + _lora_flags(dep, engine, where)
+        notes = notes + ["LoRA: the adapters themselves are named at launch (--lora-modules NAME=PATH) "
+                         "or loaded at run time; the simulation knows their sizes, not their checkpoints"]
+    if dep.autoscaling is not None:
+        a = dep.autoscaling
+        notes = notes + [f"autoscaling is not written as manifests: {dep.replicas} replicas are the starting fleet; "
+                         f"the simulated policy scales {a.min_replicas}-{a.max_replicas} replicas on '{a.signal}' "
+                         f"(up at {a.scale_up_at:g}, down at {a.scale_down_at:g}, every {a.interval_s:g} s, "
+                         f"{a.lead_time_s:g} s lead time, {a.cooldown_s:g} s cooldown) for your autoscaler to follow"]
     if engine == "trtllm":
         cli = [(k, v) for k, v in par + flags + common if k in TRT_CLI]
         yaml_doc = _nest(list((extra or {}).items()) + [(k, v) for k, v in flags + common if k not in TRT_CLI])
@@ -346,7 +478,11 @@ def _trt_free_fraction(dep: Deployment, hw: HardwareSpec, tp: int, where: str) -
 
 def check_launch(launch: Launch, where: str) -> None:
     """Every flag of the command and every top-level key of the extra YAML is the engine's own."""
-    check_flags(launch.engine, launch.args(extra_path="x"), where)
+    try:
+        release_args(launch.engine, launch.version)
+    except HermesError as e:        # a release older than every kept list: say where it came from
+        raise HermesError(f"{where}: {e}") from None
+    check_flags(launch.engine, launch.args(extra_path="x"), where, version=launch.version)
     if launch.extra_yaml:
         check_flags("trtllm", [f"--{k}" for k in launch.extra_yaml], f"{where} (extra LLM API YAML)")
 
@@ -360,7 +496,7 @@ def script(launches_: list[Launch], devices_per_node: int, data_parallel: bool,
     port, used = PORT, 0            # GPUs handed out so far, counted per node
     for ln in launches_:
         lines.append(f"# {ln.name}: {ln.engine} {ln.version}, {ln.replicas} x TP{ln.tp} PP{ln.pp} on {ln.hardware}")
-        if data_parallel and ln.replicas > 1:
+        if data_parallel and ln.replicas > 1 and ln.dp == 1:
             if ln.replicas * ln.gpus > devices_per_node:
                 raise HermesError(f"--data-parallel: {ln.name}'s {ln.replicas} replicas x {ln.gpus} GPUs do not "
                                   f"fit one {ln.hardware} node ({devices_per_node} GPUs); drop --data-parallel")

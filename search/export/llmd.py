@@ -45,7 +45,7 @@ def values(launches: list[Launch], image: str | None) -> dict[str, Any]:
 def _pool(ln: Launch, image: str | None) -> dict[str, Any]:
     args = ln.args(model=False, host=False, skip=CHART_ARGS)
     return {"create": True, "replicas": ln.replicas,
-            "parallelism": {"tensor": ln.tp, "data": 1, "dataLocal": 1, "workers": 1},
+            "parallelism": {"tensor": ln.tp, "data": ln.dp, "dataLocal": ln.dp, "workers": 1},
             "acceleratorTypes": {"labelKey": "nvidia.com/gpu.product", "labelValues": [ln.product]},
             "containers": [{"name": "vllm", "image": image or ln.image_default, "modelCommand": "vllmServe",
                             "args": args, "env": [hf_token_env()],

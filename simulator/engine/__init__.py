@@ -13,6 +13,7 @@ Map (read in this order):
     replica.py     one engine instance: queues, KV blocks, the step loop, preemption
     router.py      spreading arrivals over replicas, one class per rule
     deployment.py  replicas behind a router; a deployment is what a pipeline's ``llm`` stage calls
+    autoscale.py   an autoscaled deployment: replicas that follow a signal, billed per replica-second
     metrics.py     per-request table and summary: latencies, throughput, goodput, cost, energy
 
 The engine knows nothing of pipelines or measurements: ``simulator.pipelines`` builds on it,

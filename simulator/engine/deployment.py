@@ -24,6 +24,8 @@ from .replica import Replica
 from .router import ROUTERS, LeastKV
 from .config import Deployment, RouterConfig
 from .engines import resolve_for
+from . import speculative
+from .lora import LoraSetup, slot_bytes
 from .schedulers import SCHEDULERS
 from .stepcost import StepCost, step_cost, step_table
 from .store import Store
@@ -83,22 +85,31 @@ def memory_plan(dep: Deployment, model: ModelSpec, hw: HardwareSpec, tp: int, ow
     return plan_memory(model, hw, tp=tp, pp=dep.pp, dtype=dep.dtype, kv_dtype=dep.kv_dtype,
                        utilization=dep.gpu_memory_utilization, reserve_gb=dep.reserve_gb,
                        max_tokens=s.max_tokens_per_step, max_seqs=s.max_batch_size,
-                       block_size=s.block_size, label=dep.name, num_blocks=dep.kv_blocks if own else None)
+                       block_size=s.block_size, label=dep.name, num_blocks=dep.kv_blocks if own else None,
+                       adapters=slot_bytes(dep.lora, model, dep.dtype, tp, dep.pp) if dep.lora else 0.0,
+                       ep=dep.ep if own else 1)
 
 
 def build_pool(dep: Deployment, surrogate: str | None, hardware: str | None = None,
-               tp: int | None = None) -> Pool:
+               tp: int | None = None, decodes: bool = True) -> Pool:
     field = "scheduler.decode_tp" if tp else "tp"
     own = hardware is None and tp is None
     tp = tp or dep.tp
     model, hw = resolve(dep, hardware, tp, field)
     mem = memory_plan(dep, model, hw, tp, own)
+    if dep.speculative is not None and decodes:     # the proposer's weights and KV share the devices
+        try:
+            mem = speculative.with_proposer(mem, dep.speculative, model, tp, dep.dtype, dep.kv_dtype,
+                                            fixed_blocks=own and dep.kv_blocks is not None)
+        except HermesError as e:
+            raise HermesError(f"deployment '{dep.name}' speculative: {e}") from None
     # the engine block's step-time effects (all-reduce kernel, CUDA-graph padding, async
     # scheduling) on this device
     eng = resolve_for(dep.engine, dep.model, hw.name, tp, dep.pp, dep.dtype) if dep.engine else None
     try:
         table = step_table(surrogate, model, hw, dtype=dep.dtype, kv_dtype=dep.kv_dtype, tp=tp, pp=dep.pp,
-                           fusions=tuple(dep.fusions), collective_kernel=eng.all_reduce_rule if eng else None)
+                           fusions=tuple(dep.fusions), collective_kernel=eng.all_reduce_rule if eng else None,
+                           ep=dep.ep if own else 1)
     except HermesError as e:
         raise HermesError(f"deployment '{dep.name}': {e}") from None
     s = dep.scheduler
@@ -115,9 +126,10 @@ class Aggregated:
 
     def __init__(self, env: Environment, store: Store, dep: Deployment, surrogate: str | None,
                  debug: bool = False) -> None:
-        self.env, self.store, self.dep = env, store, dep
+        self.env, self.store, self.dep, self.surrogate = env, store, dep, surrogate
         self.done = store.complete
         pool = self.pool = build_pool(dep, surrogate)
+        self.lora = LoraSetup(dep, pool, surrogate, store) if dep.lora else None
         policy_cls = SCHEDULERS[dep.scheduler.policy]
         self.whole = policy_cls.whole_prompts
         self.replicas = [self._replica(f"{dep.name}/{i}", pool, policy_cls(dep.scheduler), debug)
@@ -126,15 +138,21 @@ class Aggregated:
         self.pools = [(pool, self.replicas)]
         # the longest request ``never_fits`` lets through, so ``submit`` asks it only past that
         r = self.replicas[0]
-        self._max_total = min(pool.max_context, (r.total_blocks - r.watermark) * r.bs)
+        self._max_total = min(pool.max_context, (r.total_blocks - r.watermark) * r.bs - 2 * r.look)
         self._max_prompt = dep.scheduler.max_tokens_per_step if self.whole else inf
 
     def _replica(self, name: str, pool: Pool, policy, debug: bool, handoff=None) -> Replica:
         s = self.dep.scheduler
         swap_bw = pool.hw.pcie_bw_gb_s * 1e9 if s.preemption == "swap" else 0.0
-        return Replica(self.env, self.store, name, pool.cost, pool.mem, policy,
-                       max_batch=s.max_batch_size, devices=pool.devices, swap_bw=swap_bw,
-                       handoff=handoff, debug=debug, done=self.done, prefix_caching=s.prefix_caching)
+        rep = Replica(self.env, self.store, name, pool.cost, pool.mem, policy,
+                      max_batch=s.max_batch_size, devices=pool.devices, swap_bw=swap_bw,
+                      handoff=handoff, debug=debug, done=self.done, prefix_caching=s.prefix_caching)
+        lora = getattr(self, "lora", None)
+        if lora is not None:                # adapter slots and caches of its own
+            lora.attach(rep)
+        if self.dep.speculative is not None and handoff is None:   # a replica that decodes
+            speculative.attach_to(self, rep, pool)
+        return rep
 
     @property
     def done(self) -> Callable[[int, float], None]:
@@ -188,10 +206,10 @@ class Disaggregated(Aggregated):
 
     def __init__(self, env: Environment, store: Store, dep: Deployment, surrogate: str | None,
                  debug: bool = False) -> None:
-        self.env, self.store, self.dep = env, store, dep
+        self.env, self.store, self.dep, self.surrogate = env, store, dep, surrogate
         self.done = store.complete
         s = dep.scheduler
-        self.pool = build_pool(dep, surrogate)
+        self.pool = build_pool(dep, surrogate, decodes=False)
         self.dpool = build_pool(dep, surrogate, s.decode_hardware, s.decode_tp)
         pre_cls = SCHEDULERS["prefill" if s.prefill_policy == "chunked" else "prefill_whole"]
         self.whole = pre_cls.whole_prompts
@@ -251,7 +269,9 @@ DEPLOYMENT_KINDS = {"aggregated": Aggregated, "disaggregated": Disaggregated}
 
 def build_deployment(env: Environment, store: Store, dep: Deployment, surrogate: str | None,
                      debug: bool = False) -> Aggregated:
-    kind = "disaggregated" if dep.scheduler.policy == "disaggregated" else "aggregated"
+    # "autoscaled" registers itself from simulator.engine.autoscale (it builds on Aggregated)
+    kind = ("autoscaled" if dep.autoscaling is not None else
+            "disaggregated" if dep.scheduler.policy == "disaggregated" else "aggregated")
     return DEPLOYMENT_KINDS[kind](env, store, dep, surrogate, debug)
 
 

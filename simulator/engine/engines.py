@@ -90,11 +90,28 @@ def normalize_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_args(engine: str, args: dict[str, Any]) -> None:
-    """Refuse an argument name the engine does not have (a typo would silently change nothing)."""
+    """Refuse an argument name the engine does not have (a typo would silently change nothing),
+    and one that says where the engine runs, which the deployment's own fields say."""
     known = known_args(engine)
     for name in args:
         if name not in known:
             raise ValueError(f"unknown {engine} engine argument '{name}'")
+        if name in DEPLOYMENT_ARGS[engine]:
+            raise ValueError(f"{engine} engine argument '{name}' is set by the deployment: write "
+                             f"'{DEPLOYMENT_ARGS[engine][name]}' on the deployment instead")
+
+
+# Engine arguments that place the engine (model, parallelism, dtypes): a scenario says these
+# with the deployment's fields, and a replayed run's recorded ones become those fields.
+DEPLOYMENT_ARGS: dict[str, dict[str, str]] = {
+    "vllm": {"model": "model", "tensor_parallel_size": "tp", "pipeline_parallel_size": "pp",
+             "data_parallel_size": "replicas (with ep for expert parallelism)",
+             "enable_expert_parallel": "ep", "dtype": "dtype", "kv_cache_dtype": "kv_dtype"},
+    "sglang": {"model_path": "model", "tp_size": "tp", "pp_size": "pp", "dp_size": "replicas", "ep_size": "ep",
+               "dtype": "dtype", "kv_cache_dtype": "kv_dtype"},
+    "trtllm": {"model": "model", "tensor_parallel_size": "tp", "pipeline_parallel_size": "pp",
+               "moe_expert_parallel_size": "ep", "dtype": "dtype", "kv_cache_dtype": "kv_dtype"},
+}
 
 
 def parse_version(v: str) -> tuple[int, ...]:
@@ -275,6 +292,10 @@ def _vllm(e: dict, a: dict, ctx: str, model: ModelSpec, hw: HardwareSpec, tp: in
             "async_scheduling": asyn, "enforce_eager": eager,
             "max_cudagraph_capture_size": max(sizes) if sizes else 0,
             "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce"))}
+    lora = _vllm_lora(a)
+    if lora:                # the deployment's lora block takes its slots from these
+        dep["lora"] = lora
+        used.update(enable_lora=True, **{k: v for k, v in lora.items() if v is not None})
     if a.get("num_gpu_blocks_override"):
         dep["kv_blocks"] = int(a["num_gpu_blocks_override"])
         used["num_gpu_blocks_override"] = dep["kv_blocks"]
@@ -284,7 +305,29 @@ def _vllm(e: dict, a: dict, ctx: str, model: ModelSpec, hw: HardwareSpec, tp: in
     if prefix:
         notes.append("enable_prefix_caching: hits from the requests' shared prompt prefixes (a replayed "
                      "run's prompts, or the pipelines' KV tiers)")
+    spec = speculative_from_vllm(a.get("speculative_config"), a)
+    if spec:                # the deployment's speculative block, its acceptance given by the scenario
+        dep["speculative"] = spec
+        used["speculative_config"] = dict(spec)
     return used, sched, dep, sizes, asyn, "v0 decode" if e["core"] == "v0" else e["cudagraph_mode"]
+
+
+# vLLM's LoRAConfig defaults (vllm/config/lora.py): one GPU slot of rank 16; the CPU cache
+# holds max_loras adapters unless max_cpu_loras says more.
+VLLM_LORA_DEFAULTS = {"max_loras": 1, "max_lora_rank": 16, "max_cpu_loras": None}
+
+
+def _vllm_lora(a: dict) -> dict | None:
+    """The LoRA slots of vLLM's arguments (None without enable_lora), checked."""
+    given = {k: a[k] for k in VLLM_LORA_DEFAULTS if a.get(k) is not None}
+    if not _bool(a, "enable_lora", False):
+        if given:
+            raise ValueError(f"vllm engine argument {next(iter(given))} needs enable_lora: true")
+        return None
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"vllm engine argument {k}: {v!r} must be a whole number >= 1")
+    return {**VLLM_LORA_DEFAULTS, **given}
 
 
 def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: int, notes: list) -> tuple:
@@ -486,6 +529,53 @@ def all_reduce_rule(engine: str, version: str, impl: str, hw: HardwareSpec, tp: 
     graph = int(max(graph_sizes) * per_token) if graph_sizes else 0
     limit = custom_max_bytes(engine, version, hw, tp)
     return AllReduceRule("custom", limit, min(graph, limit))
+
+
+# vLLM's speculative_config "method" values and what they cost here.
+VLLM_METHODS = {"ngram": "ngram", "[ngram]": "ngram", "eagle": "eagle", "eagle3": "eagle", "medusa": "eagle",
+                "mlp_speculator": "eagle", "draft_model": "draft", "mtp": "mtp", "deepseek_mtp": "mtp",
+                "ernie_mtp": "mtp", "qwen3_next_mtp": "mtp", "glm4_moe_mtp": "mtp", "mimo_mtp": "mtp"}
+
+
+def speculative_from_vllm(value: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The ``speculative`` fields vLLM's ``speculative_config`` (a mapping or its JSON text) and
+    the older ``speculative_model`` / ``num_speculative_tokens`` /
+    ``speculative_disable_by_batch_size`` arguments set; {} when none is given."""
+    import json
+    cfg = value
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except json.JSONDecodeError:
+            raise ValueError(f"speculative_config: not a JSON mapping: {value!r}") from None
+    if not isinstance(cfg, (dict, type(None))):
+        raise ValueError(f"speculative_config: expected a mapping, not {value!r}")
+    cfg = dict(cfg or {})
+    for old, new in (("speculative_model", "model"), ("num_speculative_tokens", "num_speculative_tokens"),
+                     ("speculative_disable_by_batch_size", "disable_by_batch_size")):
+        if args.get(old) is not None:
+            cfg.setdefault(new, args[old])
+    if not cfg:
+        return {}
+    method, model = cfg.get("method"), cfg.get("model")
+    if method is None:      # vLLM infers it from the model name
+        name = str(model or "").lower()
+        method = "ngram" if name in ("[ngram]", "ngram") else "eagle" if "eagle" in name else \
+            "mtp" if "mtp" in name else "draft_model"
+    kind = VLLM_METHODS.get(str(method).lower())
+    if kind is None:
+        raise ValueError(f"speculative_config method '{method}' is not modelled "
+                         f"(one of {', '.join(sorted(VLLM_METHODS))})")
+    out: dict[str, Any] = {"method": kind}
+    if kind == "draft":
+        if not model:
+            raise ValueError("speculative_config: method draft_model needs 'model'")
+        out["draft_model"] = str(model)
+    if cfg.get("num_speculative_tokens") is not None:
+        out["num_speculative_tokens"] = cfg["num_speculative_tokens"]
+    if cfg.get("disable_by_batch_size") is not None:
+        out["disable_above_batch"] = cfg["disable_by_batch_size"]
+    return out
 
 
 def resolve_engine(name: str, version: str, args: dict[str, Any], *, model: ModelSpec, hw: HardwareSpec,

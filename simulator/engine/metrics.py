@@ -81,16 +81,21 @@ def met(df: pd.DataFrame, slo: dict[str, float | None]) -> np.ndarray:
 
 
 def summarize(df: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray], slo: dict[str, float | None],
-              fleet: list[dict], makespan: float, wall_s: float) -> dict:
-    """The stable summary dict (keys documented in ``SimResult``)."""
+              fleet: list[dict], makespan: float, wall_s: float, scaled_devices: int = 0) -> dict:
+    """The stable summary dict (keys documented in ``SimResult``). A fleet entry with
+    ``billed_s`` (an autoscaled replica) pays and draws power for those seconds only, and
+    counts in ``devices`` through ``scaled_devices`` (the autoscaled fleets' peak)."""
     done = df[df.finish_s.notna()]
     out_tokens = float(done.output_tokens.sum())
     in_tokens = float(done.prompt_tokens.sum())
     span = max(makespan, 1e-12)
-    devices = sum(f["devices"] for f in fleet)
-    cost = sum(f["devices"] * f["price_per_hour"] for f in fleet) * makespan / 3600.0
-    energy = sum(f["devices"] * f["tdp_w"] * (IDLE_POWER_FRACTION + (1 - IDLE_POWER_FRACTION) * f["busy"])
-                 * makespan for f in fleet)
+    if any("billed_s" in f for f in fleet):
+        devices, cost, energy = _billed(fleet, makespan, scaled_devices)
+    else:
+        devices = sum(f["devices"] for f in fleet)
+        cost = sum(f["devices"] * f["price_per_hour"] for f in fleet) * makespan / 3600.0
+        energy = sum(f["devices"] * f["tdp_w"] * (IDLE_POWER_FRACTION + (1 - IDLE_POWER_FRACTION) * f["busy"])
+                     * makespan for f in fleet)
     s = {
         "requests": int(len(df)), "completed": int(len(done)),
         "ttft_s": stats(done.ttft_s), "tpot_s": stats(done.tpot_s),
@@ -119,6 +124,18 @@ def summarize(df: pd.DataFrame, itl: tuple[np.ndarray, np.ndarray], slo: dict[st
     s["goodput_req_s"] = float(met(df, targets).sum()) / span
     s["sim_wall_s"] = wall_s
     return s
+
+
+def _billed(fleet: list[dict], makespan: float, scaled_devices: int) -> tuple[int, float, float]:
+    """(devices, cost, energy) when some replicas are billed per replica-second (``billed_s``)
+    and the rest for the whole makespan."""
+    devices = scaled_devices + sum(f["devices"] for f in fleet if "billed_s" not in f)
+    cost = energy = 0.0
+    for f in fleet:
+        secs = f.get("billed_s", makespan)
+        cost += f["devices"] * f["price_per_hour"] * secs / 3600.0
+        energy += f["devices"] * f["tdp_w"] * (IDLE_POWER_FRACTION + (1 - IDLE_POWER_FRACTION) * f["busy"]) * secs
+    return devices, cost, energy
 
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")

@@ -11,6 +11,8 @@ The policy (``simulator.engine.schedulers``) decides each step's composition thr
 never reach it: ``_decode_burst`` (decoders only, any policy) and ``_chunk_burst`` (the
 chunked policy's steps with the prefill in progress and at most one admission) run them
 inline with the general path's arithmetic; debug runs take the general path for every step.
+With speculative decoding (``simulator.engine.speculative.attach``) the decoders are grouped by
+tokens per step, and that module's versions of these methods are bound on the instance.
 """
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ class Replica:
         self.done = done or store.complete          # where a finished request goes next
         self.policy, self.max_batch, self.devices = policy, max_batch, devices
         self.handoff, self.debug = handoff, debug
+        # every step through plan/_begin/_end, never a burst: debug runs (checked each step) and
+        # replicas with LoRA adapters (``simulator.engine.lora``, set by the deployment)
+        self.general = debug
+        self.lora = None
         self.swap_bw = swap_bw                      # host link B/s; 0 means recompute only
         self.bs = mem.block_size
         self.total_blocks = mem.num_blocks
@@ -93,6 +99,10 @@ class Replica:
         # waits for the planning at its end.
         self._t_end = -inf
         self.arriving = 0                           # requests on their way to ``waiting``
+        # Speculative decoding (``simulator.engine.speculative.attach``): its decoders replace the
+        # aggregate below; ``look`` = KV lookahead slots each decoder holds (0 without it).
+        self.spec = None
+        self.look = 0
         # Front end (API server) that streams every emitted token and admits new requests
         # in one process, in order: a request reaches the scheduler once the token work
         # queued before it is done. 0 = no such bottleneck (the common, fast path).
@@ -115,7 +125,7 @@ class Replica:
         return -(-tokens // self.bs)
 
     def can_ever_fit(self, tokens: int) -> bool:
-        return self.blocks_for(tokens) <= self.total_blocks - self.watermark
+        return self.blocks_for(tokens + 2 * self.look) <= self.total_blocks - self.watermark
 
     def submit(self, rid: int, t: float) -> None:
         """A request to prefill (and decode) here (after the front end's queued work)."""
@@ -182,7 +192,7 @@ class Replica:
         env = self.env
         queue = env._queue
         while True:
-            if not (self.ready or self.debug):
+            if not (self.ready or self.general):
                 if not (self.waiting or self.prefilling):
                     t = self._decode_burst(t)
                     if t < 0:
@@ -444,6 +454,8 @@ class Replica:
             self.check()
         c = self.cost
         g = c(tokens, n, kv_sum, pairs)
+        if self.lora is not None:
+            g += self.lora.step_s(decodes, chunks)
         if c.asyn:
             # Async scheduling: the host prepares this step while the previous one's kernels
             # run, so only the host time beyond them adds: g + max(0, cpu - g_prev).
@@ -498,15 +510,17 @@ class Replica:
         st.prefill_tokens += kv - st.cached[rid]
         st.cached[rid] = 0
         if st.left[rid] <= 0:
-            self.used -= self.blocks_for(kv)
+            if self.lora is not None:
+                self.lora.left(rid, False)
+            self.used -= self.blocks_for(kv + self.look)
             if self._resv:
-                self._unreserve(rid, self.blocks_for(kv))
+                self._unreserve(rid, self.blocks_for(kv + self.look))
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.done(rid, t)
         elif self.handoff is not None:
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.handoff(rid, t)
-            self.used -= self.blocks_for(kv)
+            self.used -= self.blocks_for(kv + self.look)
         else:
             self._join(rid, kv, t)
 
@@ -522,12 +536,16 @@ class Replica:
         st.fin_at[rid] = f = self.D + st.left[rid]
         heappush(self.fin, (f, rid, st.ver[rid]))
         self.running[rid] = None
+        if self.lora is not None:
+            self.lora.joined(rid)
         self.n += 1
         self.B += base
         self.res[base % self.bs] += 1
 
     def _leave(self, rid: int, base: int) -> None:
         del self.running[rid]
+        if self.lora is not None:
+            self.lora.left(rid, True)
         self.n -= 1
         self.B -= base
         self.res[base % self.bs] -= 1
@@ -574,7 +592,7 @@ class Replica:
         st = self.store
         while self.ready and self.n + len(self.prefilling) < self.max_batch:
             rid, kv, swapped = self.ready[0]
-            need = self.blocks_for(kv) - st.shared[rid]   # a branch shares its sibling's prompt blocks
+            need = self.blocks_for(kv + self.look) - st.shared[rid]   # a branch shares its sibling's prompt blocks
             extra = self._output_blocks(rid, kv)
             if self.used + need + extra > self.total_blocks - self.watermark:
                 break
@@ -610,6 +628,8 @@ class Replica:
 
     def admit(self, budget: float, chunk: float, whole: bool) -> int:
         """Start new prefills from the waiting queue (FCFS) within ``budget`` tokens."""
+        if self.lora is not None:               # FCFS, skipping requests whose adapter cannot run yet
+            return self.lora.admit(budget, chunk, whole)
         st, waiting, prefilling, chunks = self.store, self.waiting, self.prefilling, self._chunks
         room = self.total_blocks - self.watermark
         used = 0
@@ -623,7 +643,7 @@ class Replica:
             c = st.cached[rid]                  # prefix KV already here (a cache hit): not recomputed
             if whole and p - c > budget - used and (used or chunks):
                 break                           # whole prompts only; an oversize one goes alone
-            need = -(-p // self.bs)
+            need = -(-(p + self.look) // self.bs)
             extra = self._output_blocks(rid, p) if self.reserve else 0
             if self.used + need + extra > room:
                 break
@@ -655,13 +675,14 @@ class Replica:
         token still to come (0 with on-demand KV)."""
         if not self.reserve:
             return 0
-        return self.blocks_for(kv + self.store.left[rid]) - self.blocks_for(kv)
+        # with speculation the last step may overshoot by up to ``look`` tokens
+        return self.blocks_for(kv + self.store.left[rid] + 2 * self.look) - self.blocks_for(kv + self.look)
 
     def _reserve(self, rid: int, kv: int, extra: int) -> None:
         if self.reserve:
             self.used += extra
             self.spare += extra
-            self._resv[rid] = self.blocks_for(kv) + extra
+            self._resv[rid] = self.blocks_for(kv + self.look) + extra
 
     def _unreserve(self, rid: int, held: int) -> None:
         """A holder leaves with ``held`` blocks in use: its unused reservation is freed."""
@@ -690,3 +711,5 @@ class Replica:
         in_use += sum(self.blocks_for(e[2]) for e in self.prefilling if e[0] in self._resv)
         assert self.spare == sum(self._resv.values()) - in_use, (self.spare, self._resv, in_use)
         assert self.n + len(self.prefilling) <= self.max_batch or not self.prefilling
+        if self.lora is not None:
+            self.lora.check()

@@ -14,6 +14,9 @@ class Router:
     def pick(self, rid: int, store) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def resize(self) -> None:
+        """The replica list changed (an autoscaler added or drained one): re-derive any state."""
+
 
 class RoundRobin(Router):
     def __init__(self, cfg: RouterConfig, replicas: list) -> None:
@@ -24,6 +27,10 @@ class RoundRobin(Router):
         i = self._next
         self._next = (i + 1) % len(self.replicas)
         return i
+
+    def resize(self) -> None:
+        if self._next >= len(self.replicas):        # the list shrank under the pointer
+            self._next = 0
 
 
 def _argmin(values) -> int:
@@ -61,7 +68,11 @@ class HeavyLight(Router):
 
     def __init__(self, cfg: RouterConfig, replicas: list) -> None:
         super().__init__(cfg, replicas)
-        k = len(replicas)
+        self.resize()
+
+    def resize(self) -> None:
+        k = len(self.replicas)
+        cfg = self.cfg
         heavy = min(max(1, round(k * cfg.heavy_fraction)), k - 1) if k > 1 else k
         self.heavy = list(range(heavy)) if k > 1 else [0]
         self.light = list(range(heavy, k)) if k > 1 else [0]

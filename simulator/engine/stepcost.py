@@ -45,21 +45,21 @@ _TABLES: dict[tuple, StepTable] = {}
 
 def step_table(surrogate: str | None, model: ModelSpec, hw: HardwareSpec, *, dtype: str | None,
                kv_dtype: str | None, tp: int, pp: int, fusions: tuple[str, ...] = (),
-               collective_kernel: CollectiveKernel | None = None) -> StepTable:
+               collective_kernel: CollectiveKernel | None = None, ep: int = 1) -> StepTable:
     """Compiled table for one (surrogate, model, hardware, dtype, kv_dtype, tp, pp, fusions,
     all-reduce kernel choice), memoized: compiling is a pure function of these, so trials and
     replicas share it. ``collective_kernel`` (hashable, e.g. ``engines.AllReduceRule``) names
     the all-reduce kernel per message; None leaves the choice to the surrogate."""
     fusions = tuple(sorted(fusions))
     key = (surrogate, model.model_dump_json(warnings=False), hw.model_dump_json(warnings=False), dtype, kv_dtype, tp, pp,
-           fusions, collective_kernel)
+           fusions, collective_kernel, ep)
     table = _TABLES.get(key)
     if table is None:
         if len(_TABLES) > 64:
             _TABLES.clear()
         table = compile_step_table(model, hw, load_predictor(surrogate), dtype=dtype,
                                    kv_dtype=kv_dtype, tp=tp, pp=pp, fusions=fusions,
-                                   collective_kernel=collective_kernel)
+                                   collective_kernel=collective_kernel, ep=ep)
         _TABLES[key] = table
     return table
 

@@ -39,6 +39,8 @@ class Store:
         self.prefill_tokens = 0
         self.on_complete: Callable[[int, float], None] = lambda rid, t: None
         self.on_prefill: Callable[[int, float], None] | None = None
+        self.seed = 0                           # the scenario's seed, for streams drawn per deployment (LoRA)
+        self.request_class: list[str] | None = None  # class names, for per-class speculative acceptance
 
     def spawn(self, prompt: int, output: int) -> int:
         """A sub-request (a reasoning branch, a scoring call) with its own state; rows of the

@@ -67,6 +67,67 @@ def _gaps(w: Workload, n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def rate_steps(w: Workload) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The time-varying rate as pieces: (ends, rates, period) — rate ``rates[k]`` until
+    ``ends[k]``; the last rate holds after the last end unless ``period`` repeats the pieces."""
+    if w.rate_schedule is not None:
+        return (np.array([p.until_s for p in w.rate_schedule]),
+                np.array([p.rate_rps for p in w.rate_schedule]), None)
+    d = w.daily_profile
+    m = np.asarray(d.multipliers, dtype=float)
+    width = d.day_s / m.size
+    # time 0 is start_hour into the day: rotate so the pieces start there (shifting the first)
+    offset = d.start_hour / 24.0 * d.day_s
+    k0 = int(offset // width)
+    cut = offset - k0 * width
+    m = np.roll(m, -k0)
+    ends = np.arange(1, m.size + 1) * width - cut
+    if cut > 0:                        # the partial first slice re-appears as the last piece
+        ends, m = np.append(ends, d.day_s), np.append(m, m[0])
+    return ends, w.rate_rps * m, d.day_s
+
+
+def rate_at(w: Workload, t: np.ndarray | float) -> np.ndarray:
+    """Offered rate (requests/s) at time(s) ``t`` of a time-varying workload (the plain rate otherwise)."""
+    t = np.asarray(t, dtype=float)
+    if w.rate_schedule is None and w.daily_profile is None:
+        return np.full(t.shape, w.rate_rps if w.arrival != "closed_loop" else np.nan)
+    ends, rates, period = rate_steps(w)
+    x = np.mod(t, period) if period else t
+    return rates[np.minimum(np.searchsorted(ends, x, side="right"), rates.size - 1)]
+
+
+def varying_arrivals(w: Workload, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` arrival times of a non-homogeneous Poisson process by time rescaling: unit-rate
+    arrivals mapped through the inverse of the cumulative rate (exact for piecewise rates)."""
+    ends, rates, period = rate_steps(w)
+    starts = np.concatenate([[0.0], ends[:-1]])
+    cum = np.concatenate([[0.0], np.cumsum(rates * (ends - starts))])   # Lambda at each piece start
+    unit = np.cumsum(rng.exponential(1.0, n))
+    if period:
+        laps = np.floor(unit / cum[-1])
+        rest = unit - laps * cum[-1]
+        base = laps * period
+    else:
+        rest, base = unit, np.zeros(n)
+    # the piece whose cumulative range holds each point (pieces of rate 0 hold none)
+    k = np.clip(np.searchsorted(cum, rest, side="left") - 1, 0, rates.size - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = base + starts[k] + (rest - cum[k]) / rates[k]
+    if not period:                     # past the last breakpoint the last rate holds
+        tail = rest > cum[-1]
+        if rates[-1] > 0:
+            t[tail] = ends[-1] + (rest[tail] - cum[-1]) / rates[-1]
+        else:
+            t = t[~tail]
+    if w.duration_s is not None:
+        t = t[t < w.duration_s]
+    if t.size == 0:
+        raise InputError("workload: the rate schedule offers no request "
+                         + (f"before duration_s {w.duration_s}" if w.duration_s else "(all rates 0)"))
+    return t
+
+
 def build_requests(w: Workload, seed: int) -> Requests:
     """Draw the whole request stream of a workload."""
     rng = np.random.default_rng(seed)
@@ -77,6 +138,12 @@ def build_requests(w: Workload, seed: int) -> Requests:
             if trace.arrival.isna().all():
                 raise InputError("workload.arrival 'trace' needs arrival times, and this trace has only "
                                  "token counts", file=w.trace)
+            if w.trace_start_s:            # a window of the recording: from trace_start_s on
+                keep = (trace.arrival - trace.arrival.iloc[0]).to_numpy() >= w.trace_start_s
+                if not keep.any():
+                    raise InputError(f"workload.trace_start_s {w.trace_start_s} is past the trace's last "
+                                     "arrival", file=w.trace)
+                trace = trace[keep].reset_index(drop=True)
             if len(trace) < n and len(trace) < 2:   # the continuation's rate comes from the gaps between arrivals
                 raise InputError(f"one request cannot be continued to workload.num_requests {n} (no "
                                  "arrival rate): give num_requests: 1 or a longer trace", file=w.trace)
@@ -99,7 +166,17 @@ def build_requests(w: Workload, seed: int) -> Requests:
         output = sample_lengths(w.output_tokens, n, rng)
         arr = None
     if arr is None:
-        arr = np.full(n, np.nan) if w.arrival == "closed_loop" else np.cumsum(_gaps(w, n, rng))
+        if w.rate_schedule is not None or w.daily_profile is not None:
+            arr = varying_arrivals(w, n, rng)
+            prompt, output = prompt[:arr.size], output[:arr.size]
+        else:
+            arr = np.full(n, np.nan) if w.arrival == "closed_loop" else np.cumsum(_gaps(w, n, rng))
+    if w.duration_s is not None and w.arrival != "closed_loop":
+        # arrivals stop at duration_s: the stream is shorter than num_requests
+        m = int(np.searchsorted(arr, w.duration_s, side="left"))
+        if m == 0:
+            raise InputError(f"workload: no request arrives before duration_s {w.duration_s}")
+        arr, prompt, output = arr[:m], prompt[:m], output[:m]
     prompt, output = prompt.astype(np.int64), output.astype(np.int64)
     if w.max_total_tokens:  # as Vidur: shorten the prompt so prompt + output fits
         output = np.minimum(output, w.max_total_tokens - 1)

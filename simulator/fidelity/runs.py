@@ -28,7 +28,7 @@ from profiling.models import load_models, resolve_model
 from profiling.readers.runs import RunInfo, ServingRun
 
 from ..engine.config import OverheadConfig
-from ..engine.engines import ENGINES
+from ..engine.engines import DEPLOYMENT_ARGS, ENGINES
 from ..engine.workload import Requests
 from ..scenario import Scenario, parse_scenario
 from ..result import SimResult
@@ -43,16 +43,6 @@ SATURATION_SLOPE = 0.1
 # ... and the late requests wait clearly longer than the early ones (a slope alone can come
 # from a few long prompts arriving late).
 SATURATION_GROWTH = 2.0
-
-# Engine arguments that are deployment fields (parallel degrees, dtypes, the model itself):
-# they set the deployment, not the engine block.
-_DEPLOYMENT_ARGS = {
-    "vllm": ("model", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
-             "enable_expert_parallel", "dtype", "kv_cache_dtype"),
-    "sglang": ("model_path", "tp_size", "pp_size", "dp_size", "ep_size", "dtype", "kv_cache_dtype"),
-    "trtllm": ("model", "tensor_parallel_size", "pipeline_parallel_size", "moe_expert_parallel_size",
-               "dtype", "kv_cache_dtype"),
-}
 
 
 @dataclass(frozen=True)
@@ -145,7 +135,7 @@ def recorded_kv_blocks(info: RunInfo) -> int | None:
 def _engine_args(info: RunInfo, extra: dict | None) -> dict[str, Any]:
     """The run's recorded arguments (minus deployment fields and unset ones) + ``extra``; a
     vLLM run's KV cache is the size its engine reported, as ``num_gpu_blocks_override``."""
-    drop = set(_DEPLOYMENT_ARGS.get(info.engine, ()))
+    drop = set(DEPLOYMENT_ARGS.get(info.engine, ()))
     args = {k: v for k, v in info.engine_args.items() if v is not None and k not in drop}
     blocks = recorded_kv_blocks(info)
     if info.engine == "vllm" and blocks and "num_gpu_blocks_override" not in args:
@@ -179,6 +169,8 @@ def scenario_for_info(info: RunInfo, num_requests: int, *, overhead: OverheadCon
         "name": "llm", "model": model, "hardware": gpu, "tp": info.tp, "pp": info.pp, "replicas": info.dp,
         "engine": {"name": info.engine, "version": info.engine_version, "args": _engine_args(info, engine_args)},
         "router": "jsq"}
+    if info.ep > info.tp and info.ep % info.tp == 0 and info.dp % (info.ep // info.tp) == 0:
+        dep["ep"] = info.ep
     dtype = weight_dtype(info) or _dtype(info.engine_args.get("dtype"))
     if dtype:
         dep["dtype"] = dtype
@@ -237,9 +229,14 @@ def _arrivals(run: ServingRun, keep: np.ndarray, seed: int) -> tuple[np.ndarray 
 
 def _deployment_notes(run: ServingRun, scenario: Scenario, kv_blocks: dict[str, int]) -> list[str]:
     info, out = run.info, []
-    if info.ep > 1:
-        out.append(f"expert parallel {info.ep}: replayed as {scenario.deployments[0].replicas} replica(s) each "
-                   "holding every expert (no all-to-all; weights counted whole per GPU)")
+    dep = scenario.deployments[0]
+    if dep.ep > dep.tp:
+        out.append(f"expert parallel {dep.ep}: each GPU holds 1/{dep.ep} of the experts; the "
+                   f"{dep.ep // dep.tp} data-parallel engines meet them through an all-gather and a "
+                   "reduce-scatter per MoE layer, loads taken as balanced and the engines unsynchronized")
+    elif info.ep > info.tp:
+        out.append(f"expert parallel {info.ep} does not divide into TP {info.tp} x DP {info.dp}: replayed as "
+                   f"{dep.replicas} replica(s) each holding every expert")
     blocks = recorded_kv_blocks(info)
     if blocks:
         sim = sorted(set(kv_blocks.values()))

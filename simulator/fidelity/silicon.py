@@ -37,8 +37,10 @@ TOKEN_BUDGET = 8192         # vLLM max_num_batched_tokens / TRT-LLM max_num_toke
 # InferenceMAX rows (the dated DB dump in ``silicon_data_source``) are measured with
 # ``benchmark_serving --dataset-name random --random-range-ratio 0.8 --num-prompts 10*CONC
 # --max-concurrency CONC --request-rate inf --ignore-eos``: prompt and output lengths are
-# uniform in [0.8 L, L], which de-synchronizes the closed loop's waves.
-_INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
+# uniform in [0.8 L, L], which de-synchronizes the closed loop's waves. The dump's other
+# form (``db-dump/<date>; config_id=..; workflow_run_id=..``) is the same campaign: the same
+# 1k/8k grid, models and images, measured on the same dates as the dated files.
+_INFERENCEMAX = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv|^db-dump/.*workflow_run_id=")
 
 
 # AIConfigurator's own gap-analysis harness (source paths ``.../aic-auto-gap-analysis/...``):

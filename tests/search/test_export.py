@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from hermes_sim.cli import main
+from profiling.errors import HermesError
 from profiling.readers.runs.common import known_engine_args
 from search.export import dynamo, engine_cmd
 from search.export.k8s import K8S_VERSION
@@ -83,7 +84,11 @@ def test_engine_commands_use_known_flags_and_the_scenarios_numbers(exported, nam
     sc = load_scenario(EXAMPLES / f"{name}.yaml")
     dep = sc.deployments[0]
     lines = commands(exported[name, engine] / engine / f"{dep.name}.sh")
-    known = known_engine_args()[engine]
+    version = dep.engine.version if dep.engine is not None else engine_cmd.DEFAULT_VERSION[engine]
+    rel = engine_cmd.release_args(engine, version)
+    # the version's own list where the project keeps one (TensorRT-LLM: the union)
+    known = rel.names if rel is not None else known_engine_args()[engine]
+    negatable = rel.negatable if rel is not None else known
     seqs, budget = engine_cmd.LIMIT_ARGS[engine]
     tp_flag = {"vllm": "--tensor-parallel-size", "sglang": "--tp-size", "trtllm": "--tp_size"}[engine]
     s = dep.scheduler
@@ -93,7 +98,7 @@ def test_engine_commands_use_known_flags_and_the_scenarios_numbers(exported, nam
         for w in words:
             if w.startswith("--"):
                 n = w[2:].replace("-", "_")
-                assert n in known or (n.startswith("no_") and n[3:] in known), w
+                assert n in known or (n.startswith("no_") and n[3:] in negatable), (version, w)
         assert value(words, tp_flag) == str(dep.tp)
         assert value(words, engine_cmd.flag(engine, seqs)) == str(s.max_batch_size)
         if engine != "sglang":                             # SGLang's step budget is its chunk size
@@ -209,11 +214,16 @@ def _scenario(tmp_path, **dep) -> Path:
     ({"scheduler": {"policy": "mixed"}}, "sglang", "use --target trtllm"),
     ({"scheduler": {"policy": "prefill_first"}}, "vllm", "use --target sglang"),
     ({"hardware": "MI300X"}, "k8s", "NVIDIA GPUs only"),
-    ({"engine": {"name": "vllm", "version": "0.10.1", "cuda_graph_sizes": [256]}}, "vllm",
-     "has no argument '--cuda-graph-sizes'"),
+    ({"engine": {"name": "vllm", "version": "0.6.3", "cuda_graph_sizes": [256]}}, "vllm",
+     "vllm 0.6.3 has no argument '--cuda-graph-sizes' (not in the argument list of vllm 0.6.0"),
+    ({"engine": {"name": "vllm", "version": "0.15.1", "cuda_graph_sizes": [256]}}, "vllm",
+     "vllm 0.15.1 has no argument '--cuda-graph-sizes'"),         # gone after 0.12
+    ({"engine": {"name": "vllm", "version": "0.5.4"}}, "vllm",
+     "deployments.0 (llm): vllm 0.5.4 is older than the oldest release"),
     ({"scheduler": {"policy": "disaggregated"}}, "trtllm", "disaggregated prefill/decode on trtllm"),
     ({"engine": {"name": "sglang", "version": "0.5.4"}}, "llm-d", "llm-d's model service runs vLLM"),
     ({"engine": {"name": "vllm", "version": "0.19.0"}}, "sglang", "use --target vllm"),
+    ({"model": "Qwen3-30B-A3B", "replicas": 2, "ep": 2}, "trtllm", "TensorRT-LLM spreads experts within its TP"),
 ])
 def test_refusals_are_one_line_exit_2(tmp_path, capsys, dep, target, says):
     code, err = run(capsys, _scenario(tmp_path, **dep), "--target", target, "-o", tmp_path / "out")
@@ -240,3 +250,116 @@ def test_all_skips_what_a_target_cannot_express(tmp_path, capsys):
     readme = (tmp_path / "o" / "README.md").read_text()
     assert "## Targets not written" in readme and "llm-d" in readme
     assert (tmp_path / "o" / "sglang" / "llm.sh").is_file() and (tmp_path / "o" / "dynamo" / "llm.yaml").is_file()
+
+
+def test_a_flag_is_checked_against_the_target_releases_own_list(tmp_path, capsys):
+    """--async-scheduling came with vLLM 0.10: refused for 0.6.3 in one line, written for 0.15.1."""
+    words = ["serve", "--max-num-seqs", "8", "--async-scheduling"]
+    with pytest.raises(HermesError) as e:
+        engine_cmd.check_flags("vllm", words, "x.yaml: deployments.0", version="0.6.3")
+    assert str(e.value) == ("x.yaml: deployments.0: vllm 0.6.3 has no argument '--async-scheduling' (not in the "
+                            "argument list of vllm 0.6.0, profiling/readers/runs/engine_args_releases.yaml); "
+                            "the export cannot express it")
+    engine_cmd.check_flags("vllm", words, "x", version="0.15.1")
+    sc = _scenario(tmp_path, engine={"name": "vllm", "version": "0.15.1", "async_scheduling": True})
+    code, err = run(capsys, sc, "--target", "vllm", "-o", tmp_path / "o")
+    assert code == 0, err
+    assert "--async-scheduling" in (tmp_path / "o" / "vllm" / "llm.sh").read_text()
+
+
+def test_release_lists_pick_the_newest_release_at_or_below():
+    assert engine_cmd.release_args("vllm", "0.10.0").release == "0.9.2"
+    assert engine_cmd.release_args("vllm", "0.6.6").release == "0.6.6.post1"
+    assert engine_cmd.release_args("vllm", "0.99.0").release == "0.34.0"
+    assert engine_cmd.release_args("sglang", "0.5.4").release == "0.5.4"
+    assert engine_cmd.release_args("trtllm", "1.0.0") is None          # no per-release list kept
+    early, late = engine_cmd.release_args("vllm", "0.6.0"), engine_cmd.release_args("vllm", "0.34.0")
+    assert "use_v2_block_manager" in early.names and "use_v2_block_manager" not in late.names
+    assert "async_scheduling" in late.negatable and "enable_chunked_prefill" not in early.negatable
+
+
+def test_every_release_name_is_in_the_union_the_readers_accept():
+    doc = engine_cmd._releases_doc()
+    for engine, d in doc.items():
+        assert set(d["args"]) <= known_engine_args()[engine], engine
+        for r in d["releases"]:
+            assert engine_cmd.release_args(engine, r).release == r
+
+
+@pytest.mark.parametrize("name", ("chat_llama8b", "disaggregated_llama8b"))
+@pytest.mark.parametrize("engine, version", [("vllm", "0.8.5"), ("vllm", "0.10.2"), ("vllm", "0.15.1"),
+                                             ("vllm", "0.34.0"), ("sglang", "0.4.10"), ("sglang", "0.5.23")])
+def test_examples_export_for_each_release(tmp_path, capsys, name, engine, version):
+    """Each command passes its own release's list (check_flags), checked again here word by word."""
+    code, err = run(capsys, EXAMPLES / f"{name}.yaml", "--target", engine, "--engine-version", version,
+                    "-o", tmp_path / "o")
+    assert code == 0, err
+    rel = engine_cmd.release_args(engine, version)
+    for script in (tmp_path / "o" / engine).glob("*.sh"):
+        for words in commands(script):
+            for w in words:
+                n = w[2:].replace("-", "_")
+                assert not w.startswith("--") or n in rel.names or n[3:] in rel.negatable, (version, w)
+
+
+def test_expert_parallel_deployment_is_one_data_parallel_command_per_group(tmp_path, capsys):
+    """ep 4 over TP 2 x 4 replicas: two vLLM commands of two data-parallel ranks each (ranks that
+    share experts cannot be separate servers), with expert parallelism on, four GPUs apiece; SGLang
+    the same with its own flags; ep = tp stays one server per replica with EP inside TP."""
+    sc = _scenario(tmp_path, model="Qwen3-30B-A3B", tp=2, replicas=4, ep=4)
+    assert run(capsys, sc, "--target", "vllm", "-o", tmp_path / "v")[0] == 0
+    cmds = commands(tmp_path / "v" / "vllm" / "llm.sh")
+    assert len(cmds) == 2
+    for words in cmds:
+        assert "--enable-expert-parallel" in words and value(words, "--data-parallel-size") == "2"
+        assert value(words, "--tensor-parallel-size") == "2"
+    script = (tmp_path / "v" / "vllm" / "llm.sh").read_text()
+    assert "CUDA_VISIBLE_DEVICES=0,1,2,3" in script and "CUDA_VISIBLE_DEVICES=4,5,6,7" in script
+    assert run(capsys, sc, "--target", "sglang", "-o", tmp_path / "s")[0] == 0
+    words = commands(tmp_path / "s" / "sglang" / "llm.sh")[0]
+    assert value(words, "--ep-size") == "4" and value(words, "--dp-size") == "2" and "--enable-dp-attention" in words
+    inside = _scenario(tmp_path, model="Qwen3-30B-A3B", tp=2, replicas=2, ep=2)
+    assert run(capsys, inside, "--target", "vllm", "-o", tmp_path / "i")[0] == 0
+    cmds = commands(tmp_path / "i" / "vllm" / "llm.sh")
+    assert len(cmds) == 2 and all("--enable-expert-parallel" in w and "--data-parallel-size" not in w for w in cmds)
+
+
+def test_speculative_block_exports_as_vllms_speculative_config(tmp_path, capsys):
+    """A draft-model speculative block becomes vLLM's --speculative-config (the draft's Hugging
+    Face name, k, the batch cut-off); an EAGLE head (a checkpoint the block does not name) and a
+    non-vLLM target are refused in one line rather than exported without speculation."""
+    spec = {"method": "draft", "draft_model": "Llama-3.2-1B", "num_speculative_tokens": 4, "acceptance": 0.7,
+            "disable_above_batch": 32}
+    sc = _scenario(tmp_path, speculative=spec)
+    assert run(capsys, sc, "--target", "vllm", "-o", tmp_path / "v")[0] == 0
+    words = commands(tmp_path / "v" / "vllm" / "llm.sh")[0]
+    cfg = json.loads(value(words, "--speculative-config"))
+    assert cfg["method"] == "draft_model" and cfg["num_speculative_tokens"] == 4 and cfg["disable_by_batch_size"] == 32
+    assert "/" in cfg["model"] and "1B" in cfg["model"]
+    for dep, target, says in (({**spec, "method": "eagle", "draft_model": None}, "vllm", "EAGLE head"),
+                              (spec, "sglang", "exported for vllm only")):
+        code, err = run(capsys, _scenario(tmp_path, speculative=dep), "--target", target, "-o", tmp_path / "x")
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_lora_block_exports_vllms_slot_arguments(tmp_path, capsys):
+    """A lora: block without an engine block still exports its GPU slots and rank to vLLM
+    (--enable-lora --max-loras --max-lora-rank); SGLang, which counts slots differently, is
+    refused in one line rather than written without adapters."""
+    sc = _scenario(tmp_path, lora={"adapters": 8, "max_loras": 4, "max_lora_rank": 32, "rank": 32})
+    assert run(capsys, sc, "--target", "vllm", "-o", tmp_path / "v")[0] == 0
+    words = commands(tmp_path / "v" / "vllm" / "llm.sh")[0]
+    assert "--enable-lora" in words and value(words, "--max-loras") == "4" and value(words, "--max-lora-rank") == "32"
+    code, err = run(capsys, sc, "--target", "sglang", "-o", tmp_path / "s")
+    assert code == 2 and err.count("\n") == 1 and "exported for vllm only" in err, err
+
+
+def test_autoscaling_policy_is_stated_in_the_export_readme(tmp_path, capsys):
+    """An autoscaled deployment is written at its starting fleet, and the export's README says
+    so with the simulated policy's bounds (not silently dropped)."""
+    sc = _scenario(tmp_path, replicas=4, autoscaling={"min_replicas": 1, "max_replicas": 4, "signal": "queue",
+                                                      "scale_up_at": 4, "scale_down_at": 1})
+    assert run(capsys, sc, "--target", "vllm", "-o", tmp_path / "v")[0] == 0
+    readme = (tmp_path / "v" / "README.md").read_text()
+    assert "autoscaling is not written as manifests: 4 replicas are the starting fleet" in readme
+    assert "scales 1-4 replicas on 'queue'" in readme

@@ -43,13 +43,14 @@ def replay(llama_run):
 
 
 def test_scenario_for_run_carries_the_engine_and_deployment(runs_dir):
-    """The deployment of a DP=2 x EP=2 run: catalog model and GPU names, two replicas, the
-    engine block with vLLM 0.19.0 and the run's recorded max_num_seqs / max_num_batched_tokens,
-    which set the scheduler (no deployment fields left among the engine's arguments)."""
+    """The deployment of a DP=2 x EP=2 run: catalog model and GPU names, two replicas sharing
+    their experts (ep 2), the engine block with vLLM 0.19.0 and the run's recorded max_num_seqs /
+    max_num_batched_tokens, which set the scheduler (no deployment fields left among the
+    engine's arguments)."""
     run = read_run(runs_dir / "RTXPRO6000" / "Qwen3-30B-A3B-Instruct-2507")
     sc = scenario_for_run(run)
     d = sc.deployments[0]
-    assert (d.model, d.hardware, d.tp, d.replicas, d.dtype) == ("Qwen3-30B-A3B", "RTX-PRO-6000", 1, 2, "bf16")
+    assert (d.model, d.hardware, d.tp, d.replicas, d.ep, d.dtype) == ("Qwen3-30B-A3B", "RTX-PRO-6000", 1, 2, 2, "bf16")
     assert (d.engine.name, d.engine.version) == ("vllm", "0.19.0")
     assert d.engine.args["max_num_seqs"] == 128 and d.engine.args["max_num_batched_tokens"] == 2048
     assert "data_parallel_size" not in d.engine.args and "tensor_parallel_size" not in d.engine.args

@@ -46,6 +46,17 @@ def test_protocol_follows_the_harness_and_backend():
     assert bench_protocol(None).name == "fixed" and bench_protocol(IMAX).warmup_generations == 0
 
 
+def test_inferencemax_db_dump_rows_get_the_inferencemax_client():
+    """The dump's ``db-dump/...; workflow_run_id=`` rows (same campaign, grid and dates as the
+    dated files) are replayed with InferenceMAX's client: lengths uniform in [0.8 L, L], ten
+    requests per client; a source that merely mentions a dump stays fixed-length."""
+    dump = ("db-dump/2026-04-27; config_id=691; silicon_concurrency=16; measured=2026-04-03T00:00:00.000Z; "
+            "workflow_run_id=711; vllm/vllm-openai:v0.19.0-cu130")
+    p = bench_protocol(dump, "vllm")
+    assert (p.name, p.range_ratio, p.requests_per_client) == ("inferencemax", 0.8, 10)
+    assert bench_protocol("notes: db-dump of something", "vllm").name == "fixed"
+
+
 def _first_wave(row) -> tuple[np.ndarray, np.ndarray]:
     sc = row.scenario.model_copy(update={"surrogate": "roofline", "workload": row.scenario.workload.model_copy(
         update={"num_requests": 2 * row.scenario.workload.concurrency})})
