@@ -13,9 +13,13 @@ Map (read in this order):
     replica.py     one engine instance: queues, KV blocks, the step loop, preemption
     router.py      spreading arrivals over replicas, one class per rule
     deployment.py  replicas behind a router; a deployment is what a pipeline's ``llm`` stage calls
+    speculative.py speculative decoding: a proposer's guesses verified in one wider step
+    lora.py        LoRA adapters: GPU slots, CPU/disk tiers, the adapters' GEMMs
     autoscale.py   an autoscaled deployment: replicas that follow a signal, billed per replica-second
     metrics.py     per-request table and summary: latencies, throughput, goodput, cost, energy
 
 The engine knows nothing of pipelines or measurements: ``simulator.pipelines`` builds on it,
 ``simulator.fidelity`` replays measurements through both (checked by import-linter).
 """
+
+from . import autoscale  # noqa: F401,E402  (registers the autoscaled deployment kind with deployment.py)
