@@ -68,16 +68,10 @@ class Autoscaled(Aggregated):
             self.router.replicas = self._routed
         self.router.resize()
 
-    def submit(self, rid: int, t: float) -> None:
-        st = self.store
-        p = st.prompt[rid]
-        if p + st.output[rid] > self._max_total or p > self._max_prompt:
-            why = self.never_fits(rid, self.pool, self.replicas[0], self.whole)
-            if why:
-                st.reject(rid, why, t)
-                return
-        i = self.active[self.router.pick(rid, st)]
-        st.where[rid] = i
+    def _dispatch(self, rid: int, t: float) -> None:
+        """A servable request to the serving replica the router picks (it sees only those)."""
+        i = self.active[self.router.pick(rid, self.store)]
+        self.store.where[rid] = i
         self.inflight[i] += 1
         if self.cfg.signal == "ttft":
             self._recent.append((rid, t))

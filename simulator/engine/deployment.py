@@ -188,8 +188,12 @@ class Aggregated:
             if why:
                 st.reject(rid, why, t)
                 return
-        i = self.router.pick(rid, st)
-        st.where[rid] = i
+        self._dispatch(rid, t)
+
+    def _dispatch(self, rid: int, t: float) -> None:
+        """A servable request to the replica the router picks."""
+        i = self.router.pick(rid, self.store)
+        self.store.where[rid] = i
         self._enter(self.replicas[i], rid, t)
 
     def _enter(self, rep: Replica, rid: int, t: float) -> None:
