@@ -124,12 +124,17 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
     summary = _summary(scenario, store, deps, env.now, perf_counter() - wall0, frame, steps)
     summary.update(run.summary(frame))
     summary["prefill_tokens_computed"] = store.prefill_tokens
-    caches = [r.prefix for d in deps for _, reps in d.pools for r in reps if getattr(r, "prefix", None) is not None]
+    holders = [r for d in deps for _, reps in d.pools for r in reps if getattr(r, "prefix", None) is not None]
+    caches = [r.prefix for r in holders]
     if caches:                        # only where an engine prefix cache saw prompt segments
         looked = sum(c.prompt_tokens for c in caches)
         hit = sum(c.hit_tokens for c in caches)
         summary["engine_prefix_cache"] = {"prompt_tokens_looked_up": looked, "hit_tokens": hit,
                                           "token_hit_rate": hit / looked if looked else 0.0}
+        if any(c.host is not None for c in caches):   # KV offloaded to host memory
+            summary["engine_prefix_cache"].update(
+                host_hit_tokens=sum(c.host_hit_tokens for c in caches),
+                host_load_seconds=sum(r.load_seconds for r in holders))
     adapters = lora_summary(deps)
     if adapters:                      # only with LoRA adapters: other summaries stay as they were
         summary["lora"] = adapters

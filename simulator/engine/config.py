@@ -68,6 +68,12 @@ class SchedulerConfig(_Frozen):
     # TensorRT-LLM enable_block_reuse): requests that carry their prompt's segments (a
     # replayed run's ``prefix``) skip the prefill of the blocks it holds.
     prefix_caching: bool = False
+    # KV offload to host memory (vLLM kv_offloading_size, SGLang's hierarchical cache,
+    # TensorRT-LLM host_cache_size): prompt blocks are also kept in host DRAM, so a block the
+    # GPU evicted still hits, after a copy back over each device's PCIe link. Size in GB for the
+    # whole replica, plus a multiple of the replica's GPU KV pool (SGLang's hicache_ratio).
+    host_kv_gb: float = Field(default=0.0, ge=0, description="host memory holding offloaded KV blocks (GB)")
+    host_kv_ratio: float = Field(default=0.0, ge=0, description="host KV tier as a multiple of the GPU KV pool")
     # TensorRT-LLM batch waiting (batch_wait_timeout_iters / batch_wait_max_tokens_ratio,
     # "mixed" policy): while decodes run, new prompts are held back until they and the
     # decodes fill this share of the token budget or they have waited this many steps.

@@ -30,6 +30,9 @@ from .schedulers import SCHEDULERS
 from .stepcost import StepCost, step_cost, step_table
 from .store import Store
 
+# A device's host link (B/s / 1e9) when its catalog entry names none: PCIe Gen5 x16.
+HOST_LINK_GB_S = 64.0
+
 
 @dataclass(frozen=True)
 class Pool:
@@ -146,7 +149,9 @@ class Aggregated:
         swap_bw = pool.hw.pcie_bw_gb_s * 1e9 if s.preemption == "swap" else 0.0
         rep = Replica(self.env, self.store, name, pool.cost, pool.mem, policy,
                       max_batch=s.max_batch_size, devices=pool.devices, swap_bw=swap_bw,
-                      handoff=handoff, debug=debug, done=self.done, prefix_caching=s.prefix_caching)
+                      handoff=handoff, debug=debug, done=self.done, prefix_caching=s.prefix_caching,
+                      host_kv_bytes=s.host_kv_gb * 1e9, host_kv_ratio=s.host_kv_ratio,
+                      host_bw=(pool.hw.pcie_bw_gb_s or HOST_LINK_GB_S) * 1e9)
         lora = getattr(self, "lora", None)
         if lora is not None:                # adapter slots and caches of its own
             lora.attach(rep)

@@ -300,8 +300,14 @@ def _vllm(e: dict, a: dict, ctx: str, model: ModelSpec, hw: HardwareSpec, tp: in
         dep["kv_blocks"] = int(a["num_gpu_blocks_override"])
         used["num_gpu_blocks_override"] = dep["kv_blocks"]
     if a.get("kv_offloading_size"):
-        used["kv_offloading_size"] = float(a["kv_offloading_size"])
-        notes.append("kv_offloading_size: host KV offload is not modelled by the step engine")
+        # GiB of host memory for the whole replica (vLLM: summed over the TP ranks)
+        gib = float(a["kv_offloading_size"])
+        backend = str(a.get("kv_offloading_backend") or "native")
+        if backend not in ("native", "lmcache"):
+            raise ValueError(f"vllm engine argument kv_offloading_backend: '{backend}' is not native or lmcache")
+        used.update(kv_offloading_size=gib, kv_offloading_backend=backend)
+        sched["host_kv_gb"] = gib * 2 ** 30 / 1e9
+        notes.append(_HOST_KV_NOTE.format(f"kv_offloading_size: {gib:g} GiB"))
     if prefix:
         notes.append("enable_prefix_caching: hits from the requests' shared prompt prefixes (a replayed "
                      "run's prompts, or the pipelines' KV tiers)")
@@ -328,6 +334,13 @@ def _vllm_lora(a: dict) -> dict | None:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"vllm engine argument {k}: {v!r} must be a whole number >= 1")
     return {**VLLM_LORA_DEFAULTS, **given}
+
+
+# SGLang's hicache_ratio default (python/sglang/srt/server_args.py): the host pool is twice the GPU's.
+SGLANG_HICACHE_RATIO = 2.0
+_HOST_KV_NOTE = ("{}: prompt blocks are also kept in host memory (LRU); a prefix the GPU evicted still "
+                 "hits, copied back over each device's PCIe link while the request waits aside "
+                 "(hits need requests that carry their prompt's content)")
 
 
 def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: int, notes: list) -> tuple:
@@ -370,6 +383,20 @@ def _sglang(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
             "disable_cuda_graph": eager, "disable_custom_all_reduce": bool(a.get("disable_custom_all_reduce")),
             "disable_overlap_schedule": bool(a.get("disable_overlap_schedule", not e.get("overlap_schedule", False)))}
     sched["prefix_caching"] = not used["disable_radix_cache"]
+    if a.get("max_total_tokens"):       # the KV pool's size in tokens, set instead of profiled
+        used["max_total_tokens"] = int(a["max_total_tokens"])
+        dep["kv_blocks"] = max(1, used["max_total_tokens"] // sched["block_size"])
+    if _bool(a, "enable_hierarchical_cache", False):
+        # HiCache's host pool per rank: hicache_size GB (1e9 B), or hicache_ratio x the GPU KV pool
+        size = float(a.get("hicache_size") or 0)
+        ratio = float(a["hicache_ratio"]) if a.get("hicache_ratio") is not None else SGLANG_HICACHE_RATIO
+        used.update(enable_hierarchical_cache=True, hicache_size=size, hicache_ratio=ratio)
+        if size > 0:
+            sched["host_kv_gb"] = size * tp * pp
+        else:
+            sched["host_kv_ratio"] = ratio
+        notes.append(_HOST_KV_NOTE.format(f"enable_hierarchical_cache: {size:g} GB per rank" if size > 0
+                                          else f"enable_hierarchical_cache: {ratio:g} x the GPU KV pool"))
     # The overlap scheduler hides the host's scheduling behind the GPU's batch, as vLLM's async
     # scheduling does, and is modelled the same way.
     return used, sched, dep, sizes, not used["disable_overlap_schedule"], "decode"
@@ -424,6 +451,12 @@ def _trtllm(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
                                                                          e["enable_block_reuse"])),
             "cuda_graph_padding": bool(spec.get("enable_padding"))}
     sched["prefix_caching"] = used["enable_block_reuse"]
+    host = kvc.get("host_cache_size")
+    if host:
+        # bytes of host memory per rank, holding the reusable blocks the GPU evicts
+        used["host_cache_size"] = int(host)
+        sched["host_kv_gb"] = int(host) * tp * pp / 1e9
+        notes.append(_HOST_KV_NOTE.format(f"host_cache_size: {int(host) / 2 ** 30:g} GiB per rank"))
     notes.append("a decode batch without a captured graph of its exact size runs eager"
                  if not spec.get("enable_padding") else "decode batches pad up to a captured size")
     return used, sched, dep, sizes, False, "decode"

@@ -219,6 +219,11 @@ class LoraState:
                 continue
             if rid in rep._pkeys:
                 rep._lookup(rid)
+            if rep._loads and rid in rep._loads:
+                if rep._loads[rid] > now:
+                    skipped.append(waiting.popleft())   # its KV is still coming back from the host
+                    continue
+                del rep._loads[rid]
             p = st.plen[rid]
             c = st.cached[rid]
             if whole and p - c > budget - used and (used or chunks):

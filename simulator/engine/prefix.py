@@ -83,32 +83,53 @@ class EnginePrefixCache:
     blocks (a finished request's blocks stay cached until new allocations evict them).
 
     A hit never covers the whole prompt: the engine recomputes at least its last token to
-    produce the first output (vLLM V1), so at most ``prompt - 1`` tokens, whole blocks only."""
+    produce the first output (vLLM V1), so at most ``prompt - 1`` tokens, whole blocks only.
 
-    __slots__ = ("cache", "block", "hit_tokens", "prompt_tokens")
+    ``host_blocks`` > 0 adds the engine's KV offload to host memory (vLLM ``kv_offloading_size``,
+    SGLang's hierarchical cache, TensorRT-LLM's ``host_cache_size``): every block the GPU caches
+    is also written to a host LRU of that many blocks, so a block the GPU evicted can still hit,
+    at the price of copying it back over PCIe (``last_host``: the host-held tokens of the last
+    lookup)."""
 
-    def __init__(self, capacity_blocks: int, block_tokens: int) -> None:
+    __slots__ = ("cache", "host", "block", "hit_tokens", "prompt_tokens", "host_hit_tokens", "last_host")
+
+    def __init__(self, capacity_blocks: int, block_tokens: int, host_blocks: int = 0) -> None:
         self.cache = PrefixCache(capacity_blocks)
+        self.host = PrefixCache(host_blocks) if host_blocks > 0 else None
         self.block = int(block_tokens)
         self.hit_tokens = 0
         self.prompt_tokens = 0
+        self.host_hit_tokens = 0
+        self.last_host = 0
 
     def keys(self, segments: str) -> list[int]:
         return block_keys(parse_segments(segments), self.block)
 
     def lookup(self, keys: list[int], prompt: int) -> int:
-        """Tokens of ``prompt`` whose KV the cache holds (touching the blocks it uses)."""
-        c = self.cache
-        n = 0
+        """Tokens of ``prompt`` whose KV the cache holds (touching the blocks it uses); of
+        them, ``last_host`` are held only by the host tier."""
+        c, h = self.cache, self.host
+        n = from_host = 0
         for k in keys[:max(prompt - 1, 0) // self.block]:
-            if k not in c:
+            if k in c:
+                c.touch(k)
+            elif h is not None and k in h:
+                from_host += 1
+            else:
                 break
-            c.touch(k)
+            if h is not None and k in h:
+                h.touch(k)
             n += 1
         self.hit_tokens += n * self.block
         self.prompt_tokens += prompt
+        self.last_host = from_host * self.block
+        self.host_hit_tokens += self.last_host
         return n * self.block
 
     def insert(self, keys: list[int]) -> None:
-        """The request's prompt blocks are allocated (and cached as they are computed)."""
+        """The request's prompt blocks are allocated (and cached as they are computed); with
+        a host tier they are offloaded there too (write-through, as vLLM's offloading
+        connector stores every computed block)."""
         self.cache.insert(keys)
+        if self.host is not None:
+            self.host.insert(keys)

@@ -46,7 +46,8 @@ class Replica:
     def __init__(self, env: Environment, store: Store, name: str, cost: StepCost, mem: MemoryPlan,
                  policy, *, max_batch: int, devices: int, swap_bw: float = 0.0,
                  handoff: Callable[[int, float], None] | None = None, debug: bool = False,
-                 done: Callable[[int, float], None] | None = None, prefix_caching: bool = False) -> None:
+                 done: Callable[[int, float], None] | None = None, prefix_caching: bool = False,
+                 host_kv_bytes: float = 0.0, host_kv_ratio: float = 0.0, host_bw: float = 0.0) -> None:
         self.env, self.store, self.name, self.cost, self.mem = env, store, name, cost, mem
         self.done = done or store.complete          # where a finished request goes next
         self.policy, self.max_batch, self.devices = policy, max_batch, devices
@@ -87,10 +88,22 @@ class Replica:
         # The engine's prefix cache, for requests that carry their prompt's segments: block
         # keys wait in ``_pkeys`` until the request is first considered for admission (the
         # lookup), then in ``_pins`` until it is admitted (its blocks enter the cache).
-        self.prefix = (EnginePrefixCache(self.total_blocks, self.bs)
-                       if prefix_caching and store.segments is not None else None)
+        # KV offloaded to host memory (``host_kv_*``): a host tier of whole blocks, each block
+        # the size of one across the replica's devices; a hit there is copied back before the
+        # request runs, each device its shard over its own link (``_load_s`` per token), and
+        # the request waits aside meanwhile (``_loads``: when its KV is back) as vLLM's
+        # offloading connector keeps a request waiting for its KV out of the queue's way.
+        host_blocks = 0
+        if host_kv_bytes or host_kv_ratio:
+            host_blocks = (int(host_kv_bytes // (mem.kv_per_token * devices * self.bs))
+                           + int(host_kv_ratio * self.total_blocks))
+        self.prefix = (EnginePrefixCache(self.total_blocks if prefix_caching else 0, self.bs, host_blocks)
+                       if (prefix_caching or host_blocks) and store.segments is not None else None)
         self._pkeys: dict[int, list[int]] = {}
         self._pins: dict[int, list[int]] = {}
+        self._load_s = mem.kv_per_token / host_bw if host_blocks and host_bw > 0 else 0.0
+        self._loads: dict[int, float] = {}
+        self.load_seconds = 0.0
         # Async scheduling (cost.asyn): the previous step's kernel seconds, which the host work
         # of the next step overlaps; 0 after idling (nothing to hide behind).
         self._gprev = 0.0
@@ -338,6 +351,8 @@ class Replica:
                 rid = waiting[0]
                 if rid in pkeys:
                     self._lookup(rid)
+                if self._loads:
+                    break                   # a request waits for its host KV: general path
                 p = plen[rid]
                 left2 = p - cached[rid]
                 q2 = left2 if left2 < free else free
@@ -616,9 +631,12 @@ class Replica:
     def waiting_tokens(self, budget: int) -> int:
         """Prompt tokens ``admit(budget, whole=True)`` would schedule, ignoring KV room."""
         st, used, slots = self.store, 0, self.max_batch - self.n - len(self.prefilling)
+        loads, now = self._loads, self.env.now
         for rid in self.waiting:
             if rid in self._pkeys:
                 self._lookup(rid)
+            if loads and loads.get(rid, now) > now:
+                continue                    # its KV is still coming back from the host
             q = st.plen[rid] - st.cached[rid]
             if slots <= 0 or (used + q > budget and used):
                 break
@@ -633,12 +651,18 @@ class Replica:
         st, waiting, prefilling, chunks = self.store, self.waiting, self.prefilling, self._chunks
         room = self.total_blocks - self.watermark
         used = 0
+        loads, skipped = self._loads, []
         while waiting and budget - used > 0:
             if self.n + len(prefilling) >= self.max_batch:
                 break
             rid = waiting[0]
             if rid in self._pkeys:
                 self._lookup(rid)
+            if loads and rid in loads:
+                if loads[rid] > self.env.now:
+                    skipped.append(waiting.popleft())   # keeps its place once its KV is back
+                    continue
+                del loads[rid]
             p = st.plen[rid]
             c = st.cached[rid]                  # prefix KV already here (a cache hit): not recomputed
             if whole and p - c > budget - used and (used or chunks):
@@ -659,15 +683,23 @@ class Replica:
             q = p - c if whole else min(p - c, budget - used, chunk)
             chunks.append((e, q))
             used += q
+        if skipped:
+            waiting.extendleft(reversed(skipped))
         return used
 
     def _lookup(self, rid: int) -> None:
-        """The prefix cache's hit for a request about to be considered for admission."""
+        """The prefix cache's hit for a request about to be considered for admission; blocks
+        only the host tier holds start their copy back to the GPU now."""
         keys = self._pkeys.pop(rid)
-        st = self.store
-        hit = self.prefix.lookup(keys, st.plen[rid])
+        st, pc = self.store, self.prefix
+        hit = pc.lookup(keys, st.plen[rid])
         if hit > st.cached[rid]:
             st.cached[rid] = hit
+            if pc.last_host and self._load_s:
+                dt = pc.last_host * self._load_s
+                self.load_seconds += dt
+                self._loads[rid] = t = self.env.now + dt
+                self.env.schedule(t, self._kick, t, priority=LATE)
         self._pins[rid] = keys
 
     def _output_blocks(self, rid: int, kv: int) -> int:

@@ -647,6 +647,8 @@ class SpecDecoders:
                 rid = waiting[0]
                 if rid in pkeys:
                     rep._lookup(rid)
+                if rep._loads:
+                    break                   # a request waits for its host KV: general path
                 p = plen[rid]
                 left2 = p - cached[rid]
                 q2 = left2 if left2 < free else free
