@@ -6,13 +6,14 @@ scenario through its engine block (``silicon_rows``), i.e. as `simulate` prices 
 scenario: the shipped surrogate and the shipped engine profile. Rows an engine profile was
 fitted on (its ``fitted_on``) are left out, so every row is held out of the engine
 calibration (the surrogate never sees serving rows). Each row is simulated ``--samples``
-times with sampled kernel time and overhead and the engine-model error factor
-(``simulator.uncertainty``; ``--no-model-error`` leaves the factor out). For thresholds
+times with sampled kernel time and the engine-model error factor (``simulator.uncertainty``;
+``--no-model-error`` leaves the factor out). For thresholds
 x = measured value x f (f in 0.8, 0.9, 1.0, 1.1, 1.25) of the row's mean TTFT and mean TPOT,
 the predicted probability is the fraction of samples at or under x and the outcome is whether
 the measured value is (f >= 1). Predictions are binned (0-0.2, ..., 0.8-1); a calibrated
 model's observed frequency in each bin lies inside it. Also reported: how often the measured
-value falls inside the sampled p10-p90 band (nominal 80%), and the expected calibration error.
+value falls inside the sampled p10-p90 band (nominal 80%), the expected calibration error, and
+the median of p50 / measured per engine, harness and GPU (where a bias sits).
 
     python benchmarks/slo_reliability.py [--every 16] [--samples 12] [--processes 2] [--no-model-error]
     python benchmarks/slo_reliability.py --model-error    # re-estimate MODEL_ERROR (31 simulations)
@@ -62,8 +63,7 @@ def sample_row(args) -> dict:
         ttft.append(r.ttft_pred * f.get("ttft", 1.0))
         tpot.append(r.tpot_pred * f.get("tpot", 1.0))
     return {"id": row.id, "group": row.group, "ttft_meas": row.ttft_s, "tpot_meas": row.tpot_s,
-            "ttft": ttft, "tpot": tpot, "kernel_sigma": spread[0].kernel_sigma,
-            "overhead_sets": len(spread[0].overhead_sets)}
+            "ttft": ttft, "tpot": tpot, "kernel_sigma": spread[0].kernel_sigma}
 
 
 def calibration_residual(args) -> dict:
@@ -149,6 +149,21 @@ def coverage(rows: list[dict], m: str, nominal: int = 80) -> float:
     return float(np.mean(inside))
 
 
+def by_group(rows: list[dict]) -> pd.DataFrame:
+    """Per engine, harness and GPU (from the row's stack/GPU group): rows, median p50 / measured
+    of mean TPOT and TTFT, and the share of rows whose TPOT p50 lies above the measurement."""
+    out = []
+    for r in rows:
+        stack, gpu = r["group"].rsplit("/", 1)
+        engine, _, rest = stack.partition("-")
+        ratio = {m: float(np.median(r[m]) / r[f"{m}_meas"]) for m in ("tpot", "ttft")}
+        out.append({"engine": engine, "harness": rest.split(":")[0], "gpu": gpu, **ratio})
+    d = pd.DataFrame(out)
+    return d.groupby(["engine", "harness", "gpu"]).agg(
+        rows=("tpot", "size"), tpot_p50_over_measured=("tpot", "median"),
+        tpot_share_above=("tpot", lambda v: float((v > 1).mean())), ttft_p50_over_measured=("ttft", "median"))
+
+
 def plot(tables: dict[str, pd.DataFrame], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -179,7 +194,7 @@ def main() -> None:
     ap.add_argument("--png", default=str(REPO / "benchmarks" / "results" / "slo_reliability.png"))
     ap.add_argument("--rows-json", help="also write each row's measured values and samples here")
     ap.add_argument("--no-model-error", action="store_true",
-                    help="leave out the engine-model error term (the kernel and overhead draws only)")
+                    help="leave out the engine-model error term (the kernel-time draw only)")
     ap.add_argument("--model-error", action="store_true",
                     help="only estimate simulator.uncertainty.MODEL_ERROR from the engine profiles' rows")
     a = ap.parse_args()
@@ -221,6 +236,9 @@ def main() -> None:
     rel_err = {m: float(np.median([abs(np.median(r[m]) / r[f"{m}_meas"] - 1) for r in res])) for m in ("ttft", "tpot")}
     print(f"kernel sigma (log) median {np.median(sig):.3f}; median |p50 / measured - 1|: TTFT {rel_err['ttft']:.1%}, "
           f"TPOT {rel_err['tpot']:.1%}")
+    groups = by_group(res)
+    print("\nmedian p50 / measured by engine, harness and GPU:")
+    print(groups.to_string(float_format=lambda x: f"{x:.3f}"))
     plot(tables, Path(a.png))
     print(f"plot: {a.png}; {time.time() - t0:.0f} s")
     print(json.dumps({"rows": len(rows), "samples": a.samples, "every": a.every,
@@ -229,6 +247,7 @@ def main() -> None:
                       "table": {k: {str(b): {"n": int(v.n), "mean_p": None if v.n == 0 else float(v.mean_p),
                                              "observed": None if v.n == 0 else float(v.observed)}
                                     for b, v in t.iterrows()} for k, t in tables.items()},
+                      "by_group": {"/".join(k): {c: float(v[c]) for c in groups.columns} for k, v in groups.iterrows()},
                       "wall_s": time.time() - t0}))
 
 

@@ -23,7 +23,7 @@ from profiling.models import resolve_model
 from profiling.operators import activation_dtype
 from profiling.readers.runs.common import known_engine_args
 from simulator.engine.config import Deployment
-from simulator.engine.engines import LIMIT_ARGS, device, parse_version, resolve_for
+from simulator.engine.engines import LIMIT_ARGS, device, parse_version, resolve_for, version_entry
 from simulator.engine.memory import GB, activation_bytes
 
 ENGINES = ("vllm", "sglang", "trtllm")
@@ -157,8 +157,8 @@ def _in_spans(spans: str, release: str, order: list[str]) -> bool:
 @lru_cache(maxsize=64)
 def release_args(engine: str, version: str) -> ReleaseArgs | None:
     """The argument list of the newest kept release of ``engine`` at or below ``version``; None when
-    the engine has no per-release lists (TensorRT-LLM). A version older than every kept release is
-    refused: no list says what it accepted."""
+    the engine has no per-release lists. A version older than every kept release is refused: no list
+    says what it accepted."""
     doc = _releases_doc().get(engine)
     if doc is None:
         return None
@@ -253,8 +253,50 @@ def launches(dep: Deployment, target_engine: str | None, version: str | None, wh
         extra = {**(extra or {}), **dict(experts)}      # an LLM API option, not a trtllm-serve flag
     else:
         flags += experts
+    if name == "trtllm" and extra:
+        flags, extra, notes = _without_extra_yaml(ver, flags, extra, notes, where)
     return [Launch(dep.name, "serve", name, ver, model, hw.name, gpu_product(hw), dep.replicas // dp, dep.tp, dep.pp,
                    tuple(flags), extra, tuple(notes), dp)]
+
+
+# LLM API settings a trtllm-serve without --extra_llm_api_options leaves at its release's defaults
+# (engine_defaults.yaml names), and the one it takes as its own flag.
+TRT_DEFAULTED = {("kv_cache_config", "tokens_per_block"): "tokens_per_block",
+                 ("kv_cache_config", "enable_block_reuse"): "enable_block_reuse",
+                 ("scheduler_config", "capacity_scheduler_policy"): "capacity_scheduler_policy",
+                 ("enable_chunked_prefill",): "enable_chunked_prefill"}
+TRT_FREE_FLAG = ("kv_cache_config", "free_gpu_memory_fraction")
+
+
+def _without_extra_yaml(version: str, flags: list, extra: dict, notes: list,
+                        where: str) -> tuple[list, dict | None, list]:
+    """For a TensorRT-LLM release whose trtllm-serve has no --extra_llm_api_options (0.18): the
+    KV memory fraction as its --kv_cache_free_gpu_memory_fraction, settings equal to the release's
+    defaults left unsaid, any other setting refused in one line naming it. Other releases as given."""
+    try:
+        rel = release_args("trtllm", version)
+    except HermesError:              # older than every kept list: check_launch says so
+        return flags, extra, notes
+    if rel is None or "extra_llm_api_options" in rel.names:
+        return flags, extra, notes
+    defaults = version_entry("trtllm", version)
+    out = list(flags)
+    for k, v in extra.items():
+        for path, value in ([((k, kk), vv) for kk, vv in v.items()] if isinstance(v, dict) else [((k,), v)]):
+            if path == TRT_FREE_FLAG:
+                out.append(("kv_cache_free_gpu_memory_fraction", value))
+            elif path in TRT_DEFAULTED and defaults.get(TRT_DEFAULTED[path]) == value:
+                continue
+            else:
+                said = ".".join(path)
+                dflt = defaults.get(TRT_DEFAULTED.get(path, ""), None)
+                raise HermesError(f"{where}: trtllm {version}'s trtllm-serve has no --extra_llm_api_options (argument "
+                                  f"list of trtllm {rel.release}, profiling/readers/runs/engine_args_releases.yaml): "
+                                  f"{said} {value}" + (f" (its default is {dflt})" if dflt is not None else "")
+                                  + " cannot be expressed")
+    note = (f"trtllm {version}: no --extra_llm_api_options; KV block size, block reuse, capacity policy and "
+            "chunked prefill are the release's defaults, the KV memory fraction is a flag")
+    return out, None, [*notes, note]
 
 
 def _expert_flags(dep: Deployment, engine: str, dp: int, where: str) -> list[tuple[str, Any]]:

@@ -86,7 +86,7 @@ def test_engine_commands_use_known_flags_and_the_scenarios_numbers(exported, nam
     lines = commands(exported[name, engine] / engine / f"{dep.name}.sh")
     version = dep.engine.version if dep.engine is not None else engine_cmd.DEFAULT_VERSION[engine]
     rel = engine_cmd.release_args(engine, version)
-    # the version's own list where the project keeps one (TensorRT-LLM: the union)
+    # the version's own list where the project keeps one
     known = rel.names if rel is not None else known_engine_args()[engine]
     negatable = rel.negatable if rel is not None else known
     seqs, budget = engine_cmd.LIMIT_ARGS[engine]
@@ -272,7 +272,8 @@ def test_release_lists_pick_the_newest_release_at_or_below():
     assert engine_cmd.release_args("vllm", "0.6.6").release == "0.6.6.post1"
     assert engine_cmd.release_args("vllm", "0.99.0").release == "0.34.0"
     assert engine_cmd.release_args("sglang", "0.5.4").release == "0.5.4"
-    assert engine_cmd.release_args("trtllm", "1.0.0") is None          # no per-release list kept
+    assert engine_cmd.release_args("trtllm", "0.20.0").release == "0.18.2"
+    assert engine_cmd.release_args("trtllm", "1.0.0").release == "1.0.0+4c05a74"   # applied from 1.0.0 on
     early, late = engine_cmd.release_args("vllm", "0.6.0"), engine_cmd.release_args("vllm", "0.34.0")
     assert "use_v2_block_manager" in early.names and "use_v2_block_manager" not in late.names
     assert "async_scheduling" in late.negatable and "enable_chunked_prefill" not in early.negatable
@@ -284,6 +285,45 @@ def test_every_release_name_is_in_the_union_the_readers_accept():
         assert set(d["args"]) <= known_engine_args()[engine], engine
         for r in d["releases"]:
             assert engine_cmd.release_args(engine, r).release == r
+
+
+def test_trtllm_commands_are_checked_against_the_releases_own_list(tmp_path, capsys):
+    """TensorRT-LLM 0.18.2 (its versioned docs' option list) has no --extra_llm_api_options: a flag
+    outside its list is refused in one line naming the flag and the release; its export writes the
+    KV memory fraction as its own flag and leaves settings at the release's defaults unsaid (one that
+    differs is refused, named); 1.0.0 and later get the list of serve.py at commit 4c05a74."""
+    words = ["trtllm-serve", "m", "--host", "0.0.0.0", "--port", "8000", "--tp_size", "2", "--pp_size", "1",
+             "--max_batch_size", "64", "--max_num_tokens", "8192", "--kv_cache_free_gpu_memory_fraction", "0.9"]
+    engine_cmd.check_flags("trtllm", words, "x", version="0.18.2")
+    for flag in ("--extra_llm_api_options", "--ep_size"):
+        with pytest.raises(HermesError) as e:
+            engine_cmd.check_flags("trtllm", words + [flag, "1"], "x.yaml: deployments.0", version="0.18.2")
+        assert str(e.value) == (f"x.yaml: deployments.0: trtllm 0.18.2 has no argument '{flag}' (not in the "
+                                "argument list of trtllm 0.18.2, profiling/readers/runs/engine_args_releases.yaml); "
+                                "the export cannot express it")
+        engine_cmd.check_flags("trtllm", words + [flag, "1"], "x", version="1.0.0")
+    old = {"scheduler": {"policy": "continuous", "block_size": 64, "kv_reservation": "full"}}
+    code, err = run(capsys, _scenario(tmp_path, **old), "--target", "trtllm", "--engine-version", "0.18.2",
+                    "-o", tmp_path / "old")
+    assert code == 0, err
+    rel = engine_cmd.release_args("trtllm", "0.18.2")
+    (cmd,) = commands(tmp_path / "old" / "trtllm" / "llm.sh")
+    assert all(w[2:] in rel.names for w in cmd if w.startswith("--")), cmd
+    assert 0 < float(value(cmd, "--kv_cache_free_gpu_memory_fraction")) <= 1 and value(cmd, "--max_batch_size")
+    assert not list((tmp_path / "old" / "trtllm").glob("*.yaml"))
+    code, err = run(capsys, _scenario(tmp_path, scheduler={"policy": "continuous", "kv_reservation": "full"}),
+                    "--target", "trtllm", "--engine-version", "0.18.2", "-o", tmp_path / "no")
+    assert code == 2 and err.count("\n") == 1
+    assert "no --extra_llm_api_options" in err and "kv_cache_config.tokens_per_block 16 (its default is 64)" in err, err
+    code, err = run(capsys, _scenario(tmp_path, **old), "--target", "trtllm", "--engine-version", "0.17.0",
+                    "-o", tmp_path / "older")
+    assert code == 2 and "older than the oldest release" in err and "(0.18.2," in err, err
+    code, err = run(capsys, EXAMPLES / "chat_llama8b.yaml", "--target", "trtllm", "--engine-version", "1.0.0",
+                    "-o", tmp_path / "o")
+    assert code == 0, err
+    rel = engine_cmd.release_args("trtllm", "1.0.0")
+    for words in commands(tmp_path / "o" / "trtllm" / "llm.sh"):
+        assert all(w[2:] in rel.names for w in words if w.startswith("--")), words
 
 
 @pytest.mark.parametrize("name", ("chat_llama8b", "disaggregated_llama8b"))
