@@ -8,9 +8,9 @@ fitted on (its ``fitted_on``) are left out, so every row is held out of the engi
 calibration (the surrogate never sees serving rows). Each row is simulated ``--samples``
 times with sampled kernel time and the engine-model error factor (``simulator.uncertainty``;
 ``--no-model-error`` leaves the factor out). For thresholds
-x = measured value x f (f in 0.8, 0.9, 1.0, 1.1, 1.25) of the row's mean TTFT and mean TPOT,
+x = the samples' median x f (f in 0.8, 0.9, 1.0, 1.1, 1.25) of the row's mean TTFT and mean TPOT,
 the predicted probability is the fraction of samples at or under x and the outcome is whether
-the measured value is (f >= 1). Predictions are binned (0-0.2, ..., 0.8-1); a calibrated
+the measured value is. Predictions are binned (0-0.2, ..., 0.8-1); a calibrated
 model's observed frequency in each bin lies inside it. Also reported: how often the measured
 value falls inside the sampled p10-p90 band (nominal 80%), the expected calibration error, and
 the median of p50 / measured per engine, harness and GPU (where a bias sits).
@@ -119,14 +119,19 @@ def model_error(processes: int) -> dict:
 
 
 def reliability(rows: list[dict], metrics=("ttft", "tpot")) -> pd.DataFrame:
-    """One line per (metric, row, factor): predicted P(value <= threshold), outcome."""
+    """One line per (metric, row, factor): predicted P(value <= threshold), outcome. The threshold
+    is the samples' median x factor, a value fixed before the measurement is looked at, as an SLO
+    is: a threshold drawn from the measured value itself (measured x factor) decides the outcome
+    by the factor alone, and even a perfectly calibrated model then scores observed > predicted
+    in the middle bins (ECE 0.10-0.15 at sigma 0.07-0.3, by simulation)."""
     out = []
     for r in rows:
         for m in metrics:
             s, meas = np.asarray(r[m], float), float(r[f"{m}_meas"])
             for f in FACTORS:
-                out.append({"metric": m, "id": r["id"], "factor": f, "p": float(np.mean(s <= meas * f)),
-                            "met": f >= 1.0})
+                t = float(np.median(s)) * f
+                out.append({"metric": m, "id": r["id"], "factor": f, "p": float(np.mean(s <= t)),
+                            "met": meas <= t})
     return pd.DataFrame(out)
 
 
@@ -223,7 +228,7 @@ def main() -> None:
     print(f"rows: {len(rows)} held-out dense aggregated rows (every {a.every}th of those no engine profile was "
           f"fitted on), {a.samples} sampled simulations each; GPUs {sorted({r.system for r in rows})}")
     for name, t in tables.items():
-        print(f"\n{name}: reliability (thresholds = measured x {', '.join(map(str, FACTORS))})")
+        print(f"\n{name}: reliability (thresholds = sampled p50 x {', '.join(map(str, FACTORS))})")
         print(t.to_string(float_format=lambda x: f"{x:.2f}"))
         print(f"expected calibration error {ece(t):.3f}")
     cov = {m: coverage(res, m) for m in ("ttft", "tpot")}

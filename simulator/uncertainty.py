@@ -6,14 +6,16 @@ The model, stated:
 
 * **Kernel time.** Each deployment's kernel time is the point prediction times one
   log-normal factor ``exp(sigma z)``, shared by every step of the run, ``z`` stratified over
-  the samples (the normal's quantile midpoints in a seeded order). ``sigma`` is the
-  time-weighted mean of the surrogate's 90% interval half-widths (log) over the operators
-  of a representative step (a 512-token prefill chunk beside 32 decoders) on that GPU,
-  divided by z(0.95) = 1.645. Assumption: a surrogate's errors within one step are strongly
-  correlated across kernels of a kind on one GPU (one regressor, one GPU's spec sheet), so
-  they do not average out over kernels or steps; deployments on the same GPU share ``z``.
-  On a GPU without kernel traces the intervals are the transfer model's (leave-one-GPU-out),
-  so its band is wider.
+  the samples (the normal's quantile midpoints in a seeded order). ``sigma`` is the step's
+  90% interval half-width (log) over the operators of a representative step (a 512-token
+  prefill chunk beside 32 decoders) on that GPU, divided by z(0.95) = 1.645; one factor
+  for the whole run, since the same shapes recur in every step, and deployments on the same
+  GPU share ``z``. How the operators' half-widths combine is the assumption: on a GPU without
+  kernel traces the transfer model's (leave-one-GPU-out) error is mostly the GPU's level,
+  common to every kernel, so the step's half-width is their time-weighted mean; on a
+  measured GPU a kernel's error belongs to its shape (shared by that shape in every layer,
+  not by other shapes), so they add in quadrature (time-weighted root sum of squares) and
+  the step's band is narrower than any kernel's.
 * **Engine overhead.** Each sample runs the engine profile's full fit. The profile's
   leave-one-group-out fits (``held_out``) are not drawn: ``MODEL_ERROR`` is sized on replays
   with exactly those fits, so their spread is in it already; drawing them as well counts it
@@ -69,8 +71,8 @@ SCALARS = ("throughput_req_s", "output_tokens_per_s", "output_tokens_per_dollar"
 # Engine-model error, log sigma of the simulated mean TTFT / TPOT beyond the kernel spread, per
 # engine ("*": pooled, for engines without calibration rows and for plain schedulers); produced by
 # `python benchmarks/slo_reliability.py --model-error` from rows the reliability table never scores.
-MODEL_ERROR = {"vllm": {"ttft": 0.236, "tpot": 0.0}, "trtllm": {"ttft": 1.498, "tpot": 0.196},
-               "*": {"ttft": 0.398, "tpot": 0.0}}
+MODEL_ERROR = {"vllm": {"ttft": 0.285, "tpot": 0.0}, "trtllm": {"ttft": 1.115, "tpot": 0.25},
+               "*": {"ttft": 0.428, "tpot": 0.151}}
 MODEL_METRICS = ("ttft", "tpot")
 
 
@@ -103,9 +105,11 @@ def model_sigma(dep: Deployment) -> tuple[tuple[str, float], ...]:
 
 def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None = None,
                     tp: int | None = None) -> tuple[float, str]:
-    """Time-weighted mean 90% interval half-width (log) of the surrogate over one
-    representative step's operators of ``dep`` (on ``hardware``/``tp`` if given), and a note;
-    0 with a note for a predictor without intervals (the roofline)."""
+    """90% interval half-width (log) of one representative step's kernel time of ``dep`` (on
+    ``hardware``/``tp`` if given), and a note: on a GPU without traces the time-weighted mean
+    of its operators' half-widths (errors common to all of them), on a measured GPU their
+    time-weighted root sum of squares (each shape's error its own); 0 with a note for a
+    predictor without intervals (the roofline)."""
     predictor = load_predictor(surrogate)
     predict = getattr(predictor, "predict", None)
     if predict is None:
@@ -116,7 +120,7 @@ def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None
     by_kind: dict[tuple, list] = {}
     for o in ops:
         by_kind.setdefault((o.kind, o.dtype, o.kv_dtype), []).append(o)
-    w_sum = q_sum = 0.0
+    w_sum = q_sum = q2_sum = 0.0
     for (kind, dtype, kv_dtype), group in by_kind.items():
         frame = pd.DataFrame([o.shape for o in group])
         frame["dtype"], frame["kv_dtype"], frame["name"] = dtype, kv_dtype, [o.name for o in group]
@@ -126,9 +130,16 @@ def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None
         ok = np.isfinite(q) & np.isfinite(ms) & (ms > 0)   # a kind priced by the roofline has no interval
         w_sum += float(ms[ok].sum())
         q_sum += float((ms[ok] * q[ok]).sum())
+        q2_sum += float(((ms[ok] * q[ok]) ** 2).sum())
+    if w_sum <= 0:
+        return 0.0, "no operator with an interval"
     trained = set(getattr(predictor, "trained_hardware", lambda: [])())
-    note = "measured GPU" if hw.name in trained else "no kernel traces: transfer intervals"
-    return (q_sum / w_sum if w_sum > 0 else 0.0), note
+    if hw.name in trained:
+        # Measured GPU: a kernel's error is its shape's own (the same shape in every layer shares
+        # it, different shapes do not), so the step's errors add in quadrature.
+        return math.sqrt(q2_sum) / w_sum, "measured GPU: per-shape errors add in quadrature"
+    # No traces: the transfer's error is mostly the GPU's level, common to every kernel.
+    return q_sum / w_sum, "no kernel traces: transfer intervals"
 
 
 def overhead_sets(dep: Deployment) -> tuple[dict[str, float], ...]:

@@ -38,7 +38,7 @@ def test_bands_are_wider_on_a_gpu_without_kernel_traces():
     factor and its TPOT and tokens-per-dollar bands are wider."""
     h100, l40 = uncertainty(_scenario("H100-SXM"), 6, 0), uncertainty(_scenario("L40"), 6, 0)
     dh, dl = h100["deployments"]["llm"], l40["deployments"]["llm"]
-    assert dh["note"] == "measured GPU" and "transfer" in dl["note"]
+    assert dh["note"].startswith("measured GPU") and "transfer" in dl["note"]
     assert dl["kernel_sigma_log"] > 2 * dh["kernel_sigma_log"] > 0
     for key in ("tpot_mean_s", "output_tokens_per_dollar"):
         assert _width(l40["bands"][key]) > _width(h100["bands"][key]) >= 1.0, key
