@@ -403,3 +403,24 @@ def test_autoscaling_policy_is_stated_in_the_export_readme(tmp_path, capsys):
     readme = (tmp_path / "v" / "README.md").read_text()
     assert "autoscaling is not written as manifests: 4 replicas are the starting fleet" in readme
     assert "scales 1-4 replicas on 'queue'" in readme
+
+
+def test_kv_offload_exports_as_each_engines_own_arguments(tmp_path, capsys):
+    """KV offload to host memory in the engine block comes out as the engine's own argument:
+    vLLM --kv-offloading-size (accepted by 0.15.1's list), SGLang --enable-hierarchical-cache,
+    TensorRT-LLM kv_cache_config.host_cache_size in its LLM API options; vLLM 0.10.2, whose list
+    has no such flag, is refused in one line."""
+    sc = _scenario(tmp_path, engine={"name": "vllm", "version": "0.15.1", "kv_offloading_size": 64})
+    assert run(capsys, sc, "--target", "vllm", "-o", tmp_path / "v")[0] == 0
+    assert value(commands(tmp_path / "v" / "vllm" / "llm.sh")[0], "--kv-offloading-size") == "64.0"
+    old = _scenario(tmp_path, engine={"name": "vllm", "version": "0.10.2", "kv_offloading_size": 64})
+    code, err = run(capsys, old, "--target", "vllm", "-o", tmp_path / "old")
+    assert code == 2 and err.count("\n") == 1 and "'--kv-offloading-size'" in err, err
+    sg = _scenario(tmp_path, engine={"name": "sglang", "version": "0.5.2", "enable_hierarchical_cache": True})
+    assert run(capsys, sg, "--target", "sglang", "-o", tmp_path / "s")[0] == 0
+    assert "--enable-hierarchical-cache" in commands(tmp_path / "s" / "sglang" / "llm.sh")[0]
+    trt = _scenario(tmp_path, engine={"name": "trtllm", "version": "1.0.0",
+                                      "kv_cache_config": {"host_cache_size": 2 ** 35}})
+    assert run(capsys, trt, "--target", "trtllm", "-o", tmp_path / "t")[0] == 0
+    extra = yaml.safe_load((tmp_path / "t" / "trtllm" / "llm-extra-llm-api.yaml").read_text())
+    assert extra["kv_cache_config"]["host_cache_size"] == 2 ** 35
