@@ -16,7 +16,7 @@ value falls inside the sampled p10-p90 band (nominal 80%), the expected calibrat
 the median of p50 / measured per engine, harness and GPU (where a bias sits).
 
     python benchmarks/slo_reliability.py [--every 16] [--samples 12] [--processes 2] [--no-model-error]
-    python benchmarks/slo_reliability.py --model-error    # re-estimate MODEL_ERROR (31 simulations)
+    python benchmarks/slo_reliability.py --model-error    # re-estimate MODEL_ERROR (62 simulations)
 
 Cost: rows x samples simulations (about 1 s each). Last line: one JSON object.
 """
@@ -67,23 +67,29 @@ def sample_row(args) -> dict:
 
 
 def calibration_residual(args) -> dict:
-    """One engine profile's fitted row replayed with the leave-one-group-out fit that left its
-    group out: simulated and measured mean TTFT and TPOT, and the row's kernel sigma."""
-    row, params = args
+    """One engine profile's fitted row replayed twice: with the leave-one-group-out fit that left
+    its group out (for TPOT, the metric the profiles are fitted on) and with the full fit that
+    ``simulate --uncertainty`` runs (for TTFT, which no profile's loss contains): simulated and
+    measured mean TTFT and TPOT, and the row's kernel sigma."""
+    row, fold, full = args
     from simulator.engine.config import OverheadConfig
     from simulator.fidelity.calibrate import run_row
     from simulator.uncertainty import spreads
-    r = run_row(row, {row.group: OverheadConfig(**params)})
-    return {"id": row.id, "engine": row.backend, "ttft": r.ttft_pred, "tpot": r.tpot_pred,
+    held = run_row(row, {row.group: OverheadConfig(**fold)})
+    used = run_row(row, {row.group: OverheadConfig(**full)})
+    return {"id": row.id, "engine": row.backend, "ttft": used.ttft_pred, "tpot": held.tpot_pred,
             "ttft_meas": row.ttft_s, "tpot_meas": row.tpot_s, "kernel_sigma": spreads(row.scenario)[0].kernel_sigma}
 
 
 def model_error(processes: int) -> dict:
     """``simulator.uncertainty.MODEL_ERROR`` from the shipped engine profiles' own calibration rows
-    (their ``fitted_on``, which the reliability table leaves out), each simulated with the
-    profile's leave-one-group-out fit that did not see its group: per engine and metric,
-    sqrt(max(0, s^2 - k^2)) with s = 1.4826 x median |log(measured / simulated)| and k the median
-    kernel sigma; "*" pools the engines."""
+    (their ``fitted_on``, which the reliability table leaves out). The profiles are fitted on TPOT
+    alone, so TPOT is replayed with the leave-one-group-out fit that did not see the row's group
+    and taken as unbiased (sigma about zero), while TTFT, out of every fit's loss, is replayed
+    with the full fit the samples run, and its median residual is the model's TTFT bias. Per
+    engine and metric, with e = log(measured / simulated) and k the median kernel sigma: shift
+    median(e) (TTFT; 0 for TPOT) and sigma sqrt(max(0, s^2 - k^2)), s = 1.4826 x median
+    |e - shift|; "*" pools the engines."""
     from profiling.readers.serving import read_silicon
     from simulator.fidelity.silicon import silicon_rows
     df = read_silicon(TRACES / "aiconfigurator" / "silicon_sample.csv")
@@ -98,7 +104,7 @@ def model_error(processes: int) -> dict:
         for r in silicon_rows(df[df.id.astype(str).isin(ids)].reset_index(drop=True)):
             key = f"TP{r.scenario.deployments[0].tp}" if r.scenario is not None and by_tp else r.system
             if r.scenario is not None and key in folds:
-                jobs.append((r, folds[key]["params"]))
+                jobs.append((r, folds[key]["params"], doc["overhead"]))
     if processes > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(processes) as ex:
@@ -112,9 +118,10 @@ def model_error(processes: int) -> dict:
         out[eng] = {"rows": len(rs)}
         for m in ("ttft", "tpot"):
             e = np.log(np.array([r[f"{m}_meas"] for r in rs]) / np.array([r[m] for r in rs]))
-            s = 1.4826 * float(np.median(np.abs(e)))
+            shift = float(np.median(e)) if m == "ttft" else 0.0
+            s = 1.4826 * float(np.median(np.abs(e - shift)))
             out[eng][m] = round(math.sqrt(max(0.0, s * s - k * k)), 3)
-            out[eng][f"{m}_residual_median"] = round(float(np.median(e)), 3)
+            out[eng][f"{m}_shift"] = round(shift, 3)
     return out
 
 

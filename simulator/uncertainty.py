@@ -26,10 +26,14 @@ The model, stated:
   structural error: the first wave of a closed loop, admission, queueing the model gets
   wrong) is an explicit log-normal factor on each sample's TTFT and TPOT statistics, one
   stratified draw per sample and metric, applied after the simulation (the simulator has one
-  kernel-time knob for prefill and decode alike, so it cannot carry a TTFT-only error). Its sigma (``MODEL_ERROR``) comes from the shipped engine
-  profiles' own calibration rows replayed with their leave-one-group-out fits: 1.4826 x the
-  median |log(measured / simulated)| (a robust scale about zero, no bias), less the kernel
-  sigma in quadrature (that part is sampled already). Engines without calibration rows and
+  kernel-time knob for prefill and decode alike, so it cannot carry a TTFT-only error). Its
+  location and sigma (``MODEL_ERROR``) come from the shipped engine profiles' own calibration
+  rows, with e = log(measured / simulated): the profiles are fitted on TPOT alone, so TPOT is
+  replayed with the leave-one-group-out fit that did not see the row's group and taken as
+  unbiased (sigma 1.4826 x median |e|), while TTFT, in no fit's loss, is replayed with the full
+  fit the samples run and its median residual is the model's TTFT bias, the factor's location
+  (sigma 1.4826 x the median absolute deviation about it). Each sigma less the kernel sigma in
+  quadrature (that part is sampled already). Engines without calibration rows and
   deployments without an engine block take the pooled value. It scales latency statistics
   only: throughput and tokens per dollar stay as simulated.
 * Services (CPU/GPU RAG stages), the network and the workload carry no model uncertainty
@@ -71,8 +75,9 @@ SCALARS = ("throughput_req_s", "output_tokens_per_s", "output_tokens_per_dollar"
 # Engine-model error, log sigma of the simulated mean TTFT / TPOT beyond the kernel spread, per
 # engine ("*": pooled, for engines without calibration rows and for plain schedulers); produced by
 # `python benchmarks/slo_reliability.py --model-error` from rows the reliability table never scores.
-MODEL_ERROR = {"vllm": {"ttft": 0.285, "tpot": 0.0}, "trtllm": {"ttft": 1.115, "tpot": 0.25},
-               "*": {"ttft": 0.428, "tpot": 0.151}}
+MODEL_ERROR = {"vllm": {"ttft": 0.322, "tpot": 0.0, "ttft_shift": 0.024},
+               "trtllm": {"ttft": 0.497, "tpot": 0.25, "ttft_shift": 0.451},
+               "*": {"ttft": 0.502, "tpot": 0.151, "ttft_shift": 0.141}}
 MODEL_METRICS = ("ttft", "tpot")
 
 
@@ -88,19 +93,31 @@ class DeploymentSpread:
     overhead_sets: tuple[dict[str, float], ...] = ()
     note: str = ""
     model_sigma: tuple[tuple[str, float], ...] = ()      # (metric, log sigma) of the engine-model error
+    model_shift: tuple[tuple[str, float], ...] = ()      # (metric, log location) of the engine-model error
 
     def doc(self) -> dict:
         return {"hardware": self.hardware, "kernel_sigma_log": self.kernel_sigma,
                 "kernel_interval90_log": self.kernel_q90,
                 "kernel_factor_p10_p90": [math.exp(-Z80 * self.kernel_sigma), math.exp(Z80 * self.kernel_sigma)],
                 "overhead_sets": len(self.overhead_sets), "model_error_sigma_log": dict(self.model_sigma),
+                "model_error_shift_log": dict(self.model_shift),
                 "note": self.note}
+
+
+def _model_error(dep: Deployment) -> dict[str, float]:
+    return MODEL_ERROR.get(dep.engine.name if dep.engine is not None else "*", MODEL_ERROR["*"])
 
 
 def model_sigma(dep: Deployment) -> tuple[tuple[str, float], ...]:
     """The deployment's engine-model error sigmas (``MODEL_ERROR``)."""
-    table = MODEL_ERROR.get(dep.engine.name if dep.engine is not None else "*", MODEL_ERROR["*"])
+    table = _model_error(dep)
     return tuple((m, float(table[m])) for m in MODEL_METRICS)
+
+
+def model_shift(dep: Deployment) -> tuple[tuple[str, float], ...]:
+    """The deployment's engine-model error locations (``MODEL_ERROR``, log measured / simulated)."""
+    table = _model_error(dep)
+    return tuple((m, float(table.get(f"{m}_shift", 0.0))) for m in MODEL_METRICS)
 
 
 def kernel_interval(dep: Deployment, surrogate: str | None, hardware: str | None = None,
@@ -178,7 +195,7 @@ def spreads(scenario: Scenario) -> list[DeploymentSpread]:
             if q2 > q:      # one factor for both pools: the wider interval (on the safe side)
                 q, note = q2, f"decode pool: {note2}"
         # the profile's held-out fits are in MODEL_ERROR already (module docstring): not drawn
-        out.append(DeploymentSpread(d.name, d.hardware, q / Z90, q, (), note, model_sigma(d)))
+        out.append(DeploymentSpread(d.name, d.hardware, q / Z90, q, (), note, model_sigma(d), model_shift(d)))
     return out
 
 
@@ -188,15 +205,19 @@ def _strata(samples: int) -> list[float]:
 
 
 def model_error_factors(samples: int, seed: int, spread: Sequence[DeploymentSpread]) -> list[dict[str, float]]:
-    """Per sample, metric -> the engine-model error factor exp(sigma z), sigma the largest of the
-    deployments' (a scenario's statistics mix its deployments). Its own seeded stream, so the
-    kernel and overhead draws stay those of ``sample_scenarios``."""
-    sig = {m: max((dict(s.model_sigma).get(m, 0.0) for s in spread), default=0.0) for m in MODEL_METRICS}
+    """Per sample, metric -> the engine-model error factor exp(shift + sigma z), from the deployment
+    with the largest sigma (a scenario's statistics mix its deployments). Its own seeded stream,
+    so the kernel and overhead draws stay those of ``sample_scenarios``."""
+    sig, mu = {}, {}
+    for m in MODEL_METRICS:
+        widest = max(spread, key=lambda s: dict(s.model_sigma).get(m, 0.0), default=None)
+        sig[m] = dict(widest.model_sigma).get(m, 0.0) if widest is not None else 0.0
+        mu[m] = dict(widest.model_shift).get(m, 0.0) if widest is not None else 0.0
     rng = np.random.default_rng([int(seed), 27, 1])
     # Stratified draws (the normal's K quantile midpoints, shuffled per metric): with a sigma as wide
     # as TensorRT-LLM's TTFT one, K plain draws would move the band's median by chance.
     z = {m: rng.permutation(_strata(samples)) for m in MODEL_METRICS}
-    return [{m: math.exp(sig[m] * float(z[m][i])) for m in MODEL_METRICS} for i in range(samples)]
+    return [{m: math.exp(mu[m] + sig[m] * float(z[m][i])) for m in MODEL_METRICS} for i in range(samples)]
 
 
 def with_model_error(summary: dict, factors: dict[str, float]) -> dict:

@@ -108,7 +108,8 @@ def test_too_few_samples_is_an_error(samples):
 
 def test_engine_model_error_scales_latency_statistics_and_rejudges_slos():
     """The model-error factor multiplies TTFT/TPOT statistics and re-judges those SLOs; tokens per
-    dollar stays as simulated. Sigmas: the engine's own, the pooled one without an engine block."""
+    dollar stays as simulated. Sigmas and TTFT shifts: the engine's own, the pooled one without an
+    engine block; the factors' log has that mean and sigma."""
     from simulator.uncertainty import MODEL_ERROR, model_error_factors, spreads, with_model_error
     summary = {"ttft_s": {"mean": 0.5, "p90": 0.8}, "tpot_s": {"mean": 0.02, "p90": 0.03},
                "output_tokens_per_dollar": 1e6,
@@ -121,11 +122,15 @@ def test_engine_model_error_scales_latency_statistics_and_rejudges_slos():
     assert summary["slo"]["ttft_p90_s"]["met"] is True                   # the input is left alone
     plain = spreads(_scenario())[0]
     trt = spreads(_scenario(engine={"name": "trtllm", "version": "1.0.0"}))[0]
-    assert dict(plain.model_sigma) == MODEL_ERROR["*"] and dict(trt.model_sigma) == MODEL_ERROR["trtllm"]
+    sigmas = {e: {m: MODEL_ERROR[e][m] for m in ("ttft", "tpot")} for e in ("*", "trtllm")}
+    assert dict(plain.model_sigma) == sigmas["*"] and dict(trt.model_sigma) == sigmas["trtllm"]
+    assert dict(trt.model_shift) == {"ttft": MODEL_ERROR["trtllm"]["ttft_shift"], "tpot": 0.0}
     f = model_error_factors(2000, 0, [trt])
     assert f == model_error_factors(2000, 0, [trt])                       # seeded
     logs = np.log([x["ttft"] for x in f])
     assert logs.std() == pytest.approx(MODEL_ERROR["trtllm"]["ttft"], rel=0.1)
+    assert logs.mean() == pytest.approx(MODEL_ERROR["trtllm"]["ttft_shift"], abs=0.01)
+    assert np.log([x["tpot"] for x in f]).mean() == pytest.approx(0.0, abs=0.01)
 
 
 def test_model_error_widens_the_ttft_band():
