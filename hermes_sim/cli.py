@@ -1,13 +1,15 @@
 """Entry point: one click group; each verb family lives in its own ``cmd_*`` module."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 
 import click
 
-from profiling.errors import HermesError, interrupt_behind
+from profiling.errors import (HermesError, clear_interrupts, interrupt_behind, interrupt_pending,
+                             record_interrupt)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,21 +36,45 @@ class Terminated(KeyboardInterrupt):
     KILLED, Optuna trials failed) runs as it does for an interrupt."""
 
 
+# A repeated Ctrl-C or SIGTERM while the first one's cleanup runs (ending MLflow runs, failing
+# the Optuna trial, both waiting on a storage lock the interrupted write may hold for a few
+# seconds) is ignored, so that the cleanup finishes; this many more force the exit at once.
+FORCE_AFTER = 2
+_ignored: list[int] = []
+
+
+def _interrupt(exc: type[KeyboardInterrupt], code: int) -> None:
+    if interrupt_pending():
+        _ignored.append(code)
+        if len(_ignored) > FORCE_AFTER:
+            os._exit(code)
+        sys.stderr.write("hermes-sim: stopping, finishing the cleanup (press again to force)\n")
+        return
+    raise record_interrupt(exc())
+
+
 def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+    _interrupt(Terminated, 143)
+
+
+def _on_sigint(signum, frame) -> None:
+    _interrupt(KeyboardInterrupt, 130)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one line on stderr and exits with status 2."""
     _register()
-    previous = None
+    clear_interrupts()
+    _ignored.clear()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm),
+                    signal.SIGINT: signal.signal(signal.SIGINT, _on_sigint)}
     try:
         return _run(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(argv: list[str] | None) -> int:

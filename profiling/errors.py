@@ -25,14 +25,43 @@ class InputError(HermesError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+# The interrupt a signal handler raised in this process (``record_interrupt``), if any.
+_RAISED: list[KeyboardInterrupt] = []
+
+
+def record_interrupt(e: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Note that ``e`` (a Ctrl-C or a SIGTERM raised as one) was raised in this process, and
+    return it: a library's cleanup may lose it from the exception chain (below)."""
+    _RAISED.append(e)
+    return e
+
+
+def clear_interrupts() -> None:
+    """Forget recorded interrupts (a new command in the same process starts clean)."""
+    _RAISED.clear()
+
+
+def interrupt_pending() -> bool:
+    """Whether a signal handler has already raised an interrupt in this process."""
+    return bool(_RAISED)
+
+
 def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C (or SIGTERM raised as one) that ``e`` is, or that a library's cleanup was
     handling when it raised ``e`` instead (Optuna's trial bookkeeping can fail that way when
-    the signal lands inside it): the interrupt is what happened, and it decides the exit."""
+    the signal lands inside it): the interrupt is what happened, and it decides the exit.
+    Both links of the chain are followed, and where the library stored the interrupt away
+    and raised something else from its own cleanup (Optuna keeps a trial's exception aside
+    while it records the trial, and a storage error there replaces it), the interrupt a
+    signal handler recorded is the answer."""
     seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        if isinstance(x, KeyboardInterrupt):
+            return x
+        seen.add(id(x))
+        stack += [x.__context__, x.__cause__]
+    return _RAISED[-1] if _RAISED else None
