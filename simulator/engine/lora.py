@@ -219,11 +219,9 @@ class LoraState:
                 continue
             if rid in rep._pkeys:
                 rep._lookup(rid)
-            if rep._loads and rid in rep._loads:
-                if rep._loads[rid] > now:
-                    skipped.append(waiting.popleft())   # its KV is still coming back from the host
-                    continue
-                del rep._loads[rid]
+            if rep._loads and rep._still_loading(rid):
+                skipped.append(waiting.popleft())   # its KV is still coming back from the host
+                continue
             p = st.plen[rid]
             c = st.cached[rid]
             if whole and p - c > budget - used and (used or chunks):
@@ -235,16 +233,8 @@ class LoraState:
             waiting.popleft()
             if a >= 0:
                 self._run_adapter(rid, a, now)
-            if rid in rep._pins:
-                rep.prefix.insert(rep._pins.pop(rid))
-            rep.used += need
-            if rep.reserve:
-                rep._reserve(rid, p, extra)
-            st.start(rid, now)
-            e = [rid, c, p]
-            prefilling.append(e)
             q = p - c if whole else min(p - c, budget - used, chunk)
-            chunks.append((e, q))
+            rep._start_prefill(rid, c, p, need, extra, q)
             used += q
         if skipped:
             waiting.extendleft(reversed(skipped))

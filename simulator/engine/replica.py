@@ -658,11 +658,9 @@ class Replica:
             rid = waiting[0]
             if rid in self._pkeys:
                 self._lookup(rid)
-            if loads and rid in loads:
-                if loads[rid] > self.env.now:
-                    skipped.append(waiting.popleft())   # keeps its place once its KV is back
-                    continue
-                del loads[rid]
+            if loads and self._still_loading(rid):
+                skipped.append(waiting.popleft())   # keeps its place once its KV is back
+                continue
             p = st.plen[rid]
             c = st.cached[rid]                  # prefix KV already here (a cache hit): not recomputed
             if whole and p - c > budget - used and (used or chunks):
@@ -672,20 +670,36 @@ class Replica:
             if self.used + need + extra > room:
                 break
             waiting.popleft()
-            if rid in self._pins:
-                self.prefix.insert(self._pins.pop(rid))
-            self.used += need
-            if self.reserve:
-                self._reserve(rid, p, extra)
-            st.start(rid, self.env.now)
-            e = [rid, c, p]
-            prefilling.append(e)
             q = p - c if whole else min(p - c, budget - used, chunk)
-            chunks.append((e, q))
+            self._start_prefill(rid, c, p, need, extra, q)
             used += q
         if skipped:
             waiting.extendleft(reversed(skipped))
         return used
+
+    def _still_loading(self, rid: int) -> bool:
+        """Whether ``rid``'s host-held KV is still being copied back (it waits aside); once it
+        is back, the request is admitted like any other."""
+        t = self._loads.get(rid)
+        if t is None:
+            return False
+        if t > self.env.now:
+            return True
+        del self._loads[rid]
+        return False
+
+    def _start_prefill(self, rid: int, cached: int, prompt: int, need: int, extra: int, q: int) -> None:
+        """Admit ``rid`` (just taken off the waiting queue): its prompt blocks enter the prefix
+        cache and the KV count, and its first chunk of ``q`` tokens joins this step."""
+        if rid in self._pins:
+            self.prefix.insert(self._pins.pop(rid))
+        self.used += need
+        if self.reserve:
+            self._reserve(rid, prompt, extra)
+        self.store.start(rid, self.env.now)
+        e = [rid, cached, prompt]
+        self.prefilling.append(e)
+        self._chunks.append((e, q))
 
     def _lookup(self, rid: int) -> None:
         """The prefix cache's hit for a request about to be considered for admission; blocks
