@@ -78,7 +78,11 @@ def dram_floor_ms(kind: str, frame: pd.DataFrame, hw: HardwareSpec) -> np.ndarra
     else:
         kv = frame["kv_dtype"].iloc[0] if "kv_dtype" in frame else None
         kvb = dtype_bytes(str(kv)) if isinstance(kv, str) and kv else dtype_bytes(str(dt))
-        nbytes = col("batch") * 2 * col("kv_len") * col("kv_heads") * col("head_dim") * kvb
+        kv_len = col("kv_len")
+        if "window" in frame:  # a sliding-window layer reads only its last ``window`` keys
+            w = np.nan_to_num(col("window"), nan=0.0)
+            kv_len = np.where((w > 0) & (w < kv_len), w, kv_len)
+        nbytes = col("batch") * 2 * kv_len * col("kv_heads") * col("head_dim") * kvb
     return np.nan_to_num(nbytes) / hw.mem_bw * 1e3
 
 
