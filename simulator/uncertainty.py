@@ -27,12 +27,13 @@ The model, stated:
   wrong) is an explicit log-normal factor on each sample's TTFT and TPOT statistics, one
   stratified draw per sample and metric, applied after the simulation (the simulator has one
   kernel-time knob for prefill and decode alike, so it cannot carry a TTFT-only error). Its
-  location and sigma (``MODEL_ERROR``) come from the shipped engine profiles' own calibration
-  rows, with e = log(measured / simulated): the profiles are fitted on TPOT alone, so TPOT is
-  replayed with the leave-one-group-out fit that did not see the row's group and taken as
-  unbiased (sigma 1.4826 x median |e|), while TTFT, in no fit's loss, is replayed with the full
-  fit the samples run and its median residual is the model's TTFT bias, the factor's location
-  (sigma 1.4826 x the median absolute deviation about it). Each sigma less the kernel sigma in
+  location and sigma (``MODEL_ERROR``) come from each engine's calibration rows (a shipped
+  profile's own, or for an engine without one a stratified sample of its dense-model rows
+  replayed with its defaults), with e = log(measured / simulated): the profiles are fitted on
+  TPOT alone, so TPOT is replayed with the leave-one-group-out fit that did not see the row's
+  group and taken as unbiased (sigma 1.4826 x median |e|), while TTFT, in no fit's loss, is
+  replayed with the full fit the samples run and its median residual is the model's TTFT bias,
+  the factor's location (sigma 1.4826 x the median absolute deviation about it). Each sigma less the kernel sigma in
   quadrature (that part is sampled already). Engines without calibration rows and
   deployments without an engine block take the pooled value. It scales latency statistics
   only: throughput and tokens per dollar stay as simulated.
@@ -76,8 +77,8 @@ SCALARS = ("throughput_req_s", "output_tokens_per_s", "output_tokens_per_dollar"
 # engine ("*": pooled, for engines without calibration rows and for plain schedulers); produced by
 # `python benchmarks/slo_reliability.py --model-error` from rows the reliability table never scores.
 MODEL_ERROR = {"vllm": {"ttft": 0.322, "tpot": 0.0, "ttft_shift": 0.024},
-               "trtllm": {"ttft": 0.497, "tpot": 0.25, "ttft_shift": 0.451},
-               "*": {"ttft": 0.502, "tpot": 0.151, "ttft_shift": 0.141}}
+               "trtllm": {"ttft": 0.663, "tpot": 0.163, "ttft_shift": 0.144},
+               "*": {"ttft": 0.423, "tpot": 0.124, "ttft_shift": 0.042}}
 MODEL_METRICS = ("ttft", "tpot")
 
 

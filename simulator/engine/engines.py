@@ -459,7 +459,11 @@ def _trtllm(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
         notes.append(_HOST_KV_NOTE.format(f"host_cache_size: {int(host) / 2 ** 30:g} GiB per rank"))
     notes.append("a decode batch without a captured graph of its exact size runs eager"
                  if not spec.get("enable_padding") else "decode batches pad up to a captured size")
-    return used, sched, dep, sizes, False, "decode"
+    # The overlap scheduler is the PyTorch backend's (1.0 on): modelled as vLLM's async scheduling.
+    overlap = bool(e.get("overlap_scheduler", False)) and not _bool(a, "disable_overlap_scheduler", False)
+    if e.get("overlap_scheduler", False):
+        used["disable_overlap_scheduler"] = not overlap
+    return used, sched, dep, sizes, overlap, "decode"
 
 
 def _ar_table() -> dict:

@@ -164,9 +164,11 @@ class Replica:
 
     def _enqueue(self, rid: int, t: float) -> None:
         self.outstanding += self.store.prompt[rid] + self.store.output[rid]
-        if self.cost.asyn and not self.idle:
+        if self.cost.asyn and not self.idle and self._gprev > 0:
             # vLLM's async scheduling keeps two steps in flight: the one after the running
-            # step is already planned, so a new request joins the step after that one.
+            # step is already planned, so a new request joins the step after that one. Not
+            # before the first step after idling (``_gprev`` 0): requests arriving together
+            # then (a closed loop's first wave) are all there when it is planned.
             self.arriving += 1
             self.env.schedule(self._t_end if self._t_end > t else t, self._arrived, rid, priority=LATER)
             return

@@ -103,6 +103,19 @@ def test_sglangs_overlap_scheduler_is_async_scheduling_unless_disabled():
     assert resolve_engine("sglang", "0.4.3", {}, model=model, hw=hw, tp=2).async_scheduling is True
 
 
+
+def test_trtllm_overlap_scheduler_is_async_scheduling_from_1_0_unless_disabled():
+    """TensorRT-LLM's PyTorch backend (the default from 1.0) launches step n+1 before it
+    processes step n's outputs, on by default: async scheduling here, off with
+    disable_overlap_scheduler; the 0.x TensorRT engine backend has no such scheduler."""
+    model, hw = resolve_model("Llama-3.1-8B"), load_catalog().get("H100-SXM")
+    on = resolve_engine("trtllm", "1.0.0rc3", {}, model=model, hw=hw)
+    off = resolve_engine("trtllm", "1.2.0", {"disable_overlap_scheduler": True}, model=model, hw=hw)
+    assert on.async_scheduling is True and on.args["disable_overlap_scheduler"] is False
+    assert off.async_scheduling is False and off.args["disable_overlap_scheduler"] is True
+    old = resolve_engine("trtllm", "0.18.2", {}, model=model, hw=hw)
+    assert old.async_scheduling is False and "disable_overlap_scheduler" not in old.args
+
 def _cli(tmp_path: Path, engine: dict, **dep) -> subprocess.CompletedProcess:
     doc = {"name": "t", "surrogate": "roofline",
            "deployments": [{"model": "Llama-3.1-8B", "hardware": "H100-SXM", "engine": engine, **dep}],
@@ -173,6 +186,22 @@ def test_async_scheduling_hides_host_time_and_admits_a_step_later():
     step = sync["itl_s"]["p50"]
     assert sync["ttft_s"]["mean"] < lag["ttft_s"]["mean"] < sync["ttft_s"]["mean"] + 2.5 * step
 
+
+
+def test_async_scheduling_admits_a_simultaneous_first_wave_together():
+    """Eight closed-loop clients arriving together at t = 0 on an idle engine: no step is
+    planned yet, so with async scheduling as without all eight prompts (8 x 500 tokens, under
+    the 8192-token budget) share the first step and their first tokens come at one time."""
+    import numpy as np
+    for asyn in (True, False):
+        sc = make({"scheduler": None, "engine": {"name": "vllm", "version": "0.19.0", "async_scheduling": asyn,
+                                                 "max_num_batched_tokens": 8192}},
+                  workload={"arrival": "closed_loop", "concurrency": 8, "num_requests": 16,
+                            "prompt_tokens": {"dist": "fixed", "mean": 500},
+                            "output_tokens": {"dist": "fixed", "mean": 50}})
+        req = simulate(sc).requests
+        first = req.ttft_s.to_numpy()[req.arrival_s.to_numpy() == 0.0]
+        assert len(first) == 8 and np.ptp(first) == pytest.approx(0.0, abs=1e-12), (asyn, first)
 
 def test_async_step_charges_only_host_time_beyond_the_previous_kernels():
     """StepCost with async overlap prices kernels only; kernels plus ``cpu`` equal the sync price."""

@@ -233,10 +233,11 @@ def test_profile_range_covers_releases_with_the_same_core_and_scheduling_mode():
 
 def test_shipped_profiles_fill_the_overhead_of_the_releases_they_cover():
     """The profiles shipped with the package (benchmarks/engine_profiles.py --write): vLLM's
-    covers V1 with synchronous scheduling (0.8 to before 0.14) and TensorRT-LLM's 1.0 and
-    later; a scenario of a covered release takes their parameters for the overhead fields it
-    leaves unset, an async vLLM release and 'profile: none' keep the plain defaults, and each
-    profile names the measurements it was fitted on."""
+    covers V1 with synchronous scheduling (0.8 to before 0.14); a scenario of a covered release
+    takes its parameters for the overhead fields it leaves unset, an async vLLM release, a
+    TensorRT-LLM release (its overlap scheduler hides the host time no fit then improved on)
+    and 'profile: none' keep the plain defaults, and the profile names the measurements it was
+    fitted on."""
     from simulator.engine.config import EngineConfig
     from simulator.engine.engines import PROFILES_DIR, profile_for
     vllm = load_profile(PROFILES_DIR / "vllm.json")
@@ -244,8 +245,7 @@ def test_shipped_profiles_fill_the_overhead_of_the_releases_they_cover():
     assert profile_for(EngineConfig(name="vllm", version="0.12.0")) == vllm
     assert profile_for(EngineConfig(name="vllm", version="0.19.0")) is None
     assert profile_for(EngineConfig(name="vllm", version="0.12.0", profile="none")) is None
-    trt = profile_for(EngineConfig(name="trtllm", version="1.2.0"))
-    assert trt is not None and trt.engine == "trtllm"
+    assert profile_for(EngineConfig(name="trtllm", version="1.2.0")) is None
 
     def dep(version, **overhead):
         d = {"model": "Llama-3.1-8B", "hardware": "H100-SXM", "engine": {"name": "vllm", "version": version}}
@@ -254,6 +254,5 @@ def test_shipped_profiles_fill_the_overhead_of_the_releases_they_cover():
     assert dep("0.12.0").overhead == OverheadConfig(**vllm.parameters)
     assert dep("0.12.0", step_s=0.005).overhead.step_s == 0.005
     assert dep("0.19.0").overhead == OverheadConfig()
-    for p in (vllm, trt):
-        doc = json.loads(Path(p.path).read_text())
-        assert doc["fitted_on"] and doc["loss"]["after"] < doc["loss"]["before"]
+    doc = json.loads(Path(vllm.path).read_text())
+    assert doc["fitted_on"] and doc["loss"]["after"] < doc["loss"]["before"]

@@ -64,10 +64,10 @@ def test_samples_are_seeded():
 
 
 def test_samples_run_the_profiles_full_fit_and_centre_on_the_point_estimate():
-    """A TensorRT-LLM deployment's shipped profile records leave-one-GPU-out fits; they are in
-    MODEL_ERROR already, so every sample runs the full fit (drawn, they moved the band's median off
-    the point estimate). The kernel factor is stratified: its median is the point's."""
-    s = _scenario("H100-SXM", engine={"name": "trtllm", "version": "1.0.0"})
+    """A synchronous vLLM V1 deployment's shipped profile records leave-one-TP-out fits; they are
+    in MODEL_ERROR already, so every sample runs the full fit (drawn, they moved the band's median
+    off the point estimate). The kernel factor is stratified: its median is the point's."""
+    s = _scenario("H100-SXM", engine={"name": "vllm", "version": "0.12.0"})
     assert len(overhead_sets(s.deployments[0])) >= 2
     sp = spreads(s)[0]
     assert sp.overhead_sets == () and sp.doc()["overhead_sets"] == 0
