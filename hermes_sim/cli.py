@@ -5,6 +5,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import click
 
@@ -109,5 +110,27 @@ def _run(argv: list[str] | None) -> int:
     return 0
 
 
+# After an interrupt's cleanup, how long the exit waits for other threads to finish.
+EXIT_JOIN_S = 5.0
+
+
+def entry() -> None:
+    """The command line's entry point: ``main``, then exit with its status. After an interrupt
+    (130, 143) the cleanup has run inside ``main``; a library thread that is not a daemon and
+    missed its own stop (Optuna's trial heartbeat, when the signal lands while it starts) would
+    keep the interpreter alive for ever, so the process waits for such threads at most
+    EXIT_JOIN_S, then exits without them."""
+    code = main()
+    if code in (130, 143):
+        deadline = time.monotonic() + EXIT_JOIN_S
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join(max(0.0, deadline - time.monotonic()))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -70,3 +70,21 @@ def test_a_second_signal_during_the_cleanup_is_ignored():
         cli._on_sigint(2, None)
     assert interrupt_pending()
     assert cli._on_sigint(2, None) is None and cli._ignored == [130]
+
+
+def test_an_interrupted_run_exits_even_when_a_library_thread_would_keep_it_alive():
+    """The command line's entry point after an interrupt (status 143): a non-daemon thread that
+    never stops (as Optuna's trial heartbeat does when the signal lands while it starts) is
+    waited for EXIT_JOIN_S at most, and the process exits 143 instead of hanging."""
+    import subprocess
+    import sys
+    import time
+    code = ("import threading, hermes_sim.cli as c\n"
+            "c.EXIT_JOIN_S = 0.5\n"
+            "threading.Thread(target=threading.Event().wait).start()\n"
+            "c.main = lambda: 143\n"
+            "c.entry()\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143, r.stderr
+    assert time.monotonic() - t0 < 30
