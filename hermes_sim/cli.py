@@ -117,9 +117,10 @@ EXIT_JOIN_S = 5.0
 def entry() -> None:
     """The command line's entry point: ``main``, then exit with its status. After an interrupt
     (130, 143) the cleanup has run inside ``main``; a library thread that is not a daemon and
-    missed its own stop (Optuna's trial heartbeat, when the signal lands while it starts) would
-    keep the interpreter alive for ever, so the process waits for such threads at most
-    EXIT_JOIN_S, then exits without them."""
+    missed its own stop (such as Optuna's trial heartbeat, which nothing stops if the signal
+    lands between its start and its context's entry) or an exit hook would keep the process
+    alive (a CI run hung so after printing 'terminated'), so the process waits for such threads
+    at most EXIT_JOIN_S, then exits without them or the exit hooks."""
     code = main()
     if code in (130, 143):
         deadline = time.monotonic() + EXIT_JOIN_S
