@@ -127,11 +127,10 @@ def model_error(processes: int) -> dict:
     (``calibration_sets``, which the reliability table leaves out). The profiles are fitted on TPOT
     alone, so TPOT is replayed with the leave-one-group-out fit that did not see the row's group
     and taken as unbiased (sigma about zero), while TTFT, out of every fit's loss, is replayed
-    with the full fit the samples run, and its median residual is the model's TTFT bias (an
-    engine without a profile: both from the defaults' replay; a TPOT shift measured that way
-    over-corrected the held-out rows (TPOT ECE 0.094 -> 0.097, median error 7.2 -> 8.5%), so TPOT
-    keeps none). Per
-    engine and metric, with e = log(measured / simulated) and k the median kernel sigma: shift
+    with the full fit the samples run, and its median residual is the model's TTFT bias. An
+    engine without a profile has both from the defaults' replay, and TPOT keeps no shift there
+    either (one measured that way over-corrected the table: benchmarks/README.md). Per engine
+    and metric, with e = log(measured / simulated) and k the median kernel sigma: shift
     median(e) (TTFT; 0 for TPOT) and sigma sqrt(max(0, s^2 - k^2)), s = 1.4826 x median
     |e - shift|; "*" pools the engines."""
     jobs = []

@@ -460,9 +460,10 @@ def _trtllm(e: dict, a: dict, model: ModelSpec, hw: HardwareSpec, tp: int, pp: i
     notes.append("a decode batch without a captured graph of its exact size runs eager"
                  if not spec.get("enable_padding") else "decode batches pad up to a captured size")
     # The overlap scheduler is the PyTorch backend's (1.0 on): modelled as vLLM's async scheduling.
-    overlap = bool(e.get("overlap_scheduler", False)) and not _bool(a, "disable_overlap_scheduler", False)
-    if e.get("overlap_scheduler", False):
-        used["disable_overlap_scheduler"] = not overlap
+    overlap = False
+    if e.get("overlap_scheduler"):
+        used["disable_overlap_scheduler"] = _bool(a, "disable_overlap_scheduler", False)
+        overlap = not used["disable_overlap_scheduler"]
     return used, sched, dep, sizes, overlap, "decode"
 
 
