@@ -234,6 +234,10 @@ def _with_traces_or_runs(f):
 @click.option("--max-requests", type=click.IntRange(min=1), default=None,
               help="--runs: replay only each run's first N requests by arrival (faster trials).")
 @click.option("--seed", type=int, default=0, show_default=True, help="--runs: sampler and split seed.")
+@click.option("--fit", "fit_params", default=None, metavar="NAME,...",
+              help="--runs: the engine parameters to fit (default all: kernel_scale, step_s, per_seq_s, "
+                   "per_token_s, request_s, stream_token_s); the others keep the engine's defaults. "
+                   "kernel_scale alone fits a kernel factor, e.g. for a GPU with few kernel traces.")
 @run_override_options("--runs:")
 @click.option("--surrogate", default=None, help="--runs: kernel surrogate the replays use (default builtin).")
 @click.option("--no-mlflow", is_flag=True, help="--runs: do not log the calibration to MLflow.")
@@ -244,7 +248,7 @@ def _with_traces_or_runs(f):
 @click.option("--base", default=None, help="--few-rows without TRACES: the surrogate to correct (default builtin).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object on stdout.")
 def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdout_fraction, trials, max_requests,
-              seed, overrides, surrogate, no_mlflow, few_rows, base, as_json) -> None:
+              seed, fit_params, overrides, surrogate, no_mlflow, few_rows, base, as_json) -> None:
     """One shot for a new GPU: ingest TRACES, train, evaluate on unseen shapes against the
     roofline and Random Forest baselines, register in MLflow, print the reference.
 
@@ -253,7 +257,7 @@ def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdo
     the engine profile (-o) and log it to MLflow."""
     from profiling.errors import HermesError
     run_opts = {"--holdout": holdout, "--holdout-fraction": holdout_fraction, "--trials": trials,
-                "--max-requests": max_requests, **{RUN_OVERRIDE_FLAGS[k]: v for k, v in overrides.items()},
+                "--max-requests": max_requests, "--fit": fit_params, **{RUN_OVERRIDE_FLAGS[k]: v for k, v in overrides.items()},
                 "--surrogate": surrogate, "--no-mlflow": no_mlflow}
     if runs_mode and (few_rows is not None or base is not None):
         raise HermesError("--few-rows and --base correct a kernel surrogate; they do not apply to --runs")
@@ -261,7 +265,7 @@ def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdo
         if params or max_rows:
             raise HermesError("--param and --max-rows train a surrogate; they do not apply to --runs")
         _calibrate_runs(src, out, list(holdout), holdout_fraction, trials, max_requests, seed, overrides,
-                        surrogate or "builtin", no_mlflow, as_json)
+                        surrogate or "builtin", no_mlflow, as_json, _fit_names(fit_params))
         return
     given = [k for k, v in run_opts.items() if v not in (None, (), False)]
     if given:
@@ -393,8 +397,23 @@ def _pick_holdout(paths: list[str], holdout: list[str], fraction: float | None, 
     return sorted(np.random.default_rng(seed).choice(len(paths), size=k, replace=False).tolist())
 
 
+def _fit_names(text: str | None) -> list[str] | None:
+    """``--fit a,b``: engine parameter names, each one of ``engine_fit.SPACE`` (None: all)."""
+    if text is None:
+        return None
+    from profiling.errors import HermesError
+    from simulator.fidelity.engine_fit import SPACE
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in SPACE]
+    if bad or not names:
+        raise HermesError(f"--fit: unknown engine parameter '{bad[0] if bad else text}' "
+                          f"(one or more of {', '.join(SPACE)})")
+    return list(dict.fromkeys(names))
+
+
 def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials, max_requests, seed: int,
-                    overrides: dict, surrogate: str, no_mlflow: bool, as_json: bool) -> None:
+                    overrides: dict, surrogate: str, no_mlflow: bool, as_json: bool,
+                    fit_params: list[str] | None = None) -> None:
     """``calibrate --runs``: fit the engine on some runs, score the held-out ones, save the profile."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -426,6 +445,7 @@ def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials,
         fit_reps = [r for i, r in enumerate(reps) if i not in held_idx]
         bar.update(task, description=f"fitting {engine} on {len(fit_reps)} run(s)")
         fit = ef.fit_engine(fit_runs, trials=trials, seed=seed, surrogate=surrogate, replays=fit_reps,
+                            params=fit_params,
                             progress=lambda i, n, b: bar.update(task, completed=i, best=f"loss {b:.2f}%"))
         bar.update(task, description="scoring held-out runs")
         held = [(ef.score(reps[i], ef.OverheadConfig(), seed), ef.score(reps[i], fit.params, seed)) for i in held_idx]
@@ -444,7 +464,8 @@ def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials,
             warning = f"{e}; the profile is saved in {path} only"
             click.echo(f"warning: {warning}", err=True)
     info = {"profile": str(path.resolve()), "plot": str(plot.resolve()), "run_id": run_id, "engine": engine,
-            "versions": doc["versions"], "overhead": doc["overhead"], "fitted_on": [r["run"] for r in doc["fitted_on"]],
+            "versions": doc["versions"], "overhead": doc["overhead"], "fitted_params": list(fit.space),
+            "fitted_on": [r["run"] for r in doc["fitted_on"]],
             "loss_before": fit.loss_before, "loss_after": fit.loss_after, "held_out": doc["held_out"],
             "tracking_error": warning}
     if as_json:
@@ -464,6 +485,9 @@ def _calibrate_runs(src: TraceSource, out, holdout: list[str], fraction, trials,
         click.echo(f"no trial lowered that loss by {ef.MIN_GAIN:.0%}: the profile keeps the engine defaults")
     if held:
         click.echo(f"loss on the held-out runs: {doc['held_out']['loss_before']:.2f} -> {doc['held_out']['loss_after']:.2f}")
+    else:
+        click.echo("no run held out: these figures are on the runs it was fitted on; --holdout RUN measures "
+                   "the fit on a run it did not see")
     click.echo(f"engine profile saved to {path} (plot {plot.name})" + (f"; MLflow run {run_id}" if run_id else ""))
     click.echo(f"use it: engine: {{name: {engine}, version: ..., profile: {path}}} in a scenario, or "
                f"hermes-sim validate RUN --overhead {path}")

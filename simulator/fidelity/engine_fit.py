@@ -343,13 +343,14 @@ def _start(base: OverheadConfig, space: Sequence[str] = tuple(SPACE)) -> dict[st
 
 def fit_engine(runs: Sequence[ServingRun], *, trials: int = DEFAULT_TRIALS, seed: int = 0,
                surrogate: str = "builtin", progress: Callable[[int, int, float], None] | None = None,
-               replays: Sequence[Replay] | None = None) -> EngineFit:
-    """Fit the engine parameters on ``runs`` (TPE, ``trials`` trials, each replaying every run)."""
+               replays: Sequence[Replay] | None = None, params: Sequence[str] | None = None) -> EngineFit:
+    """Fit the engine parameters on ``runs`` (TPE, ``trials`` trials, each replaying every run);
+    ``params`` limits the fit to some of ``SPACE`` (the others keep their defaults)."""
     if not runs:
         raise InputError("no runs to fit the engine on", file="runs")
     _one_engine(runs)
     reps = list(replays) if replays is not None else [prepare(r, surrogate) for r in runs]
-    return fit_targets(reps, trials=trials, seed=seed, progress=progress)
+    return fit_targets(reps, trials=trials, seed=seed, progress=progress, params=params)
 
 
 def fit_targets(targets: Sequence[Target], *, trials: int = DEFAULT_TRIALS, seed: int = 0,

@@ -132,6 +132,27 @@ def test_cli_calibrate_runs_unreachable_store_keeps_profile(tmp_path, monkeypatc
     assert len(warnings) == 1 and "unavailable" in warnings[0]
 
 
+def test_cli_calibrate_runs_fits_only_the_named_parameters(tmp_path, capsys):
+    """`--fit kernel_scale` fits the kernel factor alone: the profile's search space is that one
+    parameter, every other engine parameter keeps its default, the fit moves the factor off 1.0
+    (the RTX 4090 run's decode is simulated slow), and with no run held out the output says
+    the figures are on the fitted run."""
+    out = tmp_path / "ks.json"
+    rc = main(["calibrate", "--runs", str(R4090), "--fit", "kernel_scale", "--trials", "15",
+               "-o", str(out), "--no-mlflow", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    info, doc = json.loads(cap.out), json.loads(out.read_text())
+    assert info["fitted_params"] == ["kernel_scale"] and list(doc["optimizer"]["search_space"]) == ["kernel_scale"]
+    defaults = OverheadConfig().model_dump()
+    assert {k: v for k, v in doc["overhead"].items() if k != "kernel_scale"} == \
+        {k: v for k, v in defaults.items() if k != "kernel_scale"}
+    assert doc["overhead"]["kernel_scale"] != pytest.approx(1.0)
+    rc = main(["calibrate", "--runs", str(R4090), "--fit", "kernel_scale", "--trials", "1", "--max-requests", "20",
+               "-o", str(tmp_path / "again.json"), "--no-mlflow"])
+    assert rc == 0 and "no run held out" in capsys.readouterr().out
+
+
 def _csv_run(tmp_path: Path) -> Path:
     """A plain request CSV (no engine recorded) made from a real run's first requests."""
     df = read_run(RPRO).requests.iloc[:20]
@@ -140,16 +161,22 @@ def _csv_run(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("case", ["no runs", "holdout not a run", "mixed engines", "holdout every run"])
+@pytest.mark.parametrize("case", ["no runs", "holdout not a run", "mixed engines", "holdout every run",
+                                  "unknown --fit", "--fit without --runs"])
 def test_cli_calibrate_runs_bad_inputs(case, tmp_path, capsys):
-    """No runs, a holdout not among the runs, runs of different engines, or no run left to fit
-    on: exit 2 with one line on stderr naming the problem."""
+    """No runs, a holdout not among the runs, runs of different engines, no run left to fit
+    on, a misspelt --fit parameter, or --fit without --runs: exit 2 with one line on stderr
+    naming the problem."""
     argv = {"no runs": ["calibrate", "--runs"],
             "holdout not a run": ["calibrate", "--runs", str(R4090), "--holdout", str(RPRO)],
             "mixed engines": ["calibrate", "--runs", str(R4090), str(_csv_run(tmp_path))],
-            "holdout every run": ["calibrate", "--runs", str(R4090), "--holdout", str(R4090)]}[case]
+            "holdout every run": ["calibrate", "--runs", str(R4090), "--holdout", str(R4090)],
+            "unknown --fit": ["calibrate", "--runs", str(R4090), "--fit", "kernel_scale,step"],
+            "--fit without --runs": ["calibrate", str(tmp_path / "t.parquet"), "--fit", "kernel_scale"]}[case]
     expect = {"no runs": "needs at least one RUN", "holdout not a run": "not among the runs given",
-              "mixed engines": "runs of one engine", "holdout every run": "none is left to fit"}[case]
+              "mixed engines": "runs of one engine", "holdout every run": "none is left to fit",
+              "unknown --fit": "--fit: unknown engine parameter 'step'",
+              "--fit without --runs": "--fit applies to calibrate --runs only"}[case]
     rc = main([*argv, "-o", str(tmp_path / "p.json"), "--no-mlflow"])
     err = capsys.readouterr().err
     assert rc == 2
