@@ -101,6 +101,11 @@ class Replica:
                        if (prefix_caching or host_blocks) and store.segments is not None else None)
         self._pkeys: dict[int, list[int]] = {}
         self._pins: dict[int, list[int]] = {}
+        # With the engine's prefix cache a preempted request's freed blocks stay cached until
+        # reused, so a recompute starts from what is left of them (``_own_hit``).
+        self.keeps_own = prefix_caching
+        self._own: dict[int, tuple[int, int, int, int]] = {}
+        self.freed = 0
         self._load_s = mem.kv_per_token / host_bw if host_blocks and host_bw > 0 else 0.0
         self._loads: dict[int, float] = {}
         self.load_seconds = 0.0
@@ -131,7 +136,7 @@ class Replica:
         self._fixed_chunk = (c._tok, c._seq, c.prefill, c.max_tokens,
                              policy.max_tokens, policy.chunk, c.overhead,
                              self.waiting, self.ready, store.plen, store.cached, max_batch,
-                             self.total_blocks - self.watermark, self.reserve, self._pkeys)
+                             self.total_blocks - self.watermark, self.reserve, self._pkeys, self._own)
 
     # ---- entry points ---------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -323,7 +328,7 @@ class Replica:
         taking the next step, or -1 after handing the replica to the event queue."""
         env, queue, xs, dec, top, max_seqs, asyn, res, bs, total, fin, ext = self._fixed
         (tok, seq, prefill, max_tokens, full, chunk, o, waiting, ready, plen, cached, max_batch,
-         room, reserve, pkeys) = self._fixed_chunk
+         room, reserve, pkeys, own) = self._fixed_chunk
         e = self.prefilling[0] if self.prefilling else None
         n, B, D, used, last, spare = self.n, self.B, self.D, self.used, self._last_dec_end, self.spare
         gp, busy = self._gprev, self.busy
@@ -353,6 +358,8 @@ class Replica:
                 rid = waiting[0]
                 if rid in pkeys:
                     self._lookup(rid)
+                if rid in own:
+                    self._own_hit(rid)
                 if self._loads:
                     break                   # a request waits for its host KV: general path
                 p = plen[rid]
@@ -512,7 +519,7 @@ class Replica:
             base = st.base[rid]
             self._leave(rid, base)
             held = -(-(base + j) // self.bs)
-            self.used -= held - st.shared[rid]
+            self.release(held - st.shared[rid])
             if self._resv:
                 self._unreserve(rid, held)
             st.left[rid] = 0
@@ -529,7 +536,7 @@ class Replica:
         if st.left[rid] <= 0:
             if self.lora is not None:
                 self.lora.left(rid, False)
-            self.used -= self.blocks_for(kv + self.look)
+            self.release(self.blocks_for(kv + self.look))
             if self._resv:
                 self._unreserve(rid, self.blocks_for(kv + self.look))
             self.outstanding -= st.prompt[rid] + st.output[rid]
@@ -537,7 +544,7 @@ class Replica:
         elif self.handoff is not None:
             self.outstanding -= st.prompt[rid] + st.output[rid]
             self.handoff(rid, t)
-            self.used -= self.blocks_for(kv + self.look)
+            self.release(self.blocks_for(kv + self.look))
         else:
             self._join(rid, kv, t)
 
@@ -574,7 +581,11 @@ class Replica:
         self._leave(rid, base)
         st.ver[rid] += 1
         kv = base + self.D                      # KV held after the last iteration
-        self.used -= self.blocks_for(kv) - st.shared[rid]
+        held = self.blocks_for(kv) - st.shared[rid]
+        if self.keeps_own and self.swap_bw <= 0:
+            # (blocks allocated so far, free blocks queued ahead of its own, its blocks, its KV)
+            self._own[rid] = (self.used + self.freed, self.total_blocks - self.used, held, kv)
+        self.release(held)
         if self._resv:
             self._unreserve(rid, self.blocks_for(kv))
         st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
@@ -637,6 +648,8 @@ class Replica:
         for rid in self.waiting:
             if rid in self._pkeys:
                 self._lookup(rid)
+            if rid in self._own:
+                self._own_hit(rid)
             if loads and loads.get(rid, now) > now:
                 continue                    # its KV is still coming back from the host
             q = st.plen[rid] - st.cached[rid]
@@ -660,6 +673,8 @@ class Replica:
             rid = waiting[0]
             if rid in self._pkeys:
                 self._lookup(rid)
+            if rid in self._own:
+                self._own_hit(rid)
             if loads and self._still_loading(rid):
                 skipped.append(waiting.popleft())   # keeps its place once its KV is back
                 continue
@@ -695,6 +710,7 @@ class Replica:
         cache and the KV count, and its first chunk of ``q`` tokens joins this step."""
         if rid in self._pins:
             self.prefix.insert(self._pins.pop(rid))
+        self._own.pop(rid, None)
         self.used += need
         if self.reserve:
             self._reserve(rid, prompt, extra)
@@ -736,11 +752,26 @@ class Replica:
         """A holder leaves with ``held`` blocks in use: its unused reservation is freed."""
         total = self._resv.pop(rid, None)
         if total is not None and total > held:
-            self.used -= total - held
+            self.release(total - held)
             self.spare -= total - held
 
-    def free(self, blocks: int) -> None:
+    def release(self, blocks: int) -> None:
+        """``blocks`` go back to the free pool (``freed`` counts them: with ``used`` it gives
+        every block ever allocated, which orders the evictions of ``_own_hit``)."""
         self.used -= blocks
+        self.freed += blocks
+
+    def _own_hit(self, rid: int) -> None:
+        """A preempted request's prefix still cached when it is next considered for admission
+        (vLLM V1 with prefix caching, SGLang's radix cache): its freed blocks joined the end of
+        the free queue tail first, and allocations take from the front, so of its ``held``
+        blocks those still there are its first ones, minus what was allocated since beyond
+        the free blocks queued ahead of them. Only full blocks are cached (the partial last
+        one goes first). Those tokens are not recomputed."""
+        alloc0, ahead, held, kv = self._own[rid]
+        gone = self.used + self.freed - alloc0 - ahead
+        kept = held - min(max(gone, 0), held)
+        self.store.cached[rid] = min(kept, kv // self.bs) * self.bs
 
     # ---- invariants (debug) -----------------------------------------------------------
     def check(self) -> None:

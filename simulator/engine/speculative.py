@@ -367,7 +367,7 @@ class SpecDecoders:
                 self.leave(rid, base)
                 self.tokens -= c - f                # the last step emitted only what was left
                 held = -(-(base + c + look) // bs)
-                rep.used -= held - st.shared[rid]
+                rep.release(held - st.shared[rid])
                 if rep._resv:
                     rep._unreserve(rid, held)
                 st.left[rid] = 0
@@ -382,7 +382,7 @@ class SpecDecoders:
         kv = base + self.clock[m]                   # KV held after the last step
         self.leave(rid, base)
         st.ver[rid] += 1
-        rep.used -= rep.blocks_for(kv + self.look) - st.shared[rid]
+        rep.release(rep.blocks_for(kv + self.look) - st.shared[rid])
         if rep._resv:
             rep._unreserve(rid, rep.blocks_for(kv + self.look))
         st.left[rid] = st.fin_at[rid] - self.clock[m]
@@ -620,7 +620,8 @@ class SpecDecoders:
         or -1 after handing the replica to the event queue."""
         rep = self.rep
         env, queue, _, _, _, max_seqs, asyn, _, bs, total, _, ext = rep._fixed
-        (_, _, _, _, full, chunk, _, waiting, ready, plen, cached, max_batch, room, reserve, pkeys) = rep._fixed_chunk
+        (_, _, _, _, full, chunk, _, waiting, ready, plen, cached, max_batch, room, reserve, pkeys,
+         own) = rep._fixed_chunk
         sc, c, k1, off, look = self.cost, rep.cost, self.k + 1, self.off_above, self.look
         e = rep.prefilling[0] if rep.prefilling else None
         used, spare, gp = rep.used, rep.spare, rep._gprev
@@ -647,6 +648,8 @@ class SpecDecoders:
                 rid = waiting[0]
                 if rid in pkeys:
                     rep._lookup(rid)
+                if rid in own:
+                    rep._own_hit(rid)
                 if rep._loads:
                     break                   # a request waits for its host KV: general path
                 p = plen[rid]

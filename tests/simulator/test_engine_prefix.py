@@ -62,6 +62,26 @@ def test_prefix_caching_off_computes_every_prompt_token():
     assert "engine_prefix_cache" not in res.summary
 
 
+def test_a_preempted_request_resumes_from_what_is_left_of_its_own_cached_blocks():
+    """vLLM V1 with prefix caching frees a preempted request's blocks tail first to the end of
+    the free queue and allocates from the front, so what it gets back is its first blocks
+    minus those allocated since. Two 600-token prompts with 500 output tokens in 100 blocks
+    of 16: at 800 + 800 tokens the newer one is preempted and frees its 50 blocks (none free
+    ahead of them); the older grows to 1100 tokens, taking 19 of them; the preempted one
+    resumes with 31 blocks (496 tokens) cached and recomputes 801 - 496 = 305 tokens.
+    Prefix caching off: all 801. The general and the inlined step paths agree."""
+    reqs = Requests(np.zeros(2), np.array([600, 600]), np.array([500, 500]))
+    for debug in (False, True):
+        on = simulate(_scenario("0.19.0", debug=debug, num_gpu_blocks_override=100), requests=reqs)
+        off = simulate(_scenario("0.19.0", debug=debug, num_gpu_blocks_override=100, enable_prefix_caching=False),
+                       requests=reqs)
+        assert on.requests["preemptions"].tolist() == off.requests["preemptions"].tolist() == [0, 1]
+        assert on.summary["prefill_tokens_computed"] == 1200 + 305
+        assert off.summary["prefill_tokens_computed"] == 1200 + 801
+        assert on.summary["completed"] == off.summary["completed"] == 2
+        assert on.requests["e2e_s"].iloc[1] < off.requests["e2e_s"].iloc[1]
+
+
 def test_requests_without_segments_run_as_before():
     """No segments (None) means no cache at all: the same step log as the engine without one."""
     plain = Requests(np.array([0.0, 5.0]), np.array([1000, 1000]), np.array([10, 10]))
