@@ -135,6 +135,13 @@ def simulate(scenario: Scenario, *, progress: Callable[[float], None] | None = N
             summary["engine_prefix_cache"].update(
                 host_hit_tokens=sum(c.host_hit_tokens for c in caches),
                 host_load_seconds=sum(r.load_seconds for r in holders))
+    resumed = [r for d in deps for r in d.replicas if getattr(r, "resumed", 0)]
+    if resumed:                       # only where a preempted request was recomputed
+        tokens = sum(r.resume_tokens for r in resumed)
+        cached = sum(r.resume_cached for r in resumed)
+        summary["preempted_recompute"] = {"requests": sum(r.resumed for r in resumed), "tokens": tokens,
+                                          "cached_tokens": cached,
+                                          "cached_share": cached / tokens if tokens else 0.0}
     adapters = lora_summary(deps)
     if adapters:                      # only with LoRA adapters: other summaries stay as they were
         summary["lora"] = adapters

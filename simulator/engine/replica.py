@@ -106,6 +106,9 @@ class Replica:
         self.keeps_own = prefix_caching
         self._own: dict[int, tuple[int, int, int, int]] = {}
         self.freed = 0
+        # Requests resumed after a preemption: how many, the tokens they had to recompute
+        # without a cache, and how many of those the cache held.
+        self.resumed = self.resume_tokens = self.resume_cached = 0
         self._load_s = mem.kv_per_token / host_bw if host_blocks and host_bw > 0 else 0.0
         self._loads: dict[int, float] = {}
         self.load_seconds = 0.0
@@ -582,7 +585,7 @@ class Replica:
         st.ver[rid] += 1
         kv = base + self.D                      # KV held after the last iteration
         held = self.blocks_for(kv) - st.shared[rid]
-        if self.keeps_own and self.swap_bw <= 0:
+        if self.swap_bw <= 0:
             # (blocks allocated so far, free blocks queued ahead of its own, its blocks, its KV)
             self._own[rid] = (self.used + self.freed, self.total_blocks - self.used, held, kv)
         self.release(held)
@@ -710,7 +713,10 @@ class Replica:
         cache and the KV count, and its first chunk of ``q`` tokens joins this step."""
         if rid in self._pins:
             self.prefix.insert(self._pins.pop(rid))
-        self._own.pop(rid, None)
+        if self._own.pop(rid, None) is not None:
+            self.resumed += 1
+            self.resume_tokens += prompt
+            self.resume_cached += cached
         self.used += need
         if self.reserve:
             self._reserve(rid, prompt, extra)
@@ -767,7 +773,9 @@ class Replica:
         the free queue tail first, and allocations take from the front, so of its ``held``
         blocks those still there are its first ones, minus what was allocated since beyond
         the free blocks queued ahead of them. Only full blocks are cached (the partial last
-        one goes first). Those tokens are not recomputed."""
+        one goes first). Those tokens are not recomputed. Without the cache, nothing is kept."""
+        if not self.keeps_own:
+            return
         alloc0, ahead, held, kv = self._own[rid]
         gone = self.used + self.freed - alloc0 - ahead
         kept = held - min(max(gone, 0), held)

@@ -295,6 +295,11 @@ def replay_scenario(run: ServingRun, scenario: Scenario, *, seed: int = 0) -> Ru
                      f"({pc['hit_tokens']:,} of {pc['prompt_tokens_looked_up']:,}), from the run's prompts")
     elif reqs.segments is None:
         notes.append("engine prefix cache: the run records no prompt content, so no request reuses another's")
+    pr = summary.get("preempted_recompute")
+    if pr:
+        notes.append(f"KV preemptions: {pr['requests']} resumes recomputed {pr['tokens'] - pr['cached_tokens']:,} "
+                     f"tokens; the engine's prefix cache still held {pr['cached_share']:.0%} of their "
+                     f"{pr['tokens']:,} (the blocks not allocated to others meanwhile)")
     return RunReplay(info=run.info, scenario=sc, measured=measured, simulated=sim, summary=summary,
                      unsupported=unsupported, notes=tuple(notes + _deployment_notes(run, sc, res.kv_blocks)))
 

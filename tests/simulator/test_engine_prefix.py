@@ -69,7 +69,8 @@ def test_a_preempted_request_resumes_from_what_is_left_of_its_own_cached_blocks(
     of 16: at 800 + 800 tokens the newer one is preempted and frees its 50 blocks (none free
     ahead of them); the older grows to 1100 tokens, taking 19 of them; the preempted one
     resumes with 31 blocks (496 tokens) cached and recomputes 801 - 496 = 305 tokens.
-    Prefix caching off: all 801. The general and the inlined step paths agree."""
+    Prefix caching off: all 801. The general and the inlined step paths agree, and the
+    summary's ``preempted_recompute`` says so."""
     reqs = Requests(np.zeros(2), np.array([600, 600]), np.array([500, 500]))
     for debug in (False, True):
         on = simulate(_scenario("0.19.0", debug=debug, num_gpu_blocks_override=100), requests=reqs)
@@ -80,6 +81,11 @@ def test_a_preempted_request_resumes_from_what_is_left_of_its_own_cached_blocks(
         assert off.summary["prefill_tokens_computed"] == 1200 + 801
         assert on.summary["completed"] == off.summary["completed"] == 2
         assert on.requests["e2e_s"].iloc[1] < off.requests["e2e_s"].iloc[1]
+        assert on.summary["preempted_recompute"] == {"requests": 1, "tokens": 801, "cached_tokens": 496,
+                                                     "cached_share": 496 / 801}
+        assert off.summary["preempted_recompute"]["cached_tokens"] == 0
+    calm = simulate(_scenario("0.19.0"), requests=reqs)      # room for both: no preemption, no entry
+    assert "preempted_recompute" not in calm.summary
 
 
 def test_requests_without_segments_run_as_before():
