@@ -257,7 +257,8 @@ def calibrate(src: TraceSource, out, max_rows, params, runs_mode, holdout, holdo
     the engine profile (-o) and log it to MLflow."""
     from profiling.errors import HermesError
     run_opts = {"--holdout": holdout, "--holdout-fraction": holdout_fraction, "--trials": trials,
-                "--max-requests": max_requests, "--fit": fit_params, **{RUN_OVERRIDE_FLAGS[k]: v for k, v in overrides.items()},
+                "--max-requests": max_requests, "--fit": fit_params,
+                **{RUN_OVERRIDE_FLAGS[k]: v for k, v in overrides.items()},
                 "--surrogate": surrogate, "--no-mlflow": no_mlflow}
     if runs_mode and (few_rows is not None or base is not None):
         raise HermesError("--few-rows and --base correct a kernel surrogate; they do not apply to --runs")
