@@ -16,7 +16,12 @@ Per run and as the median over runs: per-request MAPE of E2E, TTFT and TPOT, the
 mean of each, and mean simulated / real E2E; beside them LLMServingSim's own mean errors
 against the same run, read from the run's ``llmservingsim_summary.txt`` where there is one.
 
-    python benchmarks/real_run_fidelity.py [--traces DIR] [--overhead FILE] [--png FILE]
+Then the engine calibration checked on runs it was not fitted on
+(``simulator.fidelity.engine_fit.cross_validate``): leave one run out, and leave one GPU out;
+each held-out run with the engine defaults and with the fit of the other runs (``--cv``
+Optuna trials per fit; ``--cv 0`` skips this, the replays alone take seconds).
+
+    python benchmarks/real_run_fidelity.py [--traces DIR] [--overhead FILE] [--cv 20] [--png FILE]
 
 The last line printed is one JSON object with the medians.
 """
@@ -157,6 +162,8 @@ def main() -> None:
     ap.add_argument("--overhead", default=None, help="engine profile JSON (hermes-sim calibrate --runs)")
     ap.add_argument("--surrogate", default="builtin")
     ap.add_argument("--png", default=str(REPO / "benchmarks" / "results" / "real_run_fidelity.png"))
+    ap.add_argument("--cv", type=int, default=20, metavar="TRIALS",
+                    help="Optuna trials per leave-one-run-out / leave-one-GPU-out fit (0: skip them)")
     a = ap.parse_args()
 
     from profiling.errors import HermesError
@@ -169,10 +176,11 @@ def main() -> None:
     runs = find_runs(root)
     if not runs:
         sys.exit(f"no serving runs under {root}")
-    results = []
+    results, loaded = [], []
     for path, fmt in runs:
         t0 = time.perf_counter()
         run = read_run(path, fmt)
+        loaded.append(run)
         i = run.info
         name = f"{i.gpu}/{path.name if path.is_dir() else path.stem} TP{i.tp} DP{i.dp}"
         r = {"name": name, "path": str(path), "format": fmt, "requests": len(run.requests),
@@ -238,7 +246,37 @@ def main() -> None:
               f"  TPOT {_f(m['tpot_abs_mean_err'])}  sim/real E2E {_f(m['e2e_ratio'], '{:.3f}')}")
     plot(results, Path(a.png))
     print(f"plot: {a.png}")
+    if a.cv > 0:
+        med.update(cross_validated(loaded, a.cv, a.surrogate))
     print(json.dumps({"surrogate": a.surrogate, "overhead": a.overhead, **med}))
+
+
+def cross_validated(runs: list, trials: int, surrogate: str) -> dict:
+    """Leave one run out and leave one GPU out, per engine: each held-out run's per-request
+    MAPE with the engine defaults and with the engine fitted on the other runs."""
+    from simulator.fidelity.engine_fit import cross_validate, fold_summary
+    out = {}
+    for by in ("run", "gpu"):
+        folds = []
+        for engine in sorted({r.info.engine for r in runs}):
+            mine = [r for r in runs if r.info.engine == engine]
+            t0 = time.perf_counter()
+            folds += cross_validate(mine, by, trials=trials, surrogate=surrogate,
+                                    progress=lambda m: print(f"  {engine}: {m}", file=sys.stderr, flush=True))
+            print(f"  {engine} leave-one-{by}-out: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        summ = fold_summary(folds)
+        print(f"leave one {by} out ({trials} trials per fit): held-out run, per-request MAPE % "
+              "with the engine defaults -> fitted on the others")
+        for row in summ["runs"]:
+            print(f"  {row['run'][:40]:<40} E2E {_f(row['e2e_mape_before'])} -> {_f(row['e2e_mape_after'])}"
+                  f"  TTFT {_f(row['ttft_mape_before'])} -> {_f(row['ttft_mape_after'])}"
+                  f"  sim/real E2E {_f(row['e2e_ratio_after'], '{:.3f}')}  (fitted on {len(row['fitted_on'])})")
+        if summ["runs"]:
+            print(f"  median E2E {_f(summ['median_e2e_mape_before'])} -> {_f(summ['median_e2e_mape_after'])}"
+                  f"  TTFT {_f(summ['median_ttft_mape_before'])} -> {_f(summ['median_ttft_mape_after'])}")
+        out[f"leave_one_{by}_out"] = {k: v for k, v in summ.items() if k != "runs"} | {
+            "runs": [{k: v for k, v in row.items()} for row in summ["runs"]], "trials": trials}
+    return out
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hermes_sim.cli import main
@@ -90,6 +91,26 @@ def test_profile_changes_the_simulation(fitted, tmp_path):
     plain = simulate(parse_scenario(_scenario("none"))).summary["tpot_s"]["mean"]
     same = simulate(parse_scenario(_scenario("none", **doc["overhead"]))).summary["tpot_s"]["mean"]
     assert with_p == pytest.approx(same) and with_p != pytest.approx(plain)
+
+
+def test_cross_validation_never_scores_a_run_it_was_fitted_on():
+    """Leave one run out over three subsampled real runs: a fold per run, each fitted on the
+    two others only, its held-out run scored with the engine defaults (the same score as a
+    plain replay) and with that fit; leave one GPU out folds by GPU (RTX 4090 held out alone,
+    both RTX PRO 6000 runs together); the summary's medians are those of the held-out rows."""
+    runs = [ef.first_requests(read_run(p), N) for p in (R4090, RPRO, RQWEN)]
+    folds = ef.cross_validate(runs, "run", trials=3)
+    labels = [ef.run_label(r) for r in runs]
+    assert sorted(h for f in folds for h in f.held) == sorted(labels)
+    for f in folds:
+        assert len(f.held) == 1 and f.held[0] not in f.fitted_on and len(f.fitted_on) == 2
+        held = next(r for r in runs if ef.run_label(r) == f.held[0])
+        assert f.before[0].e2e_mape == pytest.approx(ef.score(ef.prepare(held), OverheadConfig()).e2e_mape)
+    summ = ef.fold_summary(folds)
+    assert summ["median_e2e_mape_after"] == pytest.approx(np.median([r["e2e_mape_after"] for r in summ["runs"]]))
+    by_gpu = ef.cross_validate(runs, "gpu", trials=3)
+    assert sorted(len(f.held) for f in by_gpu) == [1, 2]
+    assert all(not set(f.held) & set(f.fitted_on) for f in by_gpu)
 
 
 def test_cli_calibrate_runs_writes_profile_and_mlflow_run(tmp_path, monkeypatch, capsys):
