@@ -33,7 +33,7 @@ import pandas as pd
 
 from .errors import HermesError
 from .hardware import HardwareCatalog, HardwareSpec
-from .operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, ELEMENTWISE, GEMM, STEP_DECODE, STEP_PREFILL, BatchShape, Operator,
+from .operators import (ATTN_DECODE, ATTN_PREFILL, COLLECTIVE, ELEMENTWISE, GEMM, STEP_DECODE, STEP_PREFILL, BatchShape,
                         expand_step, op_cost)
 
 FEATURE_COLUMNS = ("flops", "bytes", "arith_intensity", "t_compute_ms", "t_memory_ms",
@@ -130,12 +130,6 @@ def roofline_ms(kind: str, shape: Mapping[str, object], dtype: str, kv_dtype: st
         "t_issue_ms": t_issue * 1e3,
         "hw_compute_units": np.full_like(flops, hw.compute_units or np.nan),  # NaN: not in the catalog
     }
-
-
-def operator_roofline_s(op: Operator, hw: HardwareSpec) -> float:
-    """Roofline time in seconds of one operator instance times its count (cold L2: in a step)."""
-    r = roofline_ms(op.kind, op.shape, op.dtype, op.kv_dtype, hw, warm_l2=False)
-    return float(r["t_roofline_ms"]) * 1e-3 * op.count
 
 
 def _step_roofline(model: str, kind: str, tp: int, batch: int, length: int, dtype: str | None,

@@ -39,10 +39,6 @@ QUARANTINE_COLUMNS = ("source", "source_row", "column", "reason")
 POINT_KEYS = ("op", "name", "hardware", "dtype", "kv_dtype", "stack", "kernel", *NUMERIC_SHAPE, *TEXT_SHAPE)
 
 
-def empty_table() -> pd.DataFrame:
-    return conform(pd.DataFrame())
-
-
 def empty_quarantine() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=float if c == "source_row" else object)
                          for c in QUARANTINE_COLUMNS})

@@ -42,10 +42,6 @@ class Environment:
             raise ValueError(f"cannot schedule in the past ({time} < {self.now})")
         heappush(self._queue, (time, priority, next(self._seq), callback, args))
 
-    def peek(self) -> float:
-        """Time of the next queued event, or infinity."""
-        return self._queue[0][0] if self._queue else inf
-
     def step(self) -> None:
         """Pop the next event, advance the clock, fire it."""
         time, _, _, callback, args = heappop(self._queue)
