@@ -274,8 +274,7 @@ def cross_validated(runs: list, trials: int, surrogate: str) -> dict:
         if summ["runs"]:
             print(f"  median E2E {_f(summ['median_e2e_mape_before'])} -> {_f(summ['median_e2e_mape_after'])}"
                   f"  TTFT {_f(summ['median_ttft_mape_before'])} -> {_f(summ['median_ttft_mape_after'])}")
-        out[f"leave_one_{by}_out"] = {k: v for k, v in summ.items() if k != "runs"} | {
-            "runs": [{k: v for k, v in row.items()} for row in summ["runs"]], "trials": trials}
+        out[f"leave_one_{by}_out"] = {**summ, "trials": trials}
     return out
 
 
