@@ -584,14 +584,21 @@ class Replica:
         self._leave(rid, base)
         st.ver[rid] += 1
         kv = base + self.D                      # KV held after the last iteration
-        held = self.blocks_for(kv) - st.shared[rid]
+        st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
+        self.requeue(rid, kv, self.blocks_for(kv))
+
+    def requeue(self, rid: int, kv: int, blocks: int) -> None:
+        """A decoder just preempted with ``kv`` tokens in ``blocks`` blocks gives them back and
+        waits: swapped out (back in when there is room), or to recompute its prompt and generated
+        tokens, from what is left of its cached blocks then (``_own_hit``)."""
+        st = self.store
+        held = blocks - st.shared[rid]
         if self.swap_bw <= 0:
             # (blocks allocated so far, free blocks queued ahead of its own, its blocks, its KV)
             self._own[rid] = (self.used + self.freed, self.total_blocks - self.used, held, kv)
         self.release(held)
         if self._resv:
-            self._unreserve(rid, self.blocks_for(kv))
-        st.left[rid] = st.fin_at[rid] - self.D  # tokens still to emit
+            self._unreserve(rid, blocks)
         st.preemptions[rid] += 1
         self.preemptions += 1
         if self.swap_bw > 0:                    # swap out now, back in when room

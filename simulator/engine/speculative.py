@@ -382,19 +382,8 @@ class SpecDecoders:
         kv = base + self.clock[m]                   # KV held after the last step
         self.leave(rid, base)
         st.ver[rid] += 1
-        rep.release(rep.blocks_for(kv + self.look) - st.shared[rid])
-        if rep._resv:
-            rep._unreserve(rid, rep.blocks_for(kv + self.look))
         st.left[rid] = st.fin_at[rid] - self.clock[m]
-        st.preemptions[rid] += 1
-        rep.preemptions += 1
-        if rep.swap_bw > 0:
-            rep._extra += kv * rep.mem.kv_per_token / rep.swap_bw
-            rep.ready.appendleft((rid, kv, True))
-        else:
-            st.plen[rid] = kv + 1
-            st.shared[rid] = 0
-            rep.waiting.appendleft(rid)
+        rep.requeue(rid, kv, rep.blocks_for(kv + self.look))
 
     # ---- a step ---------------------------------------------------------------------------------
     def need(self, on: bool) -> int:

@@ -134,6 +134,24 @@ def test_tokens_and_requests_conserved_and_memory_bounded(policy, preemption):
     assert all(np.array_equal(fast.steps[k], res.steps[k]) for k in res.steps)
 
 
+@pytest.mark.parametrize("caching", [True, False])
+def test_preempted_speculating_requests_resume_from_their_cached_blocks(caching):
+    """Speculative decoders preempted under memory pressure are requeued like plain ones: with
+    the engine's prefix cache they recompute only what was evicted meanwhile (some tokens found
+    cached), without it everything; the prefill tokens computed are exactly the prompts plus
+    that recompute, and the inlined loops give the general path's run."""
+    dep = {**PRESSURE, "speculative": EAGLE, "scheduler": {"policy": "chunked", "prefix_caching": caching}}
+    fast, slow = (simulate(make(dep, debug=debug)) for debug in (False, True))
+    for res in (fast, slow):
+        done, s = res.requests[res.requests.finish_s.notna()], res.summary
+        pr = s["preempted_recompute"]
+        assert pr["requests"] == int(done.preemptions.sum()) > 0
+        assert (pr["cached_tokens"] > 0) == caching
+        assert s["prefill_tokens_computed"] == done.prompt_tokens.sum() + pr["tokens"] - pr["cached_tokens"]
+    assert fast.summary["preempted_recompute"] == slow.summary["preempted_recompute"]
+    assert all(np.array_equal(fast.steps[k], slow.steps[k]) for k in fast.steps)
+
+
 def test_full_reservation_holds_the_lookahead_and_never_preempts():
     """TensorRT-LLM-style full KV reservation with speculation: the reservation covers the output,
     the k lookahead slots and the last step's overshoot, so nothing is preempted and the debug
